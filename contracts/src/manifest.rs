@@ -1,0 +1,304 @@
+//! Reading Cell and CellPool manifests as `kubectl apply` takes them (multi-document
+//! YAML) and judging them the way a cluster would: the resource's schema first, then the
+//! rules of [`crate::validate`], then each Cell against the pool that would run it.
+//! `cellbus up` and the tests read manifests through here; nothing here does I/O.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::Validator;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::resources::{CellPoolSpec, CellSpec, Os, Runtime, API_VERSION, OBJECT_NAME_PATTERN};
+use crate::schemas;
+use crate::validate::{self, FieldError};
+
+/// The namespace an object without one lands in.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not YAML: {0}")]
+    Yaml(String),
+}
+
+/// Splits a YAML stream into its documents, as JSON values; empty documents are dropped.
+pub fn parse_yaml(text: &str) -> Result<Vec<Value>, ManifestError> {
+    let documents: Vec<Value> =
+        serde_saphyr::from_str_multiple(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    Ok(documents.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// The name and namespace of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// A Cellbus object that passed every check.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Cell { at: ObjectRef, spec: CellSpec },
+    CellPool { at: ObjectRef, spec: CellPoolSpec },
+}
+
+/// A rule an object in a manifest breaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectError {
+    pub object: ObjectRef,
+    pub error: FieldError,
+}
+
+impl fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.error)
+    }
+}
+
+/// The outcome of checking a set of manifests.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Objects with no error.
+    pub objects: Vec<Object>,
+    /// Every error found.
+    pub errors: Vec<ObjectError>,
+    /// Documents of other kinds (Secrets, Deployments, …), left to whoever applies them.
+    pub others: Vec<ObjectRef>,
+}
+
+/// Checks every document: Cells and CellPools are judged, other kinds are passed over.
+pub fn check(documents: &[Value]) -> Checked {
+    let mut checked = Checked::default();
+    let mut cells = Vec::new();
+    let mut pools = Vec::new();
+    for document in documents {
+        let at = object_ref(document);
+        let is_ours = document.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION);
+        let result = match at.kind.as_str() {
+            "Cell" if is_ours => judge::<CellSpec>(document, cell_schema(), |s| validate::cell(s))
+                .map(|spec| cells.push((at.clone(), spec))),
+            "CellPool" if is_ours => {
+                judge::<CellPoolSpec>(document, pool_schema(), |s| validate::pool(s))
+                    .map(|spec| pools.push((at.clone(), spec)))
+            }
+            "Cell" | "CellPool" => Err(vec![FieldError::new(
+                "apiVersion",
+                format!("expected {API_VERSION}"),
+            )]),
+            _ => {
+                checked.others.push(at);
+                continue;
+            }
+        };
+        if let Err(errors) = result {
+            checked
+                .errors
+                .extend(errors.into_iter().map(|error| ObjectError {
+                    object: at.clone(),
+                    error,
+                }));
+        }
+    }
+
+    for (at, spec) in cells {
+        let candidates: Vec<(&str, &CellPoolSpec)> = pools
+            .iter()
+            .filter(|(pool, _)| pool.namespace == at.namespace)
+            .map(|(pool, spec)| (pool.name.as_str(), spec))
+            .collect();
+        let verdict = match select_pool(&spec, &candidates) {
+            Ok((name, pool)) => validate::cell_in_pool(&spec, name, pool).map_err(|e| e.0),
+            Err(error @ PoolChoiceError::Several { .. }) => {
+                Err(vec![FieldError::new("spec.poolRef", error.to_string())])
+            }
+            // The pool may be applied separately; scheduling reports it if it never is.
+            Err(_) => Ok(()),
+        };
+        match verdict {
+            Ok(()) => checked.objects.push(Object::Cell { at, spec }),
+            Err(errors) => checked
+                .errors
+                .extend(errors.into_iter().map(|error| ObjectError {
+                    object: at.clone(),
+                    error,
+                })),
+        }
+    }
+    checked.objects.extend(
+        pools
+            .into_iter()
+            .map(|(at, spec)| Object::CellPool { at, spec }),
+    );
+    checked
+}
+
+/// Why no single pool can run a cell.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolChoiceError {
+    #[error("CellPool {name} does not exist")]
+    NotFound { name: String },
+    #[error("no CellPool runs {runtime} on {os}")]
+    NoneMatch {
+        runtime: &'static str,
+        os: &'static str,
+    },
+    #[error("several CellPools run {runtime} on {os} ({}); set spec.poolRef", names.join(", "))]
+    Several {
+        runtime: &'static str,
+        os: &'static str,
+        names: Vec<String>,
+    },
+}
+
+/// The pool that runs a cell: the one `poolRef` names, or else the one pool whose runtime
+/// and OS match the cell's (`wasm` on `linux` unless it says otherwise).
+pub fn select_pool<'a>(
+    cell: &CellSpec,
+    pools: &[(&'a str, &'a CellPoolSpec)],
+) -> Result<(&'a str, &'a CellPoolSpec), PoolChoiceError> {
+    if let Some(name) = &cell.pool_ref {
+        return pools
+            .iter()
+            .find(|(pool, _)| pool == name)
+            .copied()
+            .ok_or_else(|| PoolChoiceError::NotFound { name: name.clone() });
+    }
+    let runtime = cell.runtime.unwrap_or(Runtime::Wasm);
+    let os = cell.os.unwrap_or(Os::Linux);
+    let mut matching: Vec<_> = pools
+        .iter()
+        .filter(|(_, pool)| pool.runtime == runtime && pool.os == os)
+        .copied()
+        .collect();
+    match matching.len() {
+        0 => Err(PoolChoiceError::NoneMatch {
+            runtime: runtime.as_str(),
+            os: os.as_str(),
+        }),
+        1 => Ok(matching.remove(0)),
+        _ => {
+            let mut names: Vec<String> = matching.iter().map(|(n, _)| n.to_string()).collect();
+            names.sort();
+            Err(PoolChoiceError::Several {
+                runtime: runtime.as_str(),
+                os: os.as_str(),
+                names,
+            })
+        }
+    }
+}
+
+fn object_ref(document: &Value) -> ObjectRef {
+    let text = |pointer: &str| document.pointer(pointer).and_then(Value::as_str);
+    ObjectRef {
+        kind: text("/kind").unwrap_or("(no kind)").into(),
+        name: text("/metadata/name").unwrap_or("(no name)").into(),
+        namespace: text("/metadata/namespace")
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .into(),
+    }
+}
+
+/// Metadata, then the spec against its schema, then the spec's own rules.
+fn judge<S: DeserializeOwned>(
+    document: &Value,
+    schema: &Validator,
+    rules: impl Fn(&S) -> Result<(), validate::Invalid>,
+) -> Result<S, Vec<FieldError>> {
+    let mut errors = check_metadata(document);
+    let Some(spec) = document.get("spec") else {
+        errors.push(FieldError::new("spec", "required field is missing"));
+        return Err(errors);
+    };
+    errors.extend(schema.iter_errors(spec).map(|e| schema_error("spec", &e)));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let spec: S = serde_json::from_value(spec.clone())
+        .map_err(|e| vec![FieldError::new("spec", e.to_string())])?;
+    rules(&spec).map_err(|invalid| invalid.0)?;
+    Ok(spec)
+}
+
+fn check_metadata(document: &Value) -> Vec<FieldError> {
+    let name_rule = || {
+        jsonschema::validator_for(&serde_json::json!({
+            "type": "string", "minLength": 1, "maxLength": 253, "pattern": OBJECT_NAME_PATTERN
+        }))
+        .expect("the object name schema compiles")
+    };
+    static NAME: OnceLock<Validator> = OnceLock::new();
+    let name = NAME.get_or_init(name_rule);
+    let mut errors = Vec::new();
+    match document.pointer("/metadata/name") {
+        None => errors.push(FieldError::new(
+            "metadata.name",
+            "required field is missing",
+        )),
+        Some(value) if !name.is_valid(value) => errors.push(FieldError::new(
+            "metadata.name",
+            format!("{value} is not a DNS subdomain (lowercase letters, digits, `-` and `.`)"),
+        )),
+        Some(_) => {}
+    }
+    errors
+}
+
+/// A schema error as a field error: the JSON pointer becomes a field path, and for a
+/// missing or unknown property the path names that property.
+pub fn schema_error(root: &str, error: &jsonschema::ValidationError<'_>) -> FieldError {
+    let mut field = root.to_owned();
+    for token in error.instance_path().as_str().split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        if token.parse::<usize>().is_ok() {
+            field.push_str(&format!("[{token}]"));
+        } else {
+            field.push('.');
+            field.push_str(&token);
+        }
+    }
+    match error.kind() {
+        ValidationErrorKind::Required { property } => {
+            if let Some(property) = property.as_str() {
+                field.push('.');
+                field.push_str(property);
+            }
+            FieldError::new(field, "required field is missing")
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            if let [only] = unexpected.as_slice() {
+                field.push('.');
+                field.push_str(only);
+            }
+            FieldError::new(
+                field,
+                format!("unknown field(s): {}", unexpected.join(", ")),
+            )
+        }
+        _ => FieldError::new(field, error.to_string()),
+    }
+}
+
+fn compiled(schema: Value) -> Validator {
+    jsonschema::validator_for(&schema).expect("generated schemas compile")
+}
+
+fn cell_schema() -> &'static Validator {
+    static SCHEMA: OnceLock<Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| compiled(schemas::schema_for::<CellSpec>()))
+}
+
+fn pool_schema() -> &'static Validator {
+    static SCHEMA: OnceLock<Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| compiled(schemas::schema_for::<CellPoolSpec>()))
+}

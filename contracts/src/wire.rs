@@ -1,0 +1,462 @@
+//! The JSON envelopes on `cbs.{service}.{verb}`: the request, the reply (success or
+//! error) and the closed set of error codes. Constructors apply the correlation rule, so
+//! no caller computes a reply's `correlationId` by hand: it is the request's
+//! `correlationId`, or the request's `id` when it had none.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::subject::{self, SubjectError};
+
+/// NATS header names the envelopes travel with.
+pub mod headers {
+    /// W3C trace context of the caller.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// JetStream de-duplication key: the envelope id, so a resend is not run twice.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+}
+
+/// A request envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Request {
+    /// Unique id of this request, a UUID v4.
+    pub id: Uuid,
+    /// Id of the conversation this request belongs to; replies carry it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    /// Service addressed; must match the subject.
+    pub service: String,
+    /// Verb addressed; must match the subject.
+    pub verb: String,
+    /// When the caller sent the request (RFC 3339).
+    pub sent_at: Timestamp,
+    /// How long the caller waits for the reply, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_ms: Option<u64>,
+    /// The verb's input.
+    pub payload: Value,
+    /// Free-form string metadata passed through to the cell.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Request {
+    /// A new request with a fresh v4 id, sent now.
+    pub fn new(service: impl Into<String>, verb: impl Into<String>, payload: Value) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            correlation_id: None,
+            service: service.into(),
+            verb: verb.into(),
+            sent_at: Timestamp::now(),
+            timeout_ms: None,
+            payload,
+            meta: BTreeMap::new(),
+        }
+    }
+
+    /// Continues the conversation `correlation_id` (a request made while serving another).
+    pub fn with_correlation_id(mut self, correlation_id: Uuid) -> Self {
+        self.correlation_id = Some(correlation_id);
+        self
+    }
+
+    pub fn with_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.timeout_ms = Some(timeout_ms);
+        self
+    }
+
+    /// The correlation id a reply to this request carries.
+    pub fn reply_correlation_id(&self) -> Uuid {
+        self.correlation_id.unwrap_or(self.id)
+    }
+
+    /// The subject this request is published on.
+    pub fn subject(&self) -> Result<String, SubjectError> {
+        subject::request_subject(&self.service, &self.verb)
+    }
+
+    /// Reads a request received on the subject of `service` and `verb`. Anything that is
+    /// not such an envelope is a `bad_request` error naming what is wrong.
+    pub fn parse(bytes: &[u8], service: &str, verb: &str) -> Result<Self, ErrorBody> {
+        let request: Request = serde_json::from_slice(bytes).map_err(|error| {
+            let what = if serde_json::from_slice::<Value>(bytes).is_err() {
+                "not JSON"
+            } else {
+                "not a request envelope"
+            };
+            ErrorBody::new(ErrorCode::BadRequest, format!("request is {what}: {error}"))
+        })?;
+        if request.id.get_version() != Some(uuid::Version::Random) {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("request id {} is not a UUID v4", request.id),
+            ));
+        }
+        if request.service != service || request.verb != verb {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "envelope addresses {}.{} but arrived on the subject of {service}.{verb}",
+                    request.service, request.verb
+                ),
+            ));
+        }
+        Ok(request)
+    }
+}
+
+/// A reply: `{"ok": true, "payload"}` or `{"ok": false, "error"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Reply {
+    Ok(OkReply),
+    Err(ErrorReply),
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OkReply {
+    /// Unique id of this reply, a UUID v4.
+    pub id: Uuid,
+    /// The request's correlationId, or its id when it had none.
+    pub correlation_id: Uuid,
+    /// Always `true`.
+    pub ok: Flag<true>,
+    /// The verb's output.
+    pub payload: Value,
+}
+
+/// An error reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorReply {
+    /// Unique id of this reply, a UUID v4.
+    pub id: Uuid,
+    /// The request's correlationId, or its id when it had none; the nil UUID when the
+    /// request was unreadable and carried no id.
+    pub correlation_id: Uuid,
+    /// Always `false`.
+    pub ok: Flag<false>,
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+impl Reply {
+    /// The success reply to `request`.
+    pub fn ok(request: &Request, payload: Value) -> Self {
+        Self::Ok(OkReply {
+            id: Uuid::new_v4(),
+            correlation_id: request.reply_correlation_id(),
+            ok: Flag,
+            payload,
+        })
+    }
+
+    /// The error reply to `request`.
+    pub fn error(request: &Request, error: ErrorBody) -> Self {
+        Self::error_correlated(request.reply_correlation_id(), error)
+    }
+
+    /// The error reply to bytes that did not parse as a request: correlated with whatever
+    /// id they carry (`correlationId`, else `id`), or the nil UUID.
+    pub fn error_for_raw(raw: &[u8], error: ErrorBody) -> Self {
+        let readable = serde_json::from_slice::<Value>(raw).ok().and_then(|v| {
+            ["correlationId", "id"]
+                .iter()
+                .find_map(|key| v.get(key)?.as_str()?.parse::<Uuid>().ok())
+        });
+        Self::error_correlated(readable.unwrap_or(Uuid::nil()), error)
+    }
+
+    fn error_correlated(correlation_id: Uuid, error: ErrorBody) -> Self {
+        Self::Err(ErrorReply {
+            id: Uuid::new_v4(),
+            correlation_id,
+            ok: Flag,
+            error,
+        })
+    }
+
+    pub fn id(&self) -> Uuid {
+        match self {
+            Self::Ok(r) => r.id,
+            Self::Err(r) => r.id,
+        }
+    }
+
+    pub fn correlation_id(&self) -> Uuid {
+        match self {
+            Self::Ok(r) => r.correlation_id,
+            Self::Err(r) => r.correlation_id,
+        }
+    }
+
+    pub fn into_result(self) -> Result<Value, ErrorBody> {
+        match self {
+            Self::Ok(r) => Ok(r.payload),
+            Self::Err(r) => Err(r.error),
+        }
+    }
+}
+
+/// The error of an error reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorBody {
+    /// One of the closed set of error codes.
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// Structured detail, such as the failing schema paths of a `schema_violation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+    /// Whether the same request may succeed if sent again.
+    pub retryable: bool,
+}
+
+impl ErrorBody {
+    /// An error whose `retryable` is the code's default.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+            retryable: code.retryable_by_default(),
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn with_retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+}
+
+/// The closed set of error codes a reply can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an envelope, or service/verb in the body differ from the subject.
+    BadRequest,
+    /// The payload does not match the verb's input schema; details list the failing paths.
+    SchemaViolation,
+    /// The service has no such verb.
+    UnknownVerb,
+    /// The cell is not loaded or is draining.
+    Unavailable,
+    /// The deadline passed before the cell answered.
+    Timeout,
+    /// A limit was hit: fuel, memory, payload size or in-flight requests.
+    ResourceExhausted,
+    /// The cell trapped, crashed or returned output that breaks its output schema.
+    CellFailed,
+    /// The cell lacks the capability it tried to use.
+    Forbidden,
+    /// A fault in Cellbus itself.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 9] = [
+        Self::BadRequest,
+        Self::SchemaViolation,
+        Self::UnknownVerb,
+        Self::Unavailable,
+        Self::Timeout,
+        Self::ResourceExhausted,
+        Self::CellFailed,
+        Self::Forbidden,
+        Self::Internal,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::SchemaViolation => "schema_violation",
+            Self::UnknownVerb => "unknown_verb",
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::ResourceExhausted => "resource_exhausted",
+            Self::CellFailed => "cell_failed",
+            Self::Forbidden => "forbidden",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Transient conditions are worth a retry; a request that is wrong stays wrong.
+    pub const fn retryable_by_default(self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable | Self::Timeout | Self::ResourceExhausted
+        )
+    }
+}
+
+/// A boolean that is always `B`: the `ok` discriminator of a reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flag<const B: bool>;
+
+impl<const B: bool> Serialize for Flag<B> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bool(B)
+    }
+}
+
+impl<'de, const B: bool> Deserialize<'de> for Flag<B> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if bool::deserialize(deserializer)? == B {
+            Ok(Flag)
+        } else {
+            Err(serde::de::Error::custom(format_args!("expected `{B}`")))
+        }
+    }
+}
+
+impl<const B: bool> JsonSchema for Flag<B> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        if B { "True" } else { "False" }.into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({ "type": "boolean", "const": B })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use serde_json::json;
+
+    #[test]
+    fn reply_correlates_with_the_request_id_when_the_request_has_no_correlation_id() {
+        let request = Request::new("echo", "say", json!({"text": "hi"}));
+        let reply = Reply::ok(&request, json!({"text": "hi"}));
+        assert_eq!(reply.correlation_id(), request.id);
+        assert_ne!(reply.id(), request.id);
+        assert_eq!(reply.id().get_version(), Some(uuid::Version::Random));
+    }
+
+    #[test]
+    fn reply_carries_the_request_correlation_id_when_present() {
+        let conversation = Uuid::new_v4();
+        let request = Request::new("echo", "say", json!(1)).with_correlation_id(conversation);
+        let error = Reply::error(&request, ErrorBody::new(ErrorCode::Timeout, "late"));
+        assert_eq!(error.correlation_id(), conversation);
+    }
+
+    #[test]
+    fn envelopes_serialize_in_camel_case_with_the_ok_discriminator() {
+        let request = Request::new("echo", "say", json!({"text": "hi"})).with_timeout_ms(500);
+        let value = serde_json::to_value(&request).unwrap();
+        assert_eq!(value["timeoutMs"], 500);
+        assert!(value.get("sentAt").unwrap().is_string());
+        assert!(value.get("correlationId").is_none());
+
+        let ok = serde_json::to_value(Reply::ok(&request, json!(7))).unwrap();
+        assert_eq!(ok["ok"], true);
+        assert_eq!(ok["payload"], 7);
+        assert_eq!(ok["correlationId"], json!(request.id));
+
+        let err = serde_json::to_value(Reply::error(
+            &request,
+            ErrorBody::new(ErrorCode::SchemaViolation, "bad").with_details(json!(["/text"])),
+        ))
+        .unwrap();
+        assert_eq!(err["ok"], false);
+        assert_eq!(err["error"]["code"], "schema_violation");
+        assert_eq!(err["error"]["retryable"], false);
+        assert_eq!(err["error"]["details"], json!(["/text"]));
+    }
+
+    #[test]
+    fn replies_round_trip_and_the_ok_flag_decides_the_variant() {
+        let request = Request::new("echo", "say", json!(null));
+        for reply in [
+            Reply::ok(&request, json!({"a": 1})),
+            Reply::error(&request, ErrorBody::new(ErrorCode::Internal, "boom")),
+        ] {
+            let text = serde_json::to_string(&reply).unwrap();
+            assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), reply);
+        }
+        let lying = json!({"id": Uuid::new_v4(), "correlationId": Uuid::new_v4(), "ok": false, "payload": 1});
+        assert!(serde_json::from_value::<Reply>(lying).is_err());
+    }
+
+    #[test]
+    fn error_codes_are_a_closed_snake_case_set() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
+        assert!(serde_json::from_value::<ErrorCode>(json!("teapot")).is_err());
+        let retryable: Vec<_> = ErrorCode::ALL
+            .into_iter()
+            .filter(|c| c.retryable_by_default())
+            .map(ErrorCode::as_str)
+            .collect();
+        assert_eq!(retryable, ["unavailable", "timeout", "resource_exhausted"]);
+    }
+
+    #[test]
+    fn a_well_formed_request_parses() {
+        let request = Request::new("echo", "say", json!({"text": "hi"}));
+        let bytes = serde_json::to_vec(&request).unwrap();
+        assert_eq!(Request::parse(&bytes, "echo", "say"), Ok(request));
+    }
+
+    #[rstest]
+    #[case::not_json(b"{not json".to_vec(), "request is not JSON")]
+    #[case::not_an_envelope(br#"{"hello": "world"}"#.to_vec(), "request is not a request envelope")]
+    #[case::unknown_field(
+        serde_json::to_vec(&{ let mut v = serde_json::to_value(Request::new("echo", "say", json!(1))).unwrap(); v["extra"] = json!(1); v }).unwrap(),
+        "unknown field `extra`"
+    )]
+    #[case::uuid_v1_id(
+        serde_json::to_vec(&{ let mut r = Request::new("echo", "say", json!(1)); r.id = Uuid::from_u128(0x6ba7b810_9dad_11d1_80b4_00c04fd430c8); r }).unwrap(),
+        "is not a UUID v4"
+    )]
+    #[case::wrong_service(serde_json::to_vec(&Request::new("other", "say", json!(1))).unwrap(), "envelope addresses other.say")]
+    #[case::wrong_verb(serde_json::to_vec(&Request::new("echo", "shout", json!(1))).unwrap(), "envelope addresses echo.shout")]
+    fn malformed_requests_are_bad_requests(#[case] bytes: Vec<u8>, #[case] message: &str) {
+        let error = Request::parse(&bytes, "echo", "say").unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        assert!(!error.retryable);
+        assert!(
+            error.message.contains(message),
+            "{:?} lacks {message:?}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn an_unreadable_request_is_answered_with_whatever_id_it_carries() {
+        let id = Uuid::new_v4();
+        let raw = serde_json::to_vec(&json!({"id": id, "payload": 1})).unwrap();
+        let error = ErrorBody::new(ErrorCode::BadRequest, "bad");
+        assert_eq!(
+            Reply::error_for_raw(&raw, error.clone()).correlation_id(),
+            id
+        );
+        assert_eq!(
+            Reply::error_for_raw(b"garbage", error).correlation_id(),
+            Uuid::nil()
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! Real servers for tests: a private `nats-server -js` and a private PostgreSQL, each on a
+//! free loopback port with its own temporary directory, stopped when dropped. Setting
+//! `CELLBUS_TEST_NATS_URL` or `CELLBUS_TEST_DATABASE_URL` points tests at a server of your
+//! own instead. A missing server binary is a test failure naming the command that
+//! installs it, never a skipped test.
+
+#![forbid(unsafe_code)]
+
+mod nats;
+mod postgres;
+
+pub use nats::NatsServer;
+pub use postgres::Postgres;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("`{binary}` was not found{searched}; install it with: {install}")]
+    Missing {
+        binary: &'static str,
+        searched: String,
+        install: &'static str,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed: {output}")]
+    Command { what: String, output: String },
+    #[error("{server} did not become ready within {seconds} s; its log:\n{log}")]
+    NotReady {
+        server: &'static str,
+        seconds: u64,
+        log: String,
+    },
+}
+
+impl HarnessError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
+
+/// Finds `binary` on PATH, then in the project's own virtualenv (where the setup script
+/// installs nats-server), then in `extra` directories.
+fn find_binary(
+    binary: &'static str,
+    extra: &[PathBuf],
+    install: &'static str,
+) -> Result<PathBuf, HarnessError> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.push(venv);
+    dirs.extend(extra.iter().cloned());
+    dirs.iter()
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| HarnessError::Missing {
+            binary,
+            searched: if extra.is_empty() {
+                " on PATH or in .venv/bin".into()
+            } else {
+                format!(
+                    " on PATH, in .venv/bin or in {}",
+                    extra
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            install,
+        })
+}
+
+/// Polls `ready` every few milliseconds until it yields a value or `limit` passes.
+fn wait_for<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
