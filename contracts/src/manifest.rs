@@ -254,8 +254,9 @@ fn check_metadata(document: &Value) -> Vec<FieldError> {
     errors
 }
 
-/// A schema error as a field error: the JSON pointer becomes a field path, and for a
-/// missing or unknown property the path names that property.
+/// A schema error as a field error: the JSON pointer becomes a field path under `root`
+/// (empty for the object root), and for a missing or unknown property the path names that
+/// property.
 pub fn schema_error(root: &str, error: &jsonschema::ValidationError<'_>) -> FieldError {
     let mut field = root.to_owned();
     for token in error.instance_path().as_str().split('/').skip(1) {
@@ -263,22 +264,19 @@ pub fn schema_error(root: &str, error: &jsonschema::ValidationError<'_>) -> Fiel
         if token.parse::<usize>().is_ok() {
             field.push_str(&format!("[{token}]"));
         } else {
-            field.push('.');
-            field.push_str(&token);
+            push_field(&mut field, &token);
         }
     }
     match error.kind() {
         ValidationErrorKind::Required { property } => {
             if let Some(property) = property.as_str() {
-                field.push('.');
-                field.push_str(property);
+                push_field(&mut field, property);
             }
             FieldError::new(field, "required field is missing")
         }
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             if let [only] = unexpected.as_slice() {
-                field.push('.');
-                field.push_str(only);
+                push_field(&mut field, only);
             }
             FieldError::new(
                 field,
@@ -287,6 +285,13 @@ pub fn schema_error(root: &str, error: &jsonschema::ValidationError<'_>) -> Fiel
         }
         _ => FieldError::new(field, error.to_string()),
     }
+}
+
+fn push_field(path: &mut String, name: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(name);
 }
 
 fn compiled(schema: Value) -> Validator {
