@@ -85,12 +85,10 @@ pub fn check(documents: &[Value]) -> Checked {
         let at = object_ref(document);
         let is_ours = document.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION);
         let result = match at.kind.as_str() {
-            "Cell" if is_ours => judge::<CellSpec>(document, cell_schema(), |s| validate::cell(s))
+            "Cell" if is_ours => judge::<CellSpec>(document, cell_schema(), validate::cell)
                 .map(|spec| cells.push((at.clone(), spec))),
-            "CellPool" if is_ours => {
-                judge::<CellPoolSpec>(document, pool_schema(), |s| validate::pool(s))
-                    .map(|spec| pools.push((at.clone(), spec)))
-            }
+            "CellPool" if is_ours => judge::<CellPoolSpec>(document, pool_schema(), validate::pool)
+                .map(|spec| pools.push((at.clone(), spec))),
             "Cell" | "CellPool" => Err(vec![FieldError::new(
                 "apiVersion",
                 format!("expected {API_VERSION}"),

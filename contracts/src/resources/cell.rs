@@ -10,6 +10,8 @@ use crate::subject;
 
 /// A service on the Cellbus bus: requests on `cbs.{service}.{verb}` are answered by the
 /// cell's module, run by the pods of a CellPool.
+// Each `printcolumn(...)` repeats `type_`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(feature = "kube", derive(kube::CustomResource))]
 #[cfg_attr(

@@ -10,6 +10,8 @@ use super::common::{Os, Runtime, SandboxLimits};
 use super::k8s::{ResourceRequirements, Toleration};
 
 /// A pool of Cellbus runtime pods of one runtime on one OS.
+// Each `printcolumn(...)` repeats `type_`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(feature = "kube", derive(kube::CustomResource))]
 #[cfg_attr(
