@@ -32,7 +32,7 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     let checked = match cellbus_runtime::manifests::check(paths) {
         Ok(checked) => checked,
         Err(error) => {
-            eprintln!("cellbus: {}", report(&error));
+            eprintln!("cellbus: {}", cellbus_contracts::error_chain(&error));
             return ExitCode::FAILURE;
         }
     };
@@ -53,16 +53,4 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// An error and its causes on one line.
-fn report(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -19,3 +19,16 @@ pub mod wire;
 
 /// The WIT world a WebAssembly cell implements (`contracts/wit/cell.wit`).
 pub const CELL_WIT: &str = include_str!("../wit/cell.wit");
+
+/// An error and its causes on one line, `outer: cause: root cause`, as the command lines
+/// print them.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -100,6 +100,12 @@ impl Request {
                 format!("request id {} is not a UUID v4", request.id),
             ));
         }
+        if request.timeout_ms == Some(0) {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                "timeoutMs must be at least 1 (leave it out to use the verb's deadline)",
+            ));
+        }
         if request.service != service || request.verb != verb {
             return Err(ErrorBody::new(
                 ErrorCode::BadRequest,
@@ -431,6 +437,10 @@ mod tests {
     #[case::uuid_v1_id(
         serde_json::to_vec(&{ let mut r = Request::new("echo", "say", json!(1)); r.id = Uuid::from_u128(0x6ba7b810_9dad_11d1_80b4_00c04fd430c8); r }).unwrap(),
         "is not a UUID v4"
+    )]
+    #[case::zero_timeout(
+        serde_json::to_vec(&Request::new("echo", "say", json!(1)).with_timeout_ms(0)).unwrap(),
+        "timeoutMs must be at least 1"
     )]
     #[case::wrong_service(serde_json::to_vec(&Request::new("other", "say", json!(1))).unwrap(), "envelope addresses other.say")]
     #[case::wrong_verb(serde_json::to_vec(&Request::new("echo", "shout", json!(1))).unwrap(), "envelope addresses echo.shout")]

@@ -42,20 +42,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("cellbus-operator: {}", report(&error));
+            eprintln!(
+                "cellbus-operator: {}",
+                cellbus_contracts::error_chain(&error)
+            );
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes on one line.
-fn report(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
