@@ -1,5 +1,136 @@
-//! The Cellbus cell runtime and the `cellbus` command line.
+//! The Cellbus cell runtime and the `cellbus` command line: serving cells over NATS
+//! request/reply, local mode, calls, module pushes and the benchmark.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod bench;
+pub mod call;
+pub mod cell;
+pub mod http;
 pub mod manifests;
+pub mod metrics;
+pub mod modules;
+pub mod serve;
+pub mod server;
+pub mod up;
+// The one module allowed `unsafe`: loading compiled code from the cache.
+#[allow(unsafe_code)]
+pub mod wasm;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cellbus_control::NatsArgs;
+
+use crate::metrics::Metrics;
+use crate::server::{Identity, PoolServer, Shared};
+use crate::wasm::{EngineSettings, Executor, ExecutorError};
+
+/// The default largest request body: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+    #[error(transparent)]
+    Nats(#[from] cellbus_control::Error),
+    #[error("setting up the https client")]
+    Http(#[source] reqwest::Error),
+    #[error("listening on {address}")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Engine and request limits of a runtime process.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EngineArgs {
+    /// Directory of the compiled code cache.
+    #[arg(long, env = "CELLBUS_CACHE_DIR", default_value_os_t = default_cache_dir())]
+    pub cache_dir: PathBuf,
+    /// Most linear memory one cell instance may have, in bytes.
+    #[arg(long, env = "CELLBUS_MAX_MEMORY", default_value_t = 512 << 20)]
+    pub max_memory: usize,
+    /// Cell instances that may run at once in this process.
+    #[arg(long, env = "CELLBUS_MAX_INSTANCES", default_value_t = 1000)]
+    pub max_instances: u32,
+    /// Largest request body accepted, in bytes; larger ones get `resource_exhausted`.
+    #[arg(long, env = "CELLBUS_MAX_PAYLOAD", default_value_t = DEFAULT_MAX_PAYLOAD)]
+    pub max_payload: usize,
+}
+
+impl Default for EngineArgs {
+    fn default() -> Self {
+        Self {
+            cache_dir: default_cache_dir(),
+            max_memory: 512 << 20,
+            max_instances: 1000,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("cellbus/code")
+}
+
+/// One runtime process: the engine, the NATS connection and the buckets, shared by the
+/// pools it serves.
+#[derive(Clone)]
+pub struct Node {
+    pub shared: Shared,
+}
+
+impl Node {
+    /// Sets up the engine and connects. `name` names the connection in NATS monitoring.
+    pub async fn start(nats: &NatsArgs, engine: &EngineArgs, name: &str) -> Result<Self, Error> {
+        let metrics = Arc::new(Metrics::new());
+        let executor = Arc::new(Executor::new(
+            &EngineSettings {
+                max_memory: engine.max_memory,
+                max_instances: engine.max_instances,
+                cache_dir: engine.cache_dir.clone(),
+            },
+            metrics.clone(),
+        )?);
+        let client = cellbus_control::connect(nats, name).await?;
+        let buckets =
+            cellbus_control::ensure_buckets(&async_nats::jetstream::new(client.clone())).await?;
+        let http = reqwest::Client::builder()
+            .https_only(true)
+            .build()
+            .map_err(Error::Http)?;
+        Ok(Self {
+            shared: Shared {
+                client,
+                buckets,
+                executor,
+                metrics,
+                http,
+                max_payload: engine.max_payload,
+            },
+        })
+    }
+
+    /// Starts serving the pool `identity` names.
+    pub fn serve_pool(&self, identity: Identity) -> PoolServer {
+        PoolServer::start(self.shared.clone(), identity)
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,19 +1,50 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cellbus_contracts::error_chain;
 use cellbus_contracts::manifest::Object;
-use clap::{Parser, Subcommand};
+use cellbus_control::NatsArgs;
+use cellbus_runtime::{bench, call, serve, up};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
 
 /// Cellbus: small sandboxed services on NATS.
 #[derive(Parser)]
 #[command(name = "cellbus", version, about)]
 struct Args {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "CELLBUS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a pool's cells (what the runtime pods run).
+    Serve(serve::ServeArgs),
+    /// Run the Cells and CellPools of a directory locally until Ctrl-C.
+    Up(up::UpArgs),
+    /// Send one request and print the reply.
+    Call(call::CallArgs),
+    /// Work with modules in the cbs-modules object store.
+    Module {
+        #[command(subcommand)]
+        command: ModuleCommand,
+    },
+    /// Measure request/reply through the runtime against raw NATS, side by side.
+    Bench(bench::BenchArgs),
     /// Check Cell and CellPool manifests as a cluster would judge them.
     Check {
         /// Manifest files or directories (walked for .yaml and .yml files).
@@ -22,19 +53,121 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ModuleCommand {
+    /// Store a module under its sha256 digest and print the digest.
+    Push {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// The module file.
+        file: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
-    match Args::parse().command {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime");
+    runtime.block_on(run(args.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve(args) => report(serve::run(args).await),
+        Command::Up(args) => report(run_up(args).await),
+        Command::Call(args) => match call::run(&args).await {
+            Ok(Ok(payload)) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&payload).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(Err(error)) => {
+                eprintln!("error {}: {}", error.code.as_str(), error.message);
+                if let Some(details) = error.details {
+                    eprintln!(
+                        "{}",
+                        serde_json::to_string_pretty(&details).unwrap_or_default()
+                    );
+                }
+                ExitCode::FAILURE
+            }
+            Err(error) => fail(&error),
+        },
+        Command::Module {
+            command: ModuleCommand::Push { nats, file },
+        } => report(push(&nats, &file).await.map(|digest| println!("{digest}"))),
+        Command::Bench(args) => report(
+            bench::run(&args)
+                .await
+                .map(|r| print!("{}", r.table(&args))),
+        ),
         Command::Check { paths } => check(&paths),
     }
+}
+
+async fn run_up(args: up::UpArgs) -> Result<(), up::UpError> {
+    let up = up::start(&args).await?;
+    println!("NATS    {}", up.nats_url);
+    for line in &up.report {
+        println!("{line}");
+    }
+    println!("ready   (Ctrl-C stops)");
+    cellbus_runtime::shutdown_signal().await;
+    up.shutdown().await;
+    println!("stopped");
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Nats(#[from] cellbus_control::Error),
+}
+
+async fn push(nats: &NatsArgs, file: &PathBuf) -> Result<String, PushError> {
+    let bytes = std::fs::read(file).map_err(|source| PushError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    let client = cellbus_control::connect_once(nats, "cellbus module push").await?;
+    let buckets = cellbus_control::ensure_buckets(&async_nats::jetstream::new(client)).await?;
+    Ok(cellbus_control::push_module(&buckets.modules, &bytes).await?)
+}
+
+fn report<E: std::error::Error>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &dyn std::error::Error) -> ExitCode {
+    eprintln!("cellbus: {}", error_chain(error));
+    ExitCode::FAILURE
 }
 
 fn check(paths: &[PathBuf]) -> ExitCode {
     let checked = match cellbus_runtime::manifests::check(paths) {
         Ok(checked) => checked,
-        Err(error) => {
-            eprintln!("cellbus: {}", cellbus_contracts::error_chain(&error));
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&error),
     };
     for object in &checked.objects {
         let at = match object {

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod quantity;
 pub mod resources;
 pub mod schemas;
+pub mod status;
 pub mod subject;
 pub mod validate;
 pub mod wire;

@@ -81,8 +81,24 @@ pub fn check(documents: &[Value]) -> Checked {
     let mut checked = Checked::default();
     let mut cells = Vec::new();
     let mut pools = Vec::new();
+    let mut seen: Vec<(ObjectRef, &Value)> = Vec::new();
     for document in documents {
         let at = object_ref(document);
+        // The same object applied twice is one object, as with `kubectl apply`; two
+        // different objects under one name are a mistake.
+        if let Some((_, first)) = seen.iter().find(|(other, _)| other == &at) {
+            if *first != document {
+                checked.errors.push(ObjectError {
+                    object: at.clone(),
+                    error: FieldError::new(
+                        "metadata.name",
+                        "defined twice with different contents",
+                    ),
+                });
+            }
+            continue;
+        }
+        seen.push((at.clone(), document));
         let is_ours = document.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION);
         let result = match at.kind.as_str() {
             "Cell" if is_ours => judge::<CellSpec>(document, cell_schema(), validate::cell)

@@ -134,6 +134,13 @@ pub fn request_subject(service: &str, verb: &str) -> Result<String, SubjectError
     Ok(format!("{PREFIX}.{service}.{verb}"))
 }
 
+/// `cbs.{service}.*`: every verb of a service, so a runtime can answer verbs it does not
+/// know with `unknown_verb`.
+pub fn service_wildcard(service: &str) -> Result<String, SubjectError> {
+    check_service(service)?;
+    Ok(format!("{PREFIX}.{service}.*"))
+}
+
 /// `cbs.{service}.$ping`: the runtime's liveness check of a loaded cell.
 pub fn ping_subject(service: &str) -> Result<String, SubjectError> {
     check_service(service)?;
@@ -210,6 +217,7 @@ mod tests {
             "cbs.$dlq.ledger.append"
         );
         assert_eq!(queue_group("echo").unwrap(), "cbs.echo");
+        assert_eq!(service_wildcard("echo").unwrap(), "cbs.echo.*");
         assert_eq!(stream_name("order-book").unwrap(), "CBS_ORDER_BOOK");
     }
 

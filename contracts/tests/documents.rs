@@ -209,3 +209,24 @@ fn a_cellbus_kind_with_a_foreign_api_version_or_a_bad_name_is_refused() {
         .collect();
     assert_eq!(fields, ["apiVersion", "metadata.name"]);
 }
+
+#[test]
+fn the_same_object_twice_is_one_object_and_a_clash_is_an_error() {
+    let pool = "apiVersion: cellbus.io/v1alpha1\nkind: CellPool\nmetadata: {name: p}\nspec: {runtime: wasm}\n";
+    let twice = manifest::parse_yaml(&format!("{pool}---\n{pool}")).unwrap();
+    let checked = manifest::check(&twice);
+    assert!(checked.errors.is_empty(), "{:?}", checked.errors);
+    assert_eq!(checked.objects.len(), 1);
+
+    let clash = manifest::parse_yaml(&format!(
+        "{pool}---\n{}",
+        pool.replace("runtime: wasm", "runtime: process")
+    ))
+    .unwrap();
+    let errors = manifest::check(&clash).errors;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].to_string(),
+        "CellPool default/p: metadata.name: defined twice with different contents"
+    );
+}

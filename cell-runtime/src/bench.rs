@@ -1,0 +1,285 @@
+//! `cellbus bench`: the same request/reply load, side by side in one run, against a raw
+//! async-nats echo responder in a queue group and against the `echo` cell served by this
+//! runtime, both through one nats-server on loopback. It prints requests per second and
+//! latency percentiles of each and their ratios.
+
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use bytes::Bytes;
+use cellbus_contracts::assignment::PoolAssignment;
+use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
+use cellbus_contracts::status::LoadState;
+use cellbus_contracts::wire::Request;
+use cellbus_control::NatsArgs;
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::call::parse_duration;
+use crate::server::Identity;
+use crate::up::LocalNats;
+use crate::{EngineArgs, Node};
+
+/// The echo cell of examples/echo, built into the binary so the bench needs no files.
+pub const ECHO_WASM: &[u8] = include_bytes!("../../examples/echo/echo.wasm");
+const RAW_SUBJECT: &str = "bench.raw.echo";
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Requesters running at once, each waiting for its reply before the next request.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Bytes of text in each request's payload.
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// How long each side is measured.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load sent to each side before measuring.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// NATS to use instead of starting a private server.
+    #[arg(long = "nats-url", env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Up(#[from] crate::up::UpError),
+    #[error(transparent)]
+    Runtime(#[from] crate::Error),
+    #[error(transparent)]
+    Control(#[from] cellbus_control::Error),
+    #[error("the echo cell did not load: {0}")]
+    NotLoaded(String),
+    #[error("subscribing the raw responder")]
+    Subscribe(#[source] async_nats::SubscribeError),
+}
+
+/// What one side measured.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Sorted latencies in microseconds.
+    latencies: Vec<u32>,
+}
+
+impl Side {
+    pub fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile (0..=1) of latency in microseconds.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.latencies[index])
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub raw: Side,
+    pub cellbus: Side,
+}
+
+impl Report {
+    /// The table `cellbus bench` prints.
+    pub fn table(&self, args: &BenchArgs) -> String {
+        let row = |name: &str, side: &Side| {
+            format!(
+                "{name:<10} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>8}\n",
+                side.per_second(),
+                side.quantile(0.5),
+                side.quantile(0.99),
+                side.quantile(0.999),
+                side.errors
+            )
+        };
+        let ratio = |a: f64, b: f64| a / b;
+        format!(
+            "request/reply, {} concurrent, {} B payload, {:?} per side\n\
+             {:<10} {:>12} {:>10} {:>10} {:>10} {:>8}\n{}{}\
+             ratios (cellbus / raw): throughput {:.2}, p50 {:.2}, p99 {:.2}, p99.9 {:.2}\n",
+            args.concurrency,
+            args.payload,
+            args.duration,
+            "side",
+            "req/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "errors",
+            row("raw", &self.raw),
+            row("cellbus", &self.cellbus),
+            ratio(self.cellbus.per_second(), self.raw.per_second()),
+            ratio(self.cellbus.quantile(0.5), self.raw.quantile(0.5)),
+            ratio(self.cellbus.quantile(0.99), self.raw.quantile(0.99)),
+            ratio(self.cellbus.quantile(0.999), self.raw.quantile(0.999)),
+        )
+    }
+}
+
+pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+    let local = match &args.nats_url {
+        Some(_) => None,
+        None => Some(LocalNats::start()?),
+    };
+    let url = args
+        .nats_url
+        .clone()
+        .or_else(|| local.as_ref().map(|l| l.url.clone()))
+        .expect("a URL is given or a server was started");
+    let nats = NatsArgs::url(&url);
+    let node = Node::start(&nats, &args.engine, "cellbus bench runtime").await?;
+
+    // The echo cell, in a pool of its own, with room for every requester.
+    let digest = cellbus_control::push_module(&node.shared.buckets.modules, ECHO_WASM).await?;
+    let pool: CellPoolSpec =
+        serde_json::from_value(json!({"runtime": "wasm"})).expect("a literal pool spec parses");
+    let cell: CellSpec = serde_json::from_value(json!({
+        "service": "echo",
+        "verbs": [{"name": "say"}],
+        "module": {"digest": digest},
+        "limits": {"maxInFlight": (args.concurrency * 2).min(10_000)},
+    }))
+    .expect("a literal cell spec parses");
+    let assignment = PoolAssignment::new("bench", "bench", &pool, [("echo", &cell)])
+        .expect("echo is a valid service");
+    cellbus_control::write_assignment(&node.shared.buckets.assignments, &assignment).await?;
+    let server = node.serve_pool(Identity {
+        namespace: "bench".into(),
+        pool: "bench".into(),
+        pod: "bench".into(),
+    });
+    let limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        match server.states().first() {
+            Some(state) if state.state == LoadState::Loaded => break,
+            Some(state) => {
+                return Err(BenchError::NotLoaded(
+                    state.reason.clone().unwrap_or_default(),
+                ))
+            }
+            None if Instant::now() > limit => {
+                return Err(BenchError::NotLoaded("no load state after 60 s".into()))
+            }
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+
+    // The raw responder: the least a NATS service can do, replying with what it got.
+    let responder = cellbus_control::connect_once(&nats, "cellbus bench raw").await?;
+    let mut requests = responder
+        .queue_subscribe(RAW_SUBJECT, "bench.raw".into())
+        .await
+        .map_err(BenchError::Subscribe)?;
+    let echo_client = responder.clone();
+    tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            if let Some(reply) = message.reply {
+                let _ = echo_client.publish(reply, message.payload).await;
+            }
+        }
+    });
+
+    let requester = cellbus_control::connect_once(&nats, "cellbus bench load").await?;
+    let body = Bytes::from(
+        serde_json::to_vec(&Request::new(
+            "echo",
+            "say",
+            json!({"text": "x".repeat(args.payload)}),
+        ))
+        .expect("a request encodes"),
+    );
+    load(
+        &requester,
+        RAW_SUBJECT,
+        &body,
+        args.concurrency,
+        args.warmup,
+    )
+    .await;
+    load(
+        &requester,
+        "cbs.echo.say",
+        &body,
+        args.concurrency,
+        args.warmup,
+    )
+    .await;
+    let raw = load(
+        &requester,
+        RAW_SUBJECT,
+        &body,
+        args.concurrency,
+        args.duration,
+    )
+    .await;
+    let cellbus = load(
+        &requester,
+        "cbs.echo.say",
+        &body,
+        args.concurrency,
+        args.duration,
+    )
+    .await;
+    server.shutdown().await;
+    drop(local);
+    Ok(Report { raw, cellbus })
+}
+
+/// `concurrency` requesters, each sending `body` to `subject` and waiting for the reply,
+/// until `duration` has passed.
+async fn load(
+    client: &Client,
+    subject: &'static str,
+    body: &Bytes,
+    concurrency: usize,
+    duration: Duration,
+) -> Side {
+    let started = Instant::now();
+    let end = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    match client.request(subject, body.clone()).await {
+                        Ok(reply) if !reply.payload.is_empty() => latencies
+                            .push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        if let Ok((mut mine, failed)) = worker.await {
+            latencies.append(&mut mine);
+            errors += failed;
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Side {
+        requests: latencies.len() as u64,
+        errors,
+        elapsed,
+        latencies,
+    }
+}

@@ -1,0 +1,125 @@
+//! Prometheus metrics of the runtime, all prefixed `cellbus_runtime_`.
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests answered, by service, verb and outcome (`ok` or the error code).
+    pub requests: IntCounterVec,
+    /// Time from receiving a request to publishing its reply, by service and verb.
+    pub request_seconds: HistogramVec,
+    /// Requests being run, by service.
+    pub in_flight: IntGaugeVec,
+    /// Messages dropped without a reply, by reason.
+    pub dropped: IntCounterVec,
+    /// Time to instantiate a cell for one request.
+    pub instantiate_seconds: Histogram,
+    /// Modules compiled.
+    pub module_compiles: IntCounter,
+    /// Modules whose compiled code came from the disk cache.
+    pub module_cache_hits: IntCounter,
+    /// Time to compile a module.
+    pub compile_seconds: Histogram,
+    /// Requests whose sandbox was stopped, by reason (deadline, fuel, memory, trap, error).
+    pub sandbox_kills: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("cellbus_runtime".into()), None)
+            .expect("a fixed prefix is a valid registry prefix");
+        Self::register(registry)
+    }
+
+    /// Creates every metric and registers it with `registry`.
+    pub fn register(registry: Registry) -> Self {
+        let fast = exponential_buckets(0.000_01, 2.0, 20).expect("valid buckets");
+        let metrics = Self {
+            requests: IntCounterVec::new(
+                Opts::new("requests_total", "Requests answered, by outcome."),
+                &["service", "verb", "outcome"],
+            )
+            .expect("valid metric"),
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new("request_duration_seconds", "Time to answer a request.")
+                    .buckets(fast.clone()),
+                &["service", "verb"],
+            )
+            .expect("valid metric"),
+            in_flight: IntGaugeVec::new(
+                Opts::new("in_flight", "Requests being run."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            dropped: IntCounterVec::new(
+                Opts::new("dropped_total", "Messages dropped without a reply."),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            instantiate_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "instantiate_duration_seconds",
+                    "Time to instantiate a cell.",
+                )
+                .buckets(fast),
+            )
+            .expect("valid metric"),
+            module_compiles: IntCounter::new("module_compiles_total", "Modules compiled.")
+                .expect("valid metric"),
+            module_cache_hits: IntCounter::new(
+                "module_cache_hits_total",
+                "Modules loaded from the compiled code cache.",
+            )
+            .expect("valid metric"),
+            compile_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "module_compile_duration_seconds",
+                    "Time to compile a module.",
+                )
+                .buckets(exponential_buckets(0.001, 2.0, 16).expect("valid buckets")),
+            )
+            .expect("valid metric"),
+            sandbox_kills: IntCounterVec::new(
+                Opts::new("sandbox_kills_total", "Requests whose sandbox was stopped."),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        for collector in [
+            Box::new(metrics.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.request_seconds.clone()),
+            Box::new(metrics.in_flight.clone()),
+            Box::new(metrics.dropped.clone()),
+            Box::new(metrics.instantiate_seconds.clone()),
+            Box::new(metrics.module_compiles.clone()),
+            Box::new(metrics.module_cache_hits.clone()),
+            Box::new(metrics.compile_seconds.clone()),
+            Box::new(metrics.sandbox_kills.clone()),
+        ] {
+            metrics
+                .registry
+                .register(collector)
+                .expect("each metric is registered once");
+        }
+        metrics
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut out)
+            .expect("encoding metrics into a string cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,526 @@
+//! Serving one pool: watch its assignment in `cbs-assignments`, load, replace and remove
+//! cells live, subscribe each service in its queue group, answer `$ping`, and report what
+//! is loaded to `cbs-status`.
+//!
+//! A replaced cell keeps its subscription; each request takes the cell version current
+//! when it arrives and holds it until it has answered, so in-flight requests of an old
+//! version finish on that version while new requests reach the new one. A removed
+//! service drains its subscription: messages already delivered are answered, then it
+//! stops.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use async_nats::{Client, Message};
+use bytes::Bytes;
+use cellbus_contracts::assignment::{assignment_key, AssignedCell, PoolAssignment};
+use cellbus_contracts::resources::Runtime;
+use cellbus_contracts::status::{status_key, CellLoadState, LoadState, PingPayload, PodStatus};
+use cellbus_contracts::subject::{self, PING_VERB};
+use cellbus_contracts::wire::{ErrorBody, ErrorCode, Reply, Request};
+use cellbus_control::Buckets;
+use futures::StreamExt;
+use jiff::Timestamp;
+use tokio::sync::oneshot;
+use tracing::{info, warn, Instrument};
+
+use crate::cell::LoadedCell;
+use crate::metrics::Metrics;
+use crate::modules;
+use crate::wasm::Executor;
+
+/// How soon a cell that failed to load is tried again.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
+
+/// Who this runtime is.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub namespace: String,
+    pub pool: String,
+    pub pod: String,
+}
+
+/// What a pool server shares with the rest of the process.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: Client,
+    pub buckets: Buckets,
+    pub executor: Arc<Executor>,
+    pub metrics: Arc<Metrics>,
+    pub http: reqwest::Client,
+    /// Largest request body accepted.
+    pub max_payload: usize,
+}
+
+/// A running pool server; dropping it does not stop it, [`PoolServer::shutdown`] does.
+#[derive(Clone)]
+pub struct PoolServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Shared,
+    identity: Identity,
+    cells: RwLock<HashMap<String, Arc<LoadedCell>>>,
+    subscriptions: Mutex<HashMap<String, ServiceSubscription>>,
+    states: Mutex<Vec<CellLoadState>>,
+    assignment_loaded: AtomicBool,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+struct ServiceSubscription {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PoolServer {
+    /// Starts serving the pool `identity` names.
+    pub fn start(shared: Shared, identity: Identity) -> Self {
+        let (stop, stopped) = oneshot::channel();
+        let inner = Arc::new(Inner {
+            shared,
+            identity,
+            cells: RwLock::default(),
+            subscriptions: Mutex::default(),
+            states: Mutex::default(),
+            assignment_loaded: AtomicBool::new(false),
+            stop: Mutex::new(Some(stop)),
+        });
+        let span = tracing::info_span!("pool", namespace = %inner.identity.namespace, pool = %inner.identity.pool);
+        tokio::spawn(inner.clone().watch(stopped).instrument(span));
+        Self { inner }
+    }
+
+    /// Whether the pool's assignment has been read and applied at least once.
+    pub fn assignment_loaded(&self) -> bool {
+        self.inner.assignment_loaded.load(Ordering::Acquire)
+    }
+
+    /// What this pod reports about each assigned cell.
+    pub fn states(&self) -> Vec<CellLoadState> {
+        self.inner.states.lock().expect("state lock").clone()
+    }
+
+    /// Services currently served.
+    pub fn services(&self) -> Vec<String> {
+        let mut services: Vec<String> = self
+            .inner
+            .cells
+            .read()
+            .expect("cells lock")
+            .keys()
+            .cloned()
+            .collect();
+        services.sort();
+        services
+    }
+
+    /// Stops watching, drains every service's subscription and lets in-flight requests
+    /// finish.
+    pub async fn shutdown(&self) {
+        if let Some(stop) = self.inner.stop.lock().expect("stop lock").take() {
+            let _ = stop.send(());
+        }
+        let services: Vec<String> = self
+            .inner
+            .subscriptions
+            .lock()
+            .expect("subscription lock")
+            .keys()
+            .cloned()
+            .collect();
+        for service in services {
+            self.inner.unsubscribe(&service).await;
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self) -> String {
+        assignment_key(&self.identity.namespace, &self.identity.pool)
+    }
+
+    /// Follows the assignment key for ever, re-watching after any interruption (a NATS
+    /// restart ends the watch), and retries failed loads now and then.
+    async fn watch(self: Arc<Self>, mut stopped: oneshot::Receiver<()>) {
+        let key = self.key();
+        let mut current: Option<PoolAssignment> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut watch = match self
+                .shared
+                .buckets
+                .assignments
+                .watch_with_history(&key)
+                .await
+            {
+                Ok(watch) => watch,
+                Err(error) => {
+                    warn!(%error, "watching the assignment; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut stopped => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            // An empty key yields no entry; serve nothing until one is written.
+            if !self.assignment_loaded.load(Ordering::Acquire) {
+                if let Ok(None) = self.shared.buckets.assignments.get(&key).await {
+                    self.apply(None).await;
+                }
+            }
+            loop {
+                let retry = tokio::time::sleep(RETRY_FAILED_AFTER);
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    entry = watch.next() => match entry {
+                        Some(Ok(entry)) => {
+                            backoff = Duration::from_millis(100);
+                            current = match entry.operation {
+                                kv::Operation::Put => match serde_json::from_slice(&entry.value) {
+                                    Ok(assignment) => Some(assignment),
+                                    Err(error) => {
+                                        warn!(%error, revision = entry.revision, "the assignment is not a pool assignment; keeping the current cells");
+                                        continue;
+                                    }
+                                },
+                                kv::Operation::Delete | kv::Operation::Purge => None,
+                            };
+                            self.apply(current.as_ref()).await;
+                        }
+                        Some(Err(error)) => {
+                            warn!(%error, "assignment watch failed; watching again");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = retry, if self.has_failures() => self.apply(current.as_ref()).await,
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = &mut stopped => return,
+            }
+        }
+    }
+
+    fn has_failures(&self) -> bool {
+        self.states
+            .lock()
+            .expect("state lock")
+            .iter()
+            .any(|s| s.state == LoadState::Failed)
+    }
+
+    /// Makes the served cells match `assignment`.
+    async fn apply(self: &Arc<Self>, assignment: Option<&PoolAssignment>) {
+        let wanted: Vec<AssignedCell> = assignment.map(|a| a.cells.clone()).unwrap_or_default();
+        let runtime = assignment.map_or(Runtime::Wasm, |a| a.runtime);
+        let mut states = Vec::new();
+        for spec in wanted.iter() {
+            let current = self.cell(&spec.service);
+            if let Some(current) = current.filter(|c| &c.spec == spec) {
+                states.push(loaded_state(&current));
+                continue;
+            }
+            match self.load(spec, runtime).await {
+                Ok(cell) => {
+                    let cell = Arc::new(cell);
+                    info!(service = %spec.service, digest = ?spec.module.digest, "cell loaded");
+                    states.push(loaded_state(&cell));
+                    self.cells
+                        .write()
+                        .expect("cells lock")
+                        .insert(spec.service.clone(), cell);
+                    self.subscribe(&spec.service).await;
+                }
+                Err(reason) => {
+                    warn!(service = %spec.service, digest = ?spec.module.digest, %reason, "cell not loaded");
+                    states.push(CellLoadState {
+                        name: spec.name.clone(),
+                        service: spec.service.clone(),
+                        digest: spec.module.digest.clone(),
+                        state: LoadState::Failed,
+                        loaded_at: None,
+                        reason: Some(reason),
+                    });
+                }
+            }
+        }
+        let removed: Vec<String> = self
+            .cells
+            .read()
+            .expect("cells lock")
+            .keys()
+            .filter(|service| !wanted.iter().any(|c| &&c.service == service))
+            .cloned()
+            .collect();
+        for service in removed {
+            info!(%service, "cell removed");
+            self.unsubscribe(&service).await;
+            self.cells.write().expect("cells lock").remove(&service);
+        }
+        *self.states.lock().expect("state lock") = states.clone();
+        self.report(states).await;
+        self.assignment_loaded.store(true, Ordering::Release);
+    }
+
+    fn cell(&self, service: &str) -> Option<Arc<LoadedCell>> {
+        self.cells.read().expect("cells lock").get(service).cloned()
+    }
+
+    /// Fetches, verifies and prepares one cell; the error is the reason to report.
+    async fn load(&self, spec: &AssignedCell, runtime: Runtime) -> Result<LoadedCell, String> {
+        if runtime != Runtime::Wasm {
+            return Err(format!(
+                "{} cells are not served by this runtime build",
+                runtime.as_str()
+            ));
+        }
+        let executor = &self.shared.executor;
+        let (digest, bytes) = modules::fetch(&self.shared, &spec.module)
+            .await
+            .map_err(|e| cellbus_contracts::error_chain(&e))?;
+        let executor_for_compile = executor.clone();
+        let compiled =
+            tokio::task::spawn_blocking(move || executor_for_compile.component(&digest, &bytes))
+                .await
+                .map_err(|e| format!("compiling: {e}"))?
+                .map_err(|e| e.to_string())?;
+        let code = executor
+            .prepare(spec, &compiled.0)
+            .map_err(|e| e.to_string())?;
+        LoadedCell::new(spec.clone(), code).map_err(|e| e.to_string())
+    }
+
+    async fn report(&self, cells: Vec<CellLoadState>) {
+        let status = PodStatus {
+            namespace: self.identity.namespace.clone(),
+            pool: self.identity.pool.clone(),
+            pod: self.identity.pod.clone(),
+            updated_at: Timestamp::now(),
+            cells,
+        };
+        let key = status_key(
+            &self.identity.namespace,
+            &self.identity.pool,
+            &self.identity.pod,
+        );
+        let body = match serde_json::to_vec(&status) {
+            Ok(body) => body,
+            Err(error) => return warn!(%error, "encoding the pod status"),
+        };
+        if let Err(error) = self.shared.buckets.status.put(&key, body.into()).await {
+            warn!(%error, %key, "reporting the pod status");
+        }
+    }
+
+    /// Subscribes a service's verbs (queue group) and its `$ping` (every pod answers).
+    async fn subscribe(self: &Arc<Self>, service: &str) {
+        if self
+            .subscriptions
+            .lock()
+            .expect("subscription lock")
+            .contains_key(service)
+        {
+            return;
+        }
+        let client = &self.shared.client;
+        let (Ok(verbs), Ok(group), Ok(ping)) = (
+            subject::service_wildcard(service),
+            subject::queue_group(service),
+            subject::ping_subject(service),
+        ) else {
+            return warn!(%service, "service name cannot be subscribed");
+        };
+        let requests = client.queue_subscribe(verbs, group).await;
+        let pings = client.subscribe(ping).await;
+        let (mut requests, mut pings) = match (requests, pings) {
+            (Ok(r), Ok(p)) => (r, p),
+            (Err(error), _) | (_, Err(error)) => {
+                return warn!(%error, %service, "subscribing");
+            }
+        };
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let inner = self.clone();
+        let span = tracing::info_span!("service", %service);
+        let task = tokio::spawn(
+            async move {
+                let mut draining = false;
+                loop {
+                    tokio::select! {
+                        message = requests.next() => match message {
+                            Some(message) => {
+                                let inner = inner.clone();
+                                tokio::spawn(async move { inner.handle(message).await });
+                            }
+                            None => break,
+                        },
+                        message = pings.next(), if !draining => {
+                            if let Some(message) = message {
+                                inner.pong(message).await;
+                            }
+                        }
+                        _ = &mut stopped, if !draining => {
+                            draining = true;
+                            // Messages already delivered are still answered; the stream ends
+                            // once they are.
+                            let _ = requests.drain().await;
+                            let _ = pings.unsubscribe().await;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        self.subscriptions
+            .lock()
+            .expect("subscription lock")
+            .insert(service.to_owned(), ServiceSubscription { stop, task });
+    }
+
+    async fn unsubscribe(&self, service: &str) {
+        let subscription = self
+            .subscriptions
+            .lock()
+            .expect("subscription lock")
+            .remove(service);
+        if let Some(subscription) = subscription {
+            let _ = subscription.stop.send(());
+            let _ = subscription.task.await;
+        }
+    }
+
+    /// Answers one message on `cbs.{service}.{verb}`.
+    async fn handle(&self, message: Message) {
+        let metrics = &self.shared.metrics;
+        let Some(reply_to) = message.reply.clone() else {
+            metrics
+                .dropped
+                .with_label_values(&["no_reply_subject"])
+                .inc();
+            return;
+        };
+        let Some((service, verb)) = parse_subject(&message.subject) else {
+            metrics.dropped.with_label_values(&["bad_subject"]).inc();
+            return;
+        };
+        if verb == PING_VERB {
+            return;
+        }
+        let started = Instant::now();
+        let cell = self.cell(service);
+        if cell.as_ref().is_some_and(|c| c.is_durable(verb)) {
+            // The stream owns this subject; a core reply would race its acknowledgement.
+            return;
+        }
+        let reply = match cell {
+            _ if message.payload.len() > self.shared.max_payload => Reply::error_for_raw(
+                &message.payload,
+                ErrorBody::new(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "request of {} bytes is over the {}-byte limit",
+                        message.payload.len(),
+                        self.shared.max_payload
+                    ),
+                )
+                .with_retryable(false),
+            ),
+            None => Reply::error_for_raw(
+                &message.payload,
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("{service} is not loaded in this pod"),
+                ),
+            ),
+            Some(cell) => {
+                let in_flight = metrics.in_flight.with_label_values(&[service]);
+                in_flight.inc();
+                let reply = cell
+                    .answer(
+                        &self.shared.executor,
+                        Some(self.shared.client.clone()),
+                        verb,
+                        &message.payload,
+                    )
+                    .await;
+                in_flight.dec();
+                reply
+            }
+        };
+        let outcome = match &reply {
+            Reply::Ok(_) => "ok",
+            Reply::Err(error) => error.error.code.as_str(),
+        };
+        let body = match serde_json::to_vec(&reply) {
+            Ok(body) => Bytes::from(body),
+            Err(error) => return warn!(%error, "encoding a reply"),
+        };
+        if let Err(error) = self.shared.client.publish(reply_to, body).await {
+            warn!(%error, "publishing a reply");
+        }
+        metrics
+            .requests
+            .with_label_values(&[service, verb, outcome])
+            .inc();
+        metrics
+            .request_seconds
+            .with_label_values(&[service, verb])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Answers `$ping` with the pod, the digest and when the cell was loaded.
+    async fn pong(&self, message: Message) {
+        let Some(reply_to) = message.reply.clone() else {
+            return;
+        };
+        let Some((service, _)) = parse_subject(&message.subject) else {
+            return;
+        };
+        let reply = match (
+            Request::parse(&message.payload, service, PING_VERB),
+            self.cell(service),
+        ) {
+            (Err(error), _) => Reply::error_for_raw(&message.payload, error),
+            (Ok(request), None) => Reply::error(
+                &request,
+                ErrorBody::new(ErrorCode::Unavailable, format!("{service} is not loaded")),
+            ),
+            (Ok(request), Some(cell)) => Reply::ok(
+                &request,
+                serde_json::to_value(PingPayload {
+                    pod: self.identity.pod.clone(),
+                    service: service.to_owned(),
+                    digest: cell.digest().map(str::to_owned),
+                    loaded_at: cell.loaded_at,
+                })
+                .unwrap_or_default(),
+            ),
+        };
+        if let Ok(body) = serde_json::to_vec(&reply) {
+            let _ = self.shared.client.publish(reply_to, body.into()).await;
+        }
+    }
+}
+
+fn parse_subject(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix(subject::PREFIX)?.strip_prefix('.')?;
+    rest.split_once('.')
+}
+
+fn loaded_state(cell: &LoadedCell) -> CellLoadState {
+    CellLoadState {
+        name: cell.spec.name.clone(),
+        service: cell.spec.service.clone(),
+        digest: cell.spec.module.digest.clone(),
+        state: LoadState::Loaded,
+        loaded_at: Some(cell.loaded_at),
+        reason: None,
+    }
+}

