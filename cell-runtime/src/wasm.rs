@@ -18,7 +18,7 @@ use uuid::Uuid;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
-    Store, Trap,
+    Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -111,6 +111,20 @@ impl Executor {
             .memory_guard_size(64 << 10)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| ExecutorError(format!("{e:#}")))?;
+
+        // Deadlines are counted in epochs: a thread advances them for as long as the
+        // engine lives.
+        let ticking = engine.weak();
+        std::thread::Builder::new()
+            .name("cellbus-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticking.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| ExecutorError(format!("starting the epoch thread: {e}")))?;
 
         let mut linker = Linker::new(&engine);
         types::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
@@ -253,10 +267,16 @@ impl Executor {
             },
         );
         store.limiter(|host| host);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        store
-            .set_epoch_deadline((remaining.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1);
-        store.epoch_deadline_trap();
+        // At every epoch tick a running guest either yields, so one busy cell cannot hold
+        // an executor thread, or stops when its deadline has passed.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
+        });
         store
             .set_fuel(cell.fuel.unwrap_or(u64::MAX))
             .map_err(|e| internal(format!("setting fuel: {e}")))?;

@@ -82,17 +82,32 @@ impl NatsServer {
     /// Kills the server (SIGKILL, as a crash would) and starts it again on the same port
     /// and store directory.
     pub fn restart(&mut self) -> Result<(), HarnessError> {
-        let Some(own) = self.own.as_mut() else {
-            return Err(HarnessError::Command {
-                what: "restarting nats-server".into(),
-                output: "the server is external (CELLBUS_TEST_NATS_URL); it cannot be restarted"
-                    .into(),
-            });
-        };
-        kill(&mut own.child);
+        self.kill()?;
+        self.start_again()
+    }
+
+    /// Kills the server (SIGKILL, as a crash would); [`NatsServer::start_again`] brings it
+    /// back.
+    pub fn kill(&mut self) -> Result<(), HarnessError> {
+        kill(&mut self.own_mut()?.child);
+        Ok(())
+    }
+
+    /// Starts a killed server again on its port and store directory.
+    pub fn start_again(&mut self) -> Result<(), HarnessError> {
+        let own = self.own_mut()?;
         let (child, _) = launch(&own.binary, own.dir.path(), i32::from(own.port))?;
         own.child = child;
         Ok(())
+    }
+
+    fn own_mut(&mut self) -> Result<&mut Own, HarnessError> {
+        self.own.as_mut().ok_or_else(|| HarnessError::Command {
+            what: "controlling nats-server".into(),
+            output:
+                "the server is external (CELLBUS_TEST_NATS_URL); it cannot be stopped or started"
+                    .into(),
+        })
     }
 }
 

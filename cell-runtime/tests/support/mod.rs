@@ -1,0 +1,302 @@
+//! What the runtime tests share: a real nats-server, a runtime node on it, cells built
+//! from WAT in the test, and requests through the bus.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use cellbus_contracts::assignment::PoolAssignment;
+use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
+use cellbus_contracts::status::{CellLoadState, LoadState};
+use cellbus_contracts::wire::{Reply, Request};
+use cellbus_control::NatsArgs;
+use cellbus_runtime::server::{Identity, PoolServer};
+use cellbus_runtime::{EngineArgs, Node};
+use cellbus_testkit::NatsServer;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const NAMESPACE: &str = "test";
+pub const POOL: &str = "pool";
+/// Requests larger than this are refused in tests (the default is 1 MiB).
+pub const MAX_PAYLOAD: usize = 64 << 10;
+
+pub struct Bus {
+    pub nats: NatsServer,
+    pub node: Node,
+    pub client: Client,
+    pub cache: TempDir,
+}
+
+impl Bus {
+    pub async fn start() -> Self {
+        let nats = NatsServer::start();
+        let cache = tempfile::tempdir().unwrap();
+        let node = node_for(&nats, cache.path()).await;
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        Self {
+            nats,
+            node,
+            client,
+            cache,
+        }
+    }
+
+    /// Stores the cells' modules, writes the pool's assignment and serves the pool once
+    /// every cell has loaded or failed.
+    pub async fn deploy(&self, cells: &[TestCell]) -> PoolServer {
+        self.assign(cells).await;
+        let server = self.node.serve_pool(Identity {
+            namespace: NAMESPACE.into(),
+            pool: POOL.into(),
+            pod: "pod-0".into(),
+        });
+        let services: Vec<&str> = cells.iter().map(|c| c.spec.service.as_str()).collect();
+        settle(&server, &services).await;
+        server
+    }
+
+    /// Stores the cells' modules and writes the pool's assignment.
+    pub async fn assign(&self, cells: &[TestCell]) {
+        for cell in cells {
+            cellbus_control::push_module(&self.node.shared.buckets.modules, &cell.module)
+                .await
+                .unwrap();
+        }
+        let pool: CellPoolSpec = serde_json::from_value(json!({"runtime": "wasm"})).unwrap();
+        let assignment = PoolAssignment::new(
+            NAMESPACE,
+            POOL,
+            &pool,
+            cells.iter().map(|c| (c.name.as_str(), &c.spec)),
+        )
+        .unwrap();
+        cellbus_control::write_assignment(&self.node.shared.buckets.assignments, &assignment)
+            .await
+            .unwrap();
+    }
+
+    /// Sends raw bytes to a subject and reads the reply envelope.
+    pub async fn send(&self, subject: &str, body: Vec<u8>) -> Reply {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client.request(subject.to_owned(), body.into()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{subject} did not answer within 20 s"))
+        .unwrap_or_else(|e| panic!("requesting {subject}: {e}"));
+        serde_json::from_slice(&reply.payload).unwrap_or_else(|e| {
+            panic!(
+                "{subject} answered {:?}, not a reply: {e}",
+                String::from_utf8_lossy(&reply.payload)
+            )
+        })
+    }
+
+    /// Sends a request envelope for `service.verb` with `payload`.
+    pub async fn call(
+        &self,
+        service: &str,
+        verb: &str,
+        payload: Value,
+    ) -> Result<Value, cellbus_contracts::wire::ErrorBody> {
+        let request = Request::new(service, verb, payload);
+        self.send(
+            &format!("cbs.{service}.{verb}"),
+            serde_json::to_vec(&request).unwrap(),
+        )
+        .await
+        .into_result()
+    }
+}
+
+pub async fn node_for(nats: &NatsServer, cache: &Path) -> Node {
+    Node::start(
+        &NatsArgs::url(nats.url()),
+        &EngineArgs {
+            cache_dir: cache.to_owned(),
+            max_memory: 64 << 20,
+            max_instances: 200,
+            max_payload: MAX_PAYLOAD,
+        },
+        "test runtime",
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until the pool reports a state for each service (loaded or failed).
+pub async fn settle(server: &PoolServer, services: &[&str]) -> Vec<CellLoadState> {
+    let limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        let states = server.states();
+        if server.assignment_loaded()
+            && services
+                .iter()
+                .all(|s| states.iter().any(|state| state.service == *s))
+        {
+            return states;
+        }
+        assert!(Instant::now() < limit, "cells did not settle: {states:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `check` holds, for at most `seconds`.
+pub async fn eventually(seconds: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let limit = Instant::now() + Duration::from_secs(seconds);
+    while !check().await {
+        assert!(
+            Instant::now() < limit,
+            "{what} did not happen within {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn loaded(states: &[CellLoadState], service: &str) -> bool {
+    states
+        .iter()
+        .any(|s| s.service == service && s.state == LoadState::Loaded)
+}
+
+/// A cell to deploy: its Cell name, spec and module bytes.
+pub struct TestCell {
+    pub name: String,
+    pub spec: CellSpec,
+    pub module: Vec<u8>,
+}
+
+impl TestCell {
+    /// A cell answering `verbs` (each `{"name": ...}` plus any verb fields) with
+    /// `module`; `extra` adds spec fields (limits, capabilities, …).
+    pub fn new(service: &str, verbs: Value, module: Vec<u8>, extra: Value) -> Self {
+        let mut spec = json!({
+            "service": service,
+            "verbs": verbs,
+            "module": {"digest": cellbus_control::digest_of(&module)},
+        });
+        if let (Value::Object(spec), Value::Object(extra)) = (&mut spec, extra) {
+            spec.extend(extra);
+        }
+        Self {
+            name: service.to_owned(),
+            spec: serde_json::from_value(spec).unwrap(),
+            module,
+        }
+    }
+
+    /// The echo cell of examples/echo with one verb `say` and `extra` spec fields.
+    pub fn echo(extra: Value) -> Self {
+        Self::new("echo", json!([{"name": "say"}]), echo_wasm(), extra)
+    }
+}
+
+pub fn echo_wasm() -> Vec<u8> {
+    cellbus_runtime::bench::ECHO_WASM.to_vec()
+}
+
+/// A component of the `cell` world from a core module in WAT.
+pub fn component(wat: &str) -> Vec<u8> {
+    let mut module = wat::parse_str(wat).unwrap();
+    let mut resolve = wit_parser::Resolve::new();
+    let (package, _) = resolve
+        .push_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts/wit"))
+        .unwrap();
+    let world = resolve.select_world(&[package], Some("cell")).unwrap();
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .unwrap();
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .unwrap()
+        .validate(true)
+        .encode()
+        .unwrap()
+}
+
+/// A core module implementing `handle` with `body` (which leaves the result pointer on
+/// the stack), plus `imports`, extra `functions` and `data` segments. Memory from 4096 up
+/// belongs to the allocator; 16..48 holds results; data goes at 1024 and after.
+pub fn cell_wat(imports: &str, functions: &str, body: &str, data: &str) -> String {
+    format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $ptr i32)
+    (local.set $ptr
+      (i32.and
+        (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+        (i32.sub (i32.const 0) (local.get 2))))
+    (global.set $heap (i32.add (local.get $ptr) (local.get 3)))
+    (if (i32.gt_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536)))
+      (then
+        (if (i32.eq
+              (memory.grow
+                (i32.add
+                  (i32.div_u
+                    (i32.sub (global.get $heap) (i32.mul (memory.size) (i32.const 65536)))
+                    (i32.const 65536))
+                  (i32.const 1)))
+              (i32.const -1))
+          (then unreachable))))
+    (local.get $ptr))
+  {functions}
+  (func (export "handle") (param i32 i32 i32 i32) (result i32)
+    {body})
+  {data}
+)"#
+    )
+}
+
+/// `handle` replying `Ok(text)` after spinning `spin` loop iterations.
+pub fn constant_cell(text: &str, spin: u32) -> Vec<u8> {
+    let body = format!(
+        r#"(local $i i32)
+    (local.set $i (i32.const {spin}))
+    (block $done
+      (loop $spin
+        (br_if $done (i32.eqz (local.get $i)))
+        (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+        (br $spin)))
+    (i32.store8 (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 1024))
+    (i32.store (i32.const 24) (i32.const {len}))
+    (i32.const 16)"#,
+        len = text.len()
+    );
+    let data = format!(
+        r#"(data (i32.const 1024) "{}")"#,
+        text.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    component(&cell_wat("", "", &body, &data))
+}
+
+/// `handle` calling `service.verb` with `payload` through the `call` capability and
+/// returning what the call returned.
+pub fn calling_cell(service: &str, verb: &str, payload: &str) -> Vec<u8> {
+    let imports = r#"(import "cellbus:cell/call@0.1.0" "request" (func $request (param i32 i32 i32 i32 i32 i32 i32)))"#;
+    let body = format!(
+        "(call $request (i32.const 1024) (i32.const {}) (i32.const 1100) (i32.const {}) (i32.const 1200) (i32.const {}) (i32.const 64))
+    (i32.const 64)",
+        service.len(),
+        verb.len(),
+        payload.len()
+    );
+    let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let data = format!(
+        r#"(data (i32.const 1024) "{}") (data (i32.const 1100) "{}") (data (i32.const 1200) "{}")"#,
+        escape(service),
+        escape(verb),
+        escape(payload)
+    );
+    component(&cell_wat(imports, "", &body, &data))
+}
