@@ -1,0 +1,219 @@
+//! The `cellbus` command line end to end: `up` on the examples (cells in WAT, C and
+//! Python), `call` against them, `module push`, and `bench` printing both sides.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cellbus_runtime::bench::{self, BenchArgs};
+use cellbus_runtime::EngineArgs;
+use cellbus_testkit::NatsServer;
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn cellbus() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cellbus"));
+    command.current_dir(repo()).env_remove("NATS_URL");
+    command
+}
+
+fn call(url: &str, args: &[&str]) -> Output {
+    cellbus()
+        .arg("call")
+        .args(args)
+        .env("NATS_URL", url)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `cellbus up DIR` running, with the lines it printed up to `ready`.
+struct Up {
+    child: Child,
+    url: String,
+    lines: Vec<String>,
+}
+
+impl Up {
+    fn start(dir: &str, cache: &Path) -> Self {
+        let mut child = cellbus()
+            .args(["up", dir])
+            .env("CELLBUS_CACHE_DIR", cache)
+            .env("PATH", path_with_venv())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, receive) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        loop {
+            let line = receive
+                .recv_timeout(Duration::from_secs(300))
+                .unwrap_or_else(|_| panic!("`cellbus up {dir}` did not get ready: {lines:?}"));
+            let ready = line.starts_with("ready");
+            lines.push(line);
+            if ready {
+                break;
+            }
+        }
+        let url = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("NATS    "))
+            .expect("up prints its NATS URL")
+            .to_owned();
+        std::thread::spawn(move || while receive.recv().is_ok() {});
+        Self { child, url, lines }
+    }
+
+    /// Ctrl-C, as a person would stop it.
+    fn interrupt(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+/// nats-server comes from the project's virtualenv when it is not on PATH already.
+fn path_with_venv() -> String {
+    format!(
+        "{}:{}",
+        repo().join(".venv/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn up_serves_the_examples_in_wat_c_and_python_and_call_reaches_them() {
+    let cache = tempfile::tempdir().unwrap();
+    let up = Up::start("examples", cache.path());
+    for subject in ["cbs.echo.say", "cbs.greeter.hello", "cbs.caller.relay"] {
+        assert!(
+            up.lines
+                .iter()
+                .any(|l| l.starts_with(&format!("serving {subject}"))),
+            "{subject} not served: {:?}",
+            up.lines
+        );
+    }
+
+    let echo = call(&up.url, &["echo.say", r#"{"text":"hi"}"#]);
+    assert!(echo.status.success(), "{}", text(&echo.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&echo.stdout).unwrap();
+    assert_eq!(reply, serde_json::json!({"text": "hi"}));
+
+    let greeter = call(&up.url, &["greeter.hello", r#"{"name":"Ada"}"#]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&greeter.stdout).unwrap(),
+        serde_json::json!({"greeting": "Hello, Ada!"}),
+        "{}",
+        text(&greeter.stderr)
+    );
+
+    let relay = call(&up.url, &["caller.relay", r#"{"text":"round trip"}"#]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&relay.stdout).unwrap(),
+        serde_json::json!({"echoed": {"text": "round trip"}, "via": "caller"}),
+        "{}",
+        text(&relay.stderr)
+    );
+
+    let refused = call(&up.url, &["echo.say", r#"{"txt":1}"#]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).starts_with("error schema_violation:"));
+
+    let status = up.interrupt();
+    assert!(status.success(), "up exits cleanly on Ctrl-C: {status}");
+}
+
+#[test]
+fn call_names_what_is_wrong_with_its_arguments() {
+    let unused = "nats://127.0.0.1:1";
+    for (args, message) in [
+        (vec!["echo", "{}"], "target `echo`: expected SERVICE.VERB"),
+        (
+            vec!["Echo.say", "{}"],
+            "target `Echo.say`: service `Echo` is not a DNS label",
+        ),
+        (
+            vec!["echo.a*", "{}"],
+            "target `echo.a*`: verb `a*` cannot be a NATS subject token",
+        ),
+        (vec!["echo.say", "not json"], "payload: not JSON"),
+        (
+            vec!["echo.say", "{}", "--timeout", "0s"],
+            "the duration must be above zero",
+        ),
+    ] {
+        let output = call(unused, &args);
+        assert!(!output.status.success());
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let unreachable = call(unused, &["echo.say", "{}"]);
+    assert!(text(&unreachable.stderr).contains("connecting to NATS at nats://127.0.0.1:1"));
+}
+
+#[test]
+fn module_push_prints_the_digest_the_manifest_names() {
+    let nats = NatsServer::start();
+    let output = cellbus()
+        .args([
+            "module",
+            "push",
+            "examples/echo/echo.wasm",
+            "--nats-url",
+            nats.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let manifest = std::fs::read_to_string(repo().join("examples/echo/cell.yaml")).unwrap();
+    let digest = text(&output.stdout).trim().to_owned();
+    assert!(manifest.contains(&format!("digest: {digest}")), "{digest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_raw_nats_and_the_runtime_side_by_side() {
+    let nats = NatsServer::start();
+    let cache = tempfile::tempdir().unwrap();
+    let args = BenchArgs {
+        concurrency: 4,
+        payload: 128,
+        duration: Duration::from_millis(300),
+        warmup: Duration::from_millis(100),
+        nats_url: Some(nats.url().to_owned()),
+        engine: EngineArgs {
+            cache_dir: cache.path().to_owned(),
+            ..EngineArgs::default()
+        },
+    };
+    let report = bench::run(&args).await.unwrap();
+    assert!(report.raw.requests > 0 && report.cellbus.requests > 0);
+    assert_eq!(report.cellbus.errors, 0);
+    let table = report.table(&args);
+    assert!(
+        table.contains("raw") && table.contains("cellbus"),
+        "{table}"
+    );
+    assert!(
+        table.contains("ratios (cellbus / raw): throughput"),
+        "{table}"
+    );
+}
