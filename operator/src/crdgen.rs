@@ -2,7 +2,6 @@
 //! under `schemas/`. `cellbus-operator crdgen --write` writes them; a test fails when the
 //! committed copies differ, so they always match the types in `cellbus-contracts`.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use cellbus_contracts::resources::{Cell, CellPool};
@@ -10,24 +9,10 @@ use cellbus_contracts::schemas;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+use crate::Error;
+
 /// The command that regenerates every file [`files`] lists.
 pub const REGENERATE: &str = "cargo run -p cellbus-operator -- crdgen --write";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("serializing {file}")]
-    Serialize {
-        file: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("writing {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// Both CRDs, Cell first.
 pub fn crds() -> [CustomResourceDefinition; 2] {
@@ -50,7 +35,7 @@ pub fn files() -> Result<Vec<GeneratedFile>, Error> {
             crd.metadata.name.as_deref().unwrap_or_default()
         );
         let contents = crd_yaml(&crd).map_err(|source| Error::Serialize {
-            file: path.clone(),
+            what: path.clone(),
             source,
         })?;
         files.push(GeneratedFile { path, contents });
@@ -59,7 +44,7 @@ pub fn files() -> Result<Vec<GeneratedFile>, Error> {
         let path = format!("schemas/{}", schema.file);
         let mut contents =
             serde_json::to_string_pretty(&schema.schema).map_err(|source| Error::Serialize {
-                file: path.clone(),
+                what: path.clone(),
                 source: source.into(),
             })?;
         contents.push('\n');

@@ -1,6 +1,17 @@
 //! The Cellbus operator: controllers for `Cell` and `CellPool`, the provisioners of the
 //! resources cells need outside Kubernetes, and the generator of the CRDs and schemas.
+//! The desired state comes from pure builders ([`builders`], [`conditions`]) that need no
+//! cluster; `render` prints what they make of a set of manifests.
 
 #![forbid(unsafe_code)]
 
+pub mod builders;
+pub mod conditions;
+pub mod config;
 pub mod crdgen;
+mod error;
+pub mod names;
+pub mod render;
+
+pub use config::Config;
+pub use error::Error;

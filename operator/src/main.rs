@@ -23,6 +23,15 @@ enum Command {
         #[arg(long, default_value = ".", requires = "write")]
         root: PathBuf,
     },
+    /// Print, without a cluster, the objects the operator would apply for Cell and
+    /// CellPool manifests, with pool assignments and streams as comments.
+    Render {
+        /// A manifest file or a directory of them (walked for .yaml and .yml); repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        config: Box<cellbus_operator::Config>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +46,9 @@ fn main() -> ExitCode {
                     println!("wrote {}", path.display());
                 }
             })
+        }
+        Command::Render { files, config } => {
+            cellbus_operator::render::render_paths(&files, &config).map(|yaml| print!("{yaml}"))
         }
     };
     match result {

@@ -1,0 +1,832 @@
+//! The Kubernetes objects of a CellPool: the runtime pods (`cellbus serve`) and what they
+//! need around them.
+
+use cellbus_contracts::resources::{CellPool, Os};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodOS, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Toleration, Volume, VolumeMount, WindowsSecurityContextOptions,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::config::Config;
+use crate::names;
+
+/// Port of a pool's Service. The Service targets the container port by name, so it stays
+/// right whatever port the operator is configured to run the runtime on.
+pub const SERVICE_PORT: i32 = 9090;
+
+/// How long a request may run when neither the verb, the cell nor the pool sets a
+/// deadline: the runtime's default.
+const DEFAULT_REQUEST_DEADLINE_MS: u32 = 30_000;
+/// Time on top of the longest request for a pod to drain and flush before it is killed.
+const DRAIN_SLACK_SECONDS: i64 = 10;
+/// Kubernetes' own default grace period, the least a pool gets.
+const MIN_GRACE_SECONDS: i64 = 30;
+
+/// Every object of a pool, in the order they are applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolObjects {
+    pub service_account: ServiceAccount,
+    pub deployment: Deployment,
+    pub service: Service,
+    /// Present with more than one replica; with one, the reconciler deletes any left over.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+}
+
+/// Builds every object of a pool.
+pub fn pool_objects(pool: &CellPool, config: &Config) -> PoolObjects {
+    PoolObjects {
+        service_account: service_account(pool),
+        deployment: deployment(pool, config),
+        service: metrics_service(pool),
+        pod_disruption_budget: pod_disruption_budget(pool),
+    }
+}
+
+/// Metadata of a child of `pool`: its name, namespace and labels, and the pool as
+/// controller, so Kubernetes deletes the child with the pool.
+///
+/// A pool read from the API server always has a uid; one without (a manifest read from
+/// disk) gets no owner reference, which is why `render` sets a placeholder uid.
+fn child_metadata(pool: &CellPool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(names::child_name(&pool.name_any())),
+        namespace: pool.namespace(),
+        labels: Some(names::pool_labels(&pool.name_any())),
+        owner_references: pool.controller_owner_ref(&()).map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn selector(pool: &CellPool) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(names::pool_labels(&pool.name_any())),
+        ..LabelSelector::default()
+    }
+}
+
+/// The ServiceAccount a pool's pods run as. It is granted nothing: the runtime talks to
+/// NATS only, never to the Kubernetes API, so its token is not even mounted.
+pub fn service_account(pool: &CellPool) -> ServiceAccount {
+    ServiceAccount {
+        metadata: child_metadata(pool),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The NATS URL a pool's pods connect to: the pool's own, else the operator's default.
+pub fn nats_url<'a>(pool: &'a CellPool, config: &'a Config) -> &'a str {
+    pool.spec
+        .nats
+        .as_ref()
+        .and_then(|nats| nats.url.as_deref())
+        .unwrap_or(&config.nats_url)
+}
+
+/// The Secret with a pool's NATS credentials: the pool's own; else, for a pool on the
+/// operator's default NATS, the operator's default Secret. A pool that names a NATS URL of
+/// its own never gets the default credentials, which belong to the default server and
+/// would otherwise be sent to whatever server the pool names.
+pub fn nats_credentials_secret<'a>(pool: &'a CellPool, config: &'a Config) -> Option<&'a str> {
+    let nats = pool.spec.nats.as_ref();
+    if let Some(secret) = nats.and_then(|nats| nats.credentials_secret.as_deref()) {
+        return Some(secret);
+    }
+    let own_url = nats.is_some_and(|nats| nats.url.is_some());
+    (!own_url)
+        .then_some(config.nats_credentials_secret.as_deref())
+        .flatten()
+}
+
+/// The runtime image of a pool: its own, else the operator's image for its OS.
+pub fn runtime_image<'a>(pool: &'a CellPool, config: &'a Config) -> &'a str {
+    pool.spec.image.as_deref().unwrap_or(match pool.spec.os {
+        Os::Linux => &config.runtime_image,
+        Os::Windows => &config.runtime_image_windows,
+    })
+}
+
+/// The Deployment of a pool's runtime pods, each running `cellbus serve` for the pool.
+///
+/// The pods are locked down as far as their OS allows (the restricted Pod Security
+/// Standard on Linux), schedule only onto nodes of the pool's OS, get NATS settings and
+/// credentials through environment variables, and report health on the `http` port.
+pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
+    let spec = &pool.spec;
+    let os = spec.os;
+    let labels = names::pool_labels(&pool.name_any());
+
+    let mut volumes = vec![empty_dir(names::CACHE_VOLUME)];
+    let mut mounts = vec![mount(names::CACHE_VOLUME, names::CACHE_DIR)];
+    if os == Os::Linux {
+        // The root filesystem is read-only; libraries and process cells that want a
+        // scratch file still find a writable /tmp. Windows keeps its root writable.
+        volumes.push(empty_dir(names::TMP_VOLUME));
+        mounts.push(mount(names::TMP_VOLUME, names::TMP_DIR));
+    }
+
+    let mut env = vec![
+        match pool.namespace() {
+            Some(namespace) => env_value("CELLBUS_NAMESPACE", namespace),
+            // Only a pool never stored by the API server lacks a namespace; the pod's own
+            // is the pool's in any case.
+            None => env_field("CELLBUS_NAMESPACE", "metadata.namespace"),
+        },
+        env_value("CELLBUS_POOL", pool.name_any()),
+        env_field("POD_NAME", "metadata.name"),
+        env_value("NATS_URL", nats_url(pool, config)),
+    ];
+    if let Some(secret) = nats_credentials_secret(pool, config) {
+        // Each key is optional: a Secret holds user and password, or a token, or neither,
+        // and a missing key leaves its variable unset instead of keeping the pod from
+        // starting.
+        env.extend([
+            env_secret("NATS_USER", secret, names::SECRET_KEY_USER),
+            env_secret("NATS_PASSWORD", secret, names::SECRET_KEY_PASSWORD),
+            env_secret("NATS_TOKEN", secret, names::SECRET_KEY_TOKEN),
+        ]);
+        // The whole Secret is mounted too, so file credentials (`creds`, `nkey`,
+        // `ca.crt`) sit at a known path. NATS_CREDS and NATS_NKEY_FILE are deliberately
+        // not set: the runtime fails at start when such a variable names a file that
+        // does not exist, Kubernetes cannot set a variable only when a Secret has a key,
+        // and this builder does not read the Secret. Pointing the runtime at these files
+        // needs a runtime option that skips absent files. The volume is not optional: a
+        // Secret that does not exist keeps the pod Pending with an event naming it, which
+        // says more than a NATS authorization error would.
+        volumes.push(Volume {
+            name: names::NATS_CREDENTIALS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            read_only: Some(true),
+            ..mount(names::NATS_CREDENTIALS_VOLUME, names::NATS_CREDENTIALS_DIR)
+        });
+    }
+    env.extend([
+        // Windows pods read the same path as C:\var\cache\cellbus, where the volume is.
+        env_value("CELLBUS_CACHE_DIR", names::CACHE_DIR),
+        env_value(
+            "CELLBUS_HTTP_ADDR",
+            format!("0.0.0.0:{}", config.runtime_port),
+        ),
+    ]);
+
+    let container = Container {
+        name: names::RUNTIME_CONTAINER.into(),
+        image: Some(runtime_image(pool, config).into()),
+        // The image's entrypoint is the `cellbus` binary.
+        args: Some(vec!["serve".into()]),
+        ports: Some(vec![ContainerPort {
+            name: Some(names::HTTP_PORT_NAME.into()),
+            container_port: i32::from(config.runtime_port),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env),
+        resources: Some(
+            spec.resources
+                .clone()
+                .unwrap_or_else(|| config.runtime_resources()),
+        ),
+        liveness_probe: Some(http_probe(names::HEALTHZ_PATH, 10, 3)),
+        readiness_probe: Some(http_probe(names::READYZ_PATH, 5, 2)),
+        security_context: Some(security_context(os)),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+
+    let mut node_selector = spec.node_selector.clone();
+    // The pool's OS wins over a selector that says otherwise: the image and the sandbox
+    // are built for that OS.
+    node_selector.insert(names::LABEL_NODE_OS.into(), os.as_str().into());
+
+    let mut tolerations = spec.tolerations.clone();
+    if os == Os::Windows {
+        let windows = windows_toleration();
+        if !tolerations.contains(&windows) {
+            tolerations.push(windows);
+        }
+    }
+
+    let pod = PodSpec {
+        os: Some(PodOS {
+            name: os.as_str().into(),
+        }),
+        service_account_name: Some(names::child_name(&pool.name_any())),
+        automount_service_account_token: Some(false),
+        // The runtime reads NATS_* variables; service links would add NATS_SERVICE_HOST,
+        // NATS_PORT and the like for a Service named `nats` in the namespace.
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(termination_grace_seconds(pool)),
+        node_selector: Some(node_selector),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    };
+
+    Deployment {
+        metadata: child_metadata(pool),
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: selector(pool),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// The ClusterIP Service in front of a pool's pods, for scraping `/metrics` (a
+/// ServiceMonitor selects it) and reaching their health endpoints. Requests to cells go
+/// through NATS, not through this Service.
+pub fn metrics_service(pool: &CellPool) -> Service {
+    Service {
+        metadata: child_metadata(pool),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(names::pool_labels(&pool.name_any())),
+            ports: Some(vec![ServicePort {
+                name: Some(names::HTTP_PORT_NAME.into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String(names::HTTP_PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// A PodDisruptionBudget letting node drains take one runtime pod at a time, for pools of
+/// more than one replica. With one replica a budget would either block every drain or
+/// allow nothing, so there is none.
+pub fn pod_disruption_budget(pool: &CellPool) -> Option<PodDisruptionBudget> {
+    (pool.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: child_metadata(pool),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(selector(pool)),
+            // A pod that is not ready serves nothing; evicting it must not count against
+            // the budget, or one stuck pod would block every drain of its node.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// The toleration of the taint Windows nodes commonly carry (`os=windows:NoSchedule`).
+pub fn windows_toleration() -> Toleration {
+    Toleration {
+        key: Some(names::WINDOWS_TAINT_KEY.into()),
+        operator: Some("Equal".into()),
+        value: Some(names::WINDOWS_TAINT_VALUE.into()),
+        effect: Some(names::WINDOWS_TAINT_EFFECT.into()),
+        ..Toleration::default()
+    }
+}
+
+/// Long enough for the longest request the pool allows to finish after SIGTERM, when the
+/// runtime stops taking new requests and drains.
+fn termination_grace_seconds(pool: &CellPool) -> i64 {
+    let deadline_ms = pool
+        .spec
+        .sandbox
+        .timeout_ms
+        .unwrap_or(DEFAULT_REQUEST_DEADLINE_MS);
+    (i64::from(deadline_ms.div_ceil(1000)) + DRAIN_SLACK_SECONDS).max(MIN_GRACE_SECONDS)
+}
+
+/// The container's security context: everything the restricted Pod Security Standard asks
+/// for on Linux. On Windows the API server refuses the Linux-only fields when
+/// `spec.os.name` is `windows` (seccompProfile, capabilities, readOnlyRootFilesystem,
+/// allowPrivilegeEscalation, runAsUser, runAsGroup and more); what stays is running as
+/// the images' built-in non-administrator account, which `runAsNonRoot` then checks.
+fn security_context(os: Os) -> SecurityContext {
+    match os {
+        Os::Linux => SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(names::LINUX_RUNTIME_UID),
+            run_as_group: Some(names::LINUX_RUNTIME_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        },
+        Os::Windows => SecurityContext {
+            run_as_non_root: Some(true),
+            windows_options: Some(WindowsSecurityContextOptions {
+                run_as_user_name: Some(names::WINDOWS_RUNTIME_USER.into()),
+                ..WindowsSecurityContextOptions::default()
+            }),
+            ..SecurityContext::default()
+        },
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(names::HTTP_PORT_NAME.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..VolumeMount::default()
+    }
+}
+
+fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::builders::fixtures::{env_by_name, PoolFixture, NAMESPACE, UID};
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn pod_spec(deployment: &Deployment) -> &PodSpec {
+        deployment.spec.template.spec.as_ref().unwrap()
+    }
+
+    fn container(deployment: &Deployment) -> &Container {
+        &pod_spec(deployment).containers[0]
+    }
+
+    fn value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+        env_by_name(container)
+            .get(name)
+            .and_then(|var| var.value.as_deref())
+    }
+
+    fn field_ref<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+        env_by_name(container)
+            .get(name)
+            .and_then(|var| var.value_from.as_ref())
+            .and_then(|from| from.field_ref.as_ref())
+            .map(|field| field.field_path.as_str())
+    }
+
+    fn labels() -> BTreeMap<String, String> {
+        BTreeMap::from(
+            [
+                ("app.kubernetes.io/name", "cellbus-runtime"),
+                ("app.kubernetes.io/instance", "wasm"),
+                ("app.kubernetes.io/managed-by", "cellbus-operator"),
+                ("cellbus.io/pool", "wasm"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+    }
+
+    #[test]
+    fn a_linux_pool_runs_the_linux_image_locked_down_on_linux_nodes() {
+        let pool = CellPool::test().replicas(2);
+        let deployment = deployment(&pool, &Config::default());
+
+        assert_eq!(deployment.metadata.name.as_deref(), Some("cellbus-wasm"));
+        assert_eq!(deployment.metadata.namespace.as_deref(), Some(NAMESPACE));
+        assert_eq!(deployment.metadata.labels.as_ref(), Some(&labels()));
+        let spec = &deployment.spec;
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(spec.selector.match_labels.as_ref(), Some(&labels()));
+        assert_eq!(
+            spec.template.metadata.as_ref().unwrap().labels.as_ref(),
+            Some(&labels())
+        );
+
+        let pod = pod_spec(&deployment);
+        assert_eq!(pod.os.as_ref().unwrap().name, "linux");
+        assert_eq!(
+            pod.node_selector.as_ref().unwrap(),
+            &BTreeMap::from([("kubernetes.io/os".to_owned(), "linux".to_owned())])
+        );
+        assert_eq!(pod.tolerations, None);
+        assert_eq!(pod.service_account_name.as_deref(), Some("cellbus-wasm"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+
+        let runtime = container(&deployment);
+        assert_eq!(
+            runtime.image.as_deref(),
+            Some("ghcr.io/cellbus/cellbus-runtime:0.1.0")
+        );
+        assert_eq!(runtime.args.as_deref(), Some(&["serve".to_owned()][..]));
+        let security = runtime.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.run_as_user, Some(65532));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        assert_eq!(
+            security.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        assert_eq!(security.windows_options, None);
+    }
+
+    #[test]
+    fn a_linux_pool_gets_its_identity_nats_cache_and_http_address_from_the_environment() {
+        let deployment = deployment(&CellPool::test(), &Config::default());
+        let runtime = container(&deployment);
+        assert_eq!(value(runtime, "CELLBUS_NAMESPACE"), Some(NAMESPACE));
+        assert_eq!(value(runtime, "CELLBUS_POOL"), Some("wasm"));
+        assert_eq!(field_ref(runtime, "POD_NAME"), Some("metadata.name"));
+        assert_eq!(
+            value(runtime, "NATS_URL"),
+            Some("nats://nats.nats.svc:4222")
+        );
+        assert_eq!(
+            value(runtime, "CELLBUS_CACHE_DIR"),
+            Some("/var/cache/cellbus")
+        );
+        assert_eq!(value(runtime, "CELLBUS_HTTP_ADDR"), Some("0.0.0.0:9090"));
+        for absent in ["NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS"] {
+            assert!(!env_by_name(runtime).contains_key(absent), "{absent}");
+        }
+
+        // The cache is a writable volume, since the root filesystem is not.
+        let mounts = runtime.volume_mounts.as_ref().unwrap();
+        let cache = mounts.iter().find(|m| m.name == "cache").unwrap();
+        assert_eq!(cache.mount_path, "/var/cache/cellbus");
+        let volumes = pod_spec(&deployment).volumes.as_ref().unwrap();
+        let cache = volumes.iter().find(|v| v.name == "cache").unwrap();
+        assert!(cache.empty_dir.is_some());
+        assert!(mounts.iter().any(|m| m.mount_path == "/tmp"));
+    }
+
+    #[test]
+    fn the_runtime_is_probed_on_its_http_port() {
+        let deployment = deployment(&CellPool::test(), &Config::default());
+        let runtime = container(&deployment);
+        let port = &runtime.ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (port.name.as_deref(), port.container_port),
+            (Some("http"), 9090)
+        );
+        let probe = |probe: &Option<Probe>| {
+            let get = probe.as_ref().unwrap().http_get.clone().unwrap();
+            (get.path.unwrap(), get.port)
+        };
+        let http = IntOrString::String("http".into());
+        assert_eq!(
+            probe(&runtime.liveness_probe),
+            ("/healthz".to_owned(), http.clone())
+        );
+        assert_eq!(
+            probe(&runtime.readiness_probe),
+            ("/readyz".to_owned(), http)
+        );
+    }
+
+    #[test]
+    fn a_windows_pool_runs_the_windows_image_on_tolerated_windows_nodes() {
+        let pool = CellPool::test().windows();
+        let deployment = deployment(&pool, &Config::default());
+        let pod = pod_spec(&deployment);
+        assert_eq!(pod.os.as_ref().unwrap().name, "windows");
+        assert_eq!(
+            pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+            "windows"
+        );
+        assert_eq!(
+            pod.tolerations.as_deref(),
+            Some(&[windows_toleration()][..])
+        );
+        let toleration = windows_toleration();
+        assert_eq!(
+            (
+                toleration.key.as_deref(),
+                toleration.operator.as_deref(),
+                toleration.value.as_deref(),
+                toleration.effect.as_deref()
+            ),
+            (
+                Some("os"),
+                Some("Equal"),
+                Some("windows"),
+                Some("NoSchedule")
+            )
+        );
+        let runtime = container(&deployment);
+        assert_eq!(
+            runtime.image.as_deref(),
+            Some("ghcr.io/cellbus/cellbus-runtime-windows:0.1.0")
+        );
+        // No /tmp volume: Windows keeps a writable root.
+        assert!(!pod.volumes.iter().flatten().any(|v| v.name == "tmp"));
+    }
+
+    #[test]
+    fn a_windows_pool_sets_none_of_the_fields_windows_pods_refuse() {
+        let deployment = deployment(&CellPool::test().windows(), &Config::default());
+        assert_eq!(pod_spec(&deployment).security_context, None);
+        let security = container(&deployment).security_context.clone().unwrap();
+        assert_eq!(
+            security,
+            SecurityContext {
+                run_as_non_root: Some(true),
+                windows_options: Some(WindowsSecurityContextOptions {
+                    run_as_user_name: Some("ContainerUser".into()),
+                    ..WindowsSecurityContextOptions::default()
+                }),
+                ..SecurityContext::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_windows_toleration_the_pool_lists_is_not_added_twice() {
+        let spot = Toleration {
+            key: Some("spot".into()),
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        };
+        let pool = CellPool::test()
+            .windows()
+            .toleration(windows_toleration())
+            .toleration(spot.clone());
+        let deployment = deployment(&pool, &Config::default());
+        assert_eq!(
+            pod_spec(&deployment).tolerations.as_deref(),
+            Some(&[windows_toleration(), spot][..])
+        );
+    }
+
+    #[test]
+    fn pool_settings_win_over_the_operator_defaults() {
+        let resources = ResourceRequirements {
+            requests: Some(BTreeMap::from([("cpu".into(), Quantity("2".into()))])),
+            ..ResourceRequirements::default()
+        };
+        let mut pool = CellPool::test()
+            .image("registry.example/runtime:dev")
+            .nats(Some("tls://nats.example:4222"), None)
+            .node_selector("pool", "cells")
+            .node_selector("kubernetes.io/os", "windows");
+        pool.spec.resources = Some(resources.clone());
+        let config = Config {
+            nats_credentials_secret: Some("default-nats".into()),
+            ..Config::default()
+        };
+        let deployment = deployment(&pool, &config);
+        let runtime = container(&deployment);
+        assert_eq!(
+            runtime.image.as_deref(),
+            Some("registry.example/runtime:dev")
+        );
+        assert_eq!(value(runtime, "NATS_URL"), Some("tls://nats.example:4222"));
+        assert_eq!(runtime.resources.as_ref(), Some(&resources));
+        // The pool's own selector is kept, but its OS label cannot contradict its OS.
+        assert_eq!(
+            pod_spec(&deployment).node_selector.as_ref().unwrap(),
+            &BTreeMap::from([
+                ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+                ("pool".to_owned(), "cells".to_owned()),
+            ])
+        );
+        // A pool on its own NATS never gets the default server's credentials.
+        assert!(!env_by_name(runtime).contains_key("NATS_USER"));
+    }
+
+    #[test]
+    fn a_pool_without_resources_gets_the_operator_defaults() {
+        let deployment = deployment(&CellPool::test(), &Config::default());
+        assert_eq!(
+            container(&deployment).resources,
+            Some(Config::default().runtime_resources())
+        );
+    }
+
+    #[test]
+    fn a_credentials_secret_becomes_optional_variables_and_a_read_only_volume() {
+        let config = Config {
+            nats_credentials_secret: Some("default-nats".into()),
+            ..Config::default()
+        };
+        for (pool, secret) in [
+            (CellPool::test(), "default-nats"),
+            (CellPool::test().nats(None, Some("pool-nats")), "pool-nats"),
+            (
+                CellPool::test().nats(Some("nats://other:4222"), Some("pool-nats")),
+                "pool-nats",
+            ),
+        ] {
+            let deployment = deployment(&pool, &config);
+            let runtime = container(&deployment);
+            let env = env_by_name(runtime);
+            for (name, key) in [
+                ("NATS_USER", "user"),
+                ("NATS_PASSWORD", "password"),
+                ("NATS_TOKEN", "token"),
+            ] {
+                let selector = env[name]
+                    .value_from
+                    .as_ref()
+                    .and_then(|from| from.secret_key_ref.clone())
+                    .unwrap_or_else(|| panic!("{name} is not from a Secret"));
+                assert_eq!(
+                    selector,
+                    SecretKeySelector {
+                        name: secret.into(),
+                        key: key.into(),
+                        optional: Some(true),
+                    }
+                );
+            }
+            // File credentials are mounted, but no variable points at a file that may not
+            // exist.
+            assert!(!env.contains_key("NATS_CREDS"));
+            assert!(!env.contains_key("NATS_NKEY_FILE"));
+            let mount = runtime
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == "nats-credentials")
+                .unwrap();
+            assert_eq!(mount.mount_path, "/var/run/cellbus/nats");
+            assert_eq!(mount.read_only, Some(true));
+            let volume = pod_spec(&deployment)
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == "nats-credentials")
+                .unwrap();
+            let source = volume.secret.as_ref().unwrap();
+            assert_eq!(source.secret_name.as_deref(), Some(secret));
+            assert_eq!(source.optional, None);
+        }
+    }
+
+    #[test]
+    fn a_pool_disruption_budget_exists_only_with_more_than_one_replica() {
+        for replicas in [0, 1] {
+            assert_eq!(
+                pod_disruption_budget(&CellPool::test().replicas(replicas)),
+                None
+            );
+        }
+        let pdb = pod_disruption_budget(&CellPool::test().replicas(3)).unwrap();
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(spec.min_available, None);
+        assert_eq!(
+            spec.selector.unwrap().match_labels.as_ref(),
+            Some(&labels())
+        );
+    }
+
+    #[test]
+    fn the_service_selects_the_pool_pods_on_the_http_port() {
+        let service = metrics_service(&CellPool::test());
+        let spec = service.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.selector.as_ref(), Some(&labels()));
+        let port = &spec.ports.unwrap()[0];
+        assert_eq!(port.name.as_deref(), Some("http"));
+        assert_eq!(port.port, 9090);
+        assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+    }
+
+    #[test]
+    fn every_child_is_controlled_by_its_pool() {
+        let objects = pool_objects(&CellPool::test().replicas(2), &Config::default());
+        let metadata = [
+            objects.service_account.metadata,
+            objects.deployment.metadata,
+            objects.service.metadata,
+            objects.pod_disruption_budget.unwrap().metadata,
+        ];
+        for meta in metadata {
+            let owners = meta.owner_references.unwrap();
+            assert_eq!(owners.len(), 1);
+            let owner = &owners[0];
+            assert_eq!(
+                (
+                    owner.api_version.as_str(),
+                    owner.kind.as_str(),
+                    owner.name.as_str(),
+                    owner.uid.as_str(),
+                    owner.controller
+                ),
+                ("cellbus.io/v1alpha1", "CellPool", "wasm", UID, Some(true))
+            );
+            assert_eq!(meta.name.as_deref(), Some("cellbus-wasm"));
+            assert_eq!(meta.namespace.as_deref(), Some(NAMESPACE));
+        }
+    }
+
+    #[test]
+    fn the_service_account_mounts_no_token() {
+        let account = service_account(&CellPool::test());
+        assert_eq!(account.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn the_grace_period_outlasts_the_longest_request_of_the_pool() {
+        let grace = |pool: &CellPool| {
+            pod_spec(&deployment(pool, &Config::default())).termination_grace_period_seconds
+        };
+        assert_eq!(grace(&CellPool::test()), Some(40));
+        assert_eq!(grace(&CellPool::test().timeout_ms(120_500)), Some(131));
+        // Never below Kubernetes' default.
+        assert_eq!(grace(&CellPool::test().timeout_ms(5_000)), Some(30));
+    }
+
+    #[test]
+    fn a_pool_named_with_dots_gets_children_with_valid_names() {
+        let pool = CellPool::test().named("team.cells");
+        let objects = pool_objects(&pool, &Config::default());
+        let name = objects.service.metadata.name.unwrap();
+        assert!(name.starts_with("cellbus-team-cells-"), "{name}");
+        assert_eq!(
+            objects.deployment.metadata.name.as_deref(),
+            Some(name.as_str())
+        );
+        let runtime = container(&objects.deployment);
+        assert_eq!(value(runtime, "CELLBUS_POOL"), Some("team.cells"));
+    }
+}

@@ -1,0 +1,95 @@
+//! The operator's one error type: a variant per operation that can fail, carrying what it
+//! was working on and, where there is one, the underlying error as its source.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::PathBuf;
+
+use cellbus_contracts::manifest::{ManifestError, ObjectError};
+use cellbus_contracts::subject::SubjectError;
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("serializing {what}")]
+    Serialize {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("reading {path}")]
+    ReadManifest {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{path}")]
+    ParseManifest {
+        path: PathBuf,
+        #[source]
+        source: ManifestError,
+    },
+
+    #[error("{path} holds no YAML manifest")]
+    NoManifests { path: PathBuf },
+
+    #[error("{}", invalid_objects(.errors))]
+    InvalidManifests { errors: Vec<ObjectError> },
+
+    #[error("subjects of service {service}")]
+    Subjects {
+        service: String,
+        #[source]
+        source: SubjectError,
+    },
+
+    #[error("service {service} has durable verbs but no spec.stream")]
+    MissingStream { service: String },
+
+    #[error("assignment of CellPool {namespace}/{pool}")]
+    Assignment {
+        namespace: String,
+        pool: String,
+        #[source]
+        source: SubjectError,
+    },
+}
+
+impl Error {
+    /// A short, fixed label for failure counters (`cellbus_operator_failures_total{error}`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Serialize { .. } => "serialize",
+            Self::Write { .. } => "write",
+            Self::ReadManifest { .. } => "read_manifest",
+            Self::ParseManifest { .. } => "parse_manifest",
+            Self::NoManifests { .. } => "no_manifests",
+            Self::InvalidManifests { .. } => "invalid_manifests",
+            Self::Subjects { .. } => "subjects",
+            Self::MissingStream { .. } => "missing_stream",
+            Self::Assignment { .. } => "assignment",
+        }
+    }
+}
+
+/// One line per broken rule, each naming the object and the field.
+fn invalid_objects(errors: &[ObjectError]) -> String {
+    let mut text = format!(
+        "{} problem{} in the manifests:",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    for error in errors {
+        let _ = write!(text, "\n  {error}");
+    }
+    text
+}
