@@ -356,8 +356,13 @@ impl Inner {
                     tokio::select! {
                         message = requests.next() => match message {
                             Some(message) => {
+                                // The cell version is taken now, so a message delivered
+                                // before a replacement or removal is answered by the version
+                                // it was delivered to.
+                                let cell = parse_subject(&message.subject)
+                                    .and_then(|(service, _)| inner.cell(service));
                                 let inner = inner.clone();
-                                tokio::spawn(async move { inner.handle(message).await });
+                                tokio::spawn(async move { inner.handle(message, cell).await });
                             }
                             None => break,
                         },
@@ -396,8 +401,9 @@ impl Inner {
         }
     }
 
-    /// Answers one message on `cbs.{service}.{verb}`.
-    async fn handle(&self, message: Message) {
+    /// Answers one message on `cbs.{service}.{verb}` with `cell`, the version of the
+    /// service current when the message was delivered.
+    async fn handle(&self, message: Message, cell: Option<Arc<LoadedCell>>) {
         let metrics = &self.shared.metrics;
         let Some(reply_to) = message.reply.clone() else {
             metrics
@@ -414,7 +420,6 @@ impl Inner {
             return;
         }
         let started = Instant::now();
-        let cell = self.cell(service);
         if cell.as_ref().is_some_and(|c| c.is_durable(verb)) {
             // The stream owns this subject; a core reply would race its acknowledgement.
             return;

@@ -98,7 +98,12 @@ impl Executor {
             .max_tables_per_component(64)
             .table_elements(200_000)
             .max_core_instance_size(16 << 20)
-            .max_component_instance_size(16 << 20);
+            .max_component_instance_size(16 << 20)
+            // Small cells touch little memory: resetting it in place beats giving it back
+            // to the kernel and faulting it in again on every request.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10);
         let mut config = Config::new();
         config
             .wasm_component_model(true)

@@ -19,6 +19,7 @@ pub struct NatsServer {
 
 struct Own {
     binary: PathBuf,
+    extra: Vec<String>,
     child: Child,
     port: u16,
     dir: TempDir,
@@ -35,15 +36,26 @@ impl NatsServer {
         if let Ok(url) = std::env::var("CELLBUS_TEST_NATS_URL") {
             return Ok(Self { url, own: None });
         }
-        let binary = match std::env::var_os("CELLBUS_NATS_SERVER") {
-            Some(path) => PathBuf::from(path),
-            None => find_binary("nats-server", &[], INSTALL)?,
-        };
-        Self::start_binary(binary)
+        Self::start_binary(Self::binary()?, &[])
     }
 
-    /// Starts the server binary at `binary`.
-    pub fn start_binary(binary: PathBuf) -> Result<Self, HarnessError> {
+    /// Starts a private server with extra command-line options (authentication, say),
+    /// whatever `CELLBUS_TEST_NATS_URL` says, since a shared server cannot take them.
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        Self::binary()
+            .and_then(|binary| Self::start_binary(binary, extra))
+            .unwrap_or_else(|error| panic!("starting nats-server: {error}"))
+    }
+
+    fn binary() -> Result<PathBuf, HarnessError> {
+        match std::env::var_os("CELLBUS_NATS_SERVER") {
+            Some(path) => Ok(PathBuf::from(path)),
+            None => find_binary("nats-server", &[], INSTALL),
+        }
+    }
+
+    /// Starts the server binary at `binary` with `extra` options.
+    pub fn start_binary(binary: PathBuf, extra: &[&str]) -> Result<Self, HarnessError> {
         if !binary.is_file() {
             return Err(HarnessError::Missing {
                 binary: "nats-server",
@@ -57,11 +69,13 @@ impl NatsServer {
             .map_err(HarnessError::io("creating the NATS store directory"))?;
         // Port -1 lets the server pick a free port itself; it is read back from the log and
         // kept for restarts.
-        let (child, port) = launch(&binary, dir.path(), -1)?;
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let (child, port) = launch(&binary, dir.path(), -1, &extra)?;
         Ok(Self {
             url: format!("nats://127.0.0.1:{port}"),
             own: Some(Own {
                 binary,
+                extra,
                 child,
                 port,
                 dir,
@@ -96,7 +110,7 @@ impl NatsServer {
     /// Starts a killed server again on its port and store directory.
     pub fn start_again(&mut self) -> Result<(), HarnessError> {
         let own = self.own_mut()?;
-        let (child, _) = launch(&own.binary, own.dir.path(), i32::from(own.port))?;
+        let (child, _) = launch(&own.binary, own.dir.path(), i32::from(own.port), &own.extra)?;
         own.child = child;
         Ok(())
     }
@@ -125,7 +139,12 @@ fn kill(child: &mut Child) {
 }
 
 /// Starts the server and waits until its log says it is ready; returns the client port.
-fn launch(binary: &Path, dir: &Path, port: i32) -> Result<(Child, u16), HarnessError> {
+fn launch(
+    binary: &Path,
+    dir: &Path,
+    port: i32,
+    extra: &[String],
+) -> Result<(Child, u16), HarnessError> {
     let log = dir.join(format!("nats-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let mut child = Command::new(binary)
@@ -133,6 +152,7 @@ fn launch(binary: &Path, dir: &Path, port: i32) -> Result<(Child, u16), HarnessE
         .arg(dir.join("jetstream"))
         .arg("-l")
         .arg(&log)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -90,7 +90,7 @@ async fn postgres_sql_round_trip() {
 
 #[test]
 fn a_missing_nats_server_names_the_install_command() {
-    let error = NatsServer::start_binary("/nonexistent/nats-server".into())
+    let error = NatsServer::start_binary("/nonexistent/nats-server".into(), &[])
         .err()
         .expect("no server runs from a path that does not exist");
     assert!(matches!(error, HarnessError::Missing { .. }));
