@@ -7,7 +7,6 @@ pub mod bench;
 pub mod call;
 pub mod cell;
 pub mod http;
-pub mod manifests;
 pub mod metrics;
 pub mod modules;
 pub mod serve;

@@ -170,7 +170,7 @@ fn fail(error: &dyn std::error::Error) -> ExitCode {
 }
 
 fn check(paths: &[PathBuf]) -> ExitCode {
-    let checked = match cellbus_runtime::manifests::check(paths) {
+    let checked = match cellbus_control::manifests::check(paths) {
         Ok(checked) => checked,
         Err(error) => return fail(&error),
     };

@@ -40,7 +40,7 @@ pub struct UpArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
     #[error(transparent)]
-    Load(#[from] crate::manifests::LoadError),
+    Load(#[from] cellbus_control::manifests::LoadError),
     #[error("{count} problem(s) in the manifests:\n{list}")]
     Invalid { count: usize, list: String },
     #[error("{0} holds no CellPool; add one (see examples/echo/cellpool.yaml)")]
@@ -86,7 +86,7 @@ impl Up {
 
 /// Brings up everything DIR describes and waits until each cell has loaded or failed.
 pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
-    let checked = crate::manifests::check(std::slice::from_ref(&args.dir))?;
+    let checked = cellbus_control::manifests::check(std::slice::from_ref(&args.dir))?;
     if !checked.errors.is_empty() {
         let list: Vec<String> = checked.errors.iter().map(|e| format!("  {e}")).collect();
         return Err(UpError::Invalid {

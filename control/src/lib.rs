@@ -1,11 +1,12 @@
-//! The NATS side of Cellbus that the operator, the runtime and `cellbus up` share:
-//! connecting with any of the supported credentials, the buckets, module storage by
-//! digest, assignment writes and the `$ping` readiness check. It depends on the contracts
+//! What the operator, the runtime and `cellbus up` share beyond the contracts: the NATS
+//! side (connecting with any of the supported credentials, the buckets, module storage by
+//! digest, assignment writes, the `$ping` readiness check) and reading manifest files. It depends on the contracts
 //! and async-nats only, so neither binary compiles the other's heavy dependencies.
 
 #![forbid(unsafe_code)]
 
 mod connect;
+pub mod manifests;
 mod store;
 
 pub use connect::{connect, connect_once, NatsArgs};

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::PathBuf;
 
-use cellbus_contracts::manifest::{ManifestError, ObjectError};
+use cellbus_contracts::manifest::ObjectError;
 use cellbus_contracts::subject::SubjectError;
 
 /// Everything that can go wrong in the operator.
@@ -25,22 +25,8 @@ pub enum Error {
         source: io::Error,
     },
 
-    #[error("reading {path}")]
-    ReadManifest {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-
-    #[error("{path}")]
-    ParseManifest {
-        path: PathBuf,
-        #[source]
-        source: ManifestError,
-    },
-
-    #[error("{path} holds no YAML manifest")]
-    NoManifests { path: PathBuf },
+    #[error(transparent)]
+    LoadManifests(#[from] cellbus_control::manifests::LoadError),
 
     #[error("{}", invalid_objects(.errors))]
     InvalidManifests { errors: Vec<ObjectError> },
@@ -70,9 +56,7 @@ impl Error {
         match self {
             Self::Serialize { .. } => "serialize",
             Self::Write { .. } => "write",
-            Self::ReadManifest { .. } => "read_manifest",
-            Self::ParseManifest { .. } => "parse_manifest",
-            Self::NoManifests { .. } => "no_manifests",
+            Self::LoadManifests(_) => "load_manifests",
             Self::InvalidManifests { .. } => "invalid_manifests",
             Self::Subjects { .. } => "subjects",
             Self::MissingStream { .. } => "missing_stream",

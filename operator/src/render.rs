@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cellbus_contracts::assignment::{PoolAssignment, ASSIGNMENTS_BUCKET};
 use cellbus_contracts::manifest::{self, Object, ObjectRef, PoolChoiceError};
@@ -76,55 +76,9 @@ pub fn placeholder_uid(namespace: &str, name: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, path.as_bytes()).to_string()
 }
 
-/// The YAML documents of every `.yaml`/`.yml` file under `paths`. Directories are walked
-/// in name order, so the output does not depend on the file system.
+/// The YAML documents of every `.yaml`/`.yml` file under `paths`.
 pub fn load(paths: &[PathBuf]) -> Result<Vec<Value>, Error> {
-    let mut documents = Vec::new();
-    for path in paths {
-        let files = yaml_files(path)?;
-        if files.is_empty() {
-            return Err(Error::NoManifests { path: path.clone() });
-        }
-        for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|source| Error::ReadManifest {
-                path: file.clone(),
-                source,
-            })?;
-            let parsed = manifest::parse_yaml(&text)
-                .map_err(|source| Error::ParseManifest { path: file, source })?;
-            documents.extend(parsed);
-        }
-    }
-    Ok(documents)
-}
-
-fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, Error> {
-    let read_error = |source| Error::ReadManifest {
-        path: path.to_owned(),
-        source,
-    };
-    if !path.is_dir() {
-        std::fs::metadata(path).map_err(read_error)?;
-        return Ok(vec![path.to_owned()]);
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(read_error)?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(read_error)?;
-    entries.sort();
-    let mut files = Vec::new();
-    for entry in entries {
-        if entry.is_dir() {
-            files.extend(yaml_files(&entry)?);
-        } else if entry
-            .extension()
-            .is_some_and(|ext| ext == "yaml" || ext == "yml")
-        {
-            files.push(entry);
-        }
-    }
-    Ok(files)
+    Ok(cellbus_control::manifests::load(paths)?)
 }
 
 /// Checks `documents` as a cluster would and builds what the operator would make of them.

@@ -1,5 +1,6 @@
-//! Reading Cell and CellPool manifests from files and directories, for `cellbus check`
-//! and local mode. Judging them is the contracts' job (`cellbus_contracts::manifest`).
+//! Reading Cell and CellPool manifests from files and directories, for `cellbus check`,
+//! `cellbus up` and `cellbus-operator render`. Judging them is the contracts' job
+//! (`cellbus_contracts::manifest`).
 
 use std::io;
 use std::path::{Path, PathBuf};
