@@ -9,7 +9,7 @@
 //! stops.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use cellbus_contracts::wire::{ErrorBody, ErrorCode, Reply, Request};
 use cellbus_control::Buckets;
 use futures::StreamExt;
 use jiff::Timestamp;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn, Instrument};
 
 use crate::cell::LoadedCell;
@@ -34,6 +34,8 @@ use crate::wasm::Executor;
 
 /// How soon a cell that failed to load is tried again.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
+/// How long shutting down waits for requests already running.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Who this runtime is.
 #[derive(Clone, Debug)]
@@ -69,6 +71,32 @@ struct Inner {
     states: Mutex<Vec<CellLoadState>>,
     assignment_loaded: AtomicBool,
     stop: Mutex<Option<oneshot::Sender<()>>>,
+    running: Running,
+}
+
+/// Requests being answered, so shutting down can wait for them.
+#[derive(Default)]
+struct Running {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one request as running until dropped.
+struct RunningGuard(Arc<Inner>);
+
+impl RunningGuard {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.running.count.fetch_add(1, Ordering::AcqRel);
+        Self(inner.clone())
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if self.0.running.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.running.idle.notify_waiters();
+        }
+    }
 }
 
 struct ServiceSubscription {
@@ -88,6 +116,7 @@ impl PoolServer {
             states: Mutex::default(),
             assignment_loaded: AtomicBool::new(false),
             stop: Mutex::new(Some(stop)),
+            running: Running::default(),
         });
         let span = tracing::info_span!("pool", namespace = %inner.identity.namespace, pool = %inner.identity.pool);
         tokio::spawn(inner.clone().watch(stopped).instrument(span));
@@ -118,8 +147,8 @@ impl PoolServer {
         services
     }
 
-    /// Stops watching, drains every service's subscription and lets in-flight requests
-    /// finish.
+    /// Stops watching, drains every service's subscription and waits (up to 30 s) for the
+    /// requests already running to be answered.
     pub async fn shutdown(&self) {
         if let Some(stop) = self.inner.stop.lock().expect("stop lock").take() {
             let _ = stop.send(());
@@ -134,6 +163,22 @@ impl PoolServer {
             .collect();
         for service in services {
             self.inner.unsubscribe(&service).await;
+        }
+        let running = &self.inner.running;
+        let idle = async {
+            loop {
+                let notified = running.idle.notified();
+                if running.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, idle).await.is_err() {
+            warn!(
+                running = running.count.load(Ordering::Acquire),
+                "requests still running after the shutdown grace period"
+            );
         }
     }
 }
@@ -361,8 +406,12 @@ impl Inner {
                                 // it was delivered to.
                                 let cell = parse_subject(&message.subject)
                                     .and_then(|(service, _)| inner.cell(service));
+                                let running = RunningGuard::new(&inner);
                                 let inner = inner.clone();
-                                tokio::spawn(async move { inner.handle(message, cell).await });
+                                tokio::spawn(async move {
+                                    inner.handle(message, cell).await;
+                                    drop(running);
+                                });
                             }
                             None => break,
                         },

@@ -492,3 +492,54 @@ async fn health_readiness_and_metrics_are_served_over_http() {
         assert!(metrics.contains(name), "{name} missing");
     }
 }
+
+#[tokio::test]
+async fn shutting_down_answers_the_requests_already_running() {
+    let bus = Bus::start().await;
+    let slow = TestCell::new(
+        "slow",
+        json!([{"name": "work", "timeoutMs": 20000}]),
+        constant_cell(r#""finished""#, 300_000_000),
+        json!({}),
+    );
+    let server = bus.deploy(&[slow]).await;
+    let running = {
+        let client = bus.client.clone();
+        tokio::spawn(async move {
+            let request = Request::new("slow", "work", json!(null));
+            let reply = client
+                .request(
+                    "cbs.slow.work",
+                    serde_json::to_vec(&request).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            serde_json::from_slice::<Reply>(&reply.payload).unwrap()
+        })
+    };
+    eventually(10, "the request to start", async || {
+        bus.node
+            .shared
+            .metrics
+            .in_flight
+            .with_label_values(&["slow"])
+            .get()
+            == 1
+    })
+    .await;
+    server.shutdown().await;
+    assert_eq!(
+        bus.node
+            .shared
+            .metrics
+            .in_flight
+            .with_label_values(&["slow"])
+            .get(),
+        0,
+        "shutdown returned before the running request was answered"
+    );
+    assert_eq!(
+        running.await.unwrap().into_result().unwrap(),
+        json!("finished")
+    );
+}
