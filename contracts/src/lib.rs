@@ -14,6 +14,7 @@ pub mod quantity;
 pub mod resources;
 pub mod schemas;
 pub mod status;
+pub mod stream;
 pub mod subject;
 pub mod validate;
 pub mod wire;

@@ -8,12 +8,14 @@
 mod connect;
 pub mod manifests;
 mod store;
+mod streams;
 
 pub use connect::{connect, connect_once, NatsArgs};
 pub use store::{
     digest_of, ensure_buckets, fetch_module, ping, push_module, read_assignment, write_assignment,
     Buckets,
 };
+pub use streams::{delete_stream, ensure_stream, stream_config, StreamChange};
 
 /// Everything that can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,12 @@ pub enum Error {
     #[error("reading the assignment {key}")]
     ReadAssignment {
         key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("reconciling the stream {name}")]
+    Stream {
+        name: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

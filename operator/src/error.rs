@@ -31,15 +31,8 @@ pub enum Error {
     #[error("{}", invalid_objects(.errors))]
     InvalidManifests { errors: Vec<ObjectError> },
 
-    #[error("subjects of service {service}")]
-    Subjects {
-        service: String,
-        #[source]
-        source: SubjectError,
-    },
-
-    #[error("service {service} has durable verbs but no spec.stream")]
-    MissingStream { service: String },
+    #[error(transparent)]
+    StreamPlan(#[from] cellbus_contracts::stream::StreamPlanError),
 
     #[error("assignment of CellPool {namespace}/{pool}")]
     Assignment {
@@ -58,8 +51,7 @@ impl Error {
             Self::Write { .. } => "write",
             Self::LoadManifests(_) => "load_manifests",
             Self::InvalidManifests { .. } => "invalid_manifests",
-            Self::Subjects { .. } => "subjects",
-            Self::MissingStream { .. } => "missing_stream",
+            Self::StreamPlan(_) => "stream_plan",
             Self::Assignment { .. } => "assignment",
         }
     }
