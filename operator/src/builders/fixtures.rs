@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cellbus_contracts::resources::{
-    CellPool, CellPoolSpec, CellSpec, Delivery, NatsSpec, Os, StreamSpec, VerbSpec,
-};
+use cellbus_contracts::resources::{CellPool, CellPoolSpec, NatsSpec, Os};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Toleration};
 use serde_json::json;
 
@@ -76,42 +74,6 @@ impl PoolFixture for CellPool {
 
     fn timeout_ms(mut self, timeout_ms: u32) -> Self {
         self.spec.sandbox.timeout_ms = Some(timeout_ms);
-        self
-    }
-}
-
-pub trait CellFixture: Sized {
-    /// The echo cell: service `echo`, one request verb `say`.
-    fn test() -> Self;
-    /// Adds a durable verb, and the stream it needs (defaults) when there is none yet.
-    fn durable_verb(self, name: &str) -> Self;
-    fn stream(self, stream: serde_json::Value) -> Self;
-}
-
-impl CellFixture for CellSpec {
-    fn test() -> Self {
-        serde_json::from_value(json!({
-            "service": "echo",
-            "verbs": [{"name": "say"}],
-            "module": {"digest": format!("sha256:{}", "a".repeat(64))},
-        }))
-        .expect("a minimal cell spec")
-    }
-
-    fn durable_verb(mut self, name: &str) -> Self {
-        let mut verb: VerbSpec =
-            serde_json::from_value(json!({"name": name})).expect("a minimal verb");
-        verb.delivery = Delivery::Durable;
-        self.verbs.push(verb);
-        if self.stream.is_none() {
-            self = self.stream(json!({}));
-        }
-        self
-    }
-
-    fn stream(mut self, stream: serde_json::Value) -> Self {
-        let stream: StreamSpec = serde_json::from_value(stream).expect("a stream spec");
-        self.stream = Some(stream);
         self
     }
 }
