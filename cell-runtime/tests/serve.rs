@@ -351,20 +351,7 @@ async fn replacing_a_cell_finishes_in_flight_requests_on_the_old_version() {
         )
     };
     let server = bus.deploy(&[version(r#""v1""#, 400_000_000)]).await;
-    let in_flight = {
-        let client = bus.client.clone();
-        tokio::spawn(async move {
-            let request = Request::new("versioned", "which", json!(null));
-            let reply = client
-                .request(
-                    "cbs.versioned.which",
-                    serde_json::to_vec(&request).unwrap().into(),
-                )
-                .await
-                .unwrap();
-            serde_json::from_slice::<Reply>(&reply.payload).unwrap()
-        })
-    };
+    let in_flight = bus.spawn_call("versioned", "which", json!(null));
     tokio::time::sleep(Duration::from_millis(100)).await;
     bus.assign(&[version(r#""v2""#, 0)]).await;
     let v2 = cellbus_control::digest_of(&version(r#""v2""#, 0).module);
@@ -503,20 +490,7 @@ async fn shutting_down_answers_the_requests_already_running() {
         json!({}),
     );
     let server = bus.deploy(&[slow]).await;
-    let running = {
-        let client = bus.client.clone();
-        tokio::spawn(async move {
-            let request = Request::new("slow", "work", json!(null));
-            let reply = client
-                .request(
-                    "cbs.slow.work",
-                    serde_json::to_vec(&request).unwrap().into(),
-                )
-                .await
-                .unwrap();
-            serde_json::from_slice::<Reply>(&reply.payload).unwrap()
-        })
-    };
+    let running = bus.spawn_call("slow", "work", json!(null));
     eventually(10, "the request to start", async || {
         bus.node
             .shared

@@ -95,6 +95,23 @@ impl Bus {
         })
     }
 
+    /// Sends a request for `service.verb` from a task of its own, so the test can act
+    /// while it runs; the task yields the reply.
+    pub fn spawn_call(
+        &self,
+        service: &str,
+        verb: &str,
+        payload: Value,
+    ) -> tokio::task::JoinHandle<Reply> {
+        let client = self.client.clone();
+        let subject = format!("cbs.{service}.{verb}");
+        let request = serde_json::to_vec(&Request::new(service, verb, payload)).unwrap();
+        tokio::spawn(async move {
+            let reply = client.request(subject, request.into()).await.unwrap();
+            serde_json::from_slice::<Reply>(&reply.payload).unwrap()
+        })
+    }
+
     /// Sends a request envelope for `service.verb` with `payload`.
     pub async fn call(
         &self,
