@@ -11,6 +11,7 @@ pub mod config;
 pub mod crdgen;
 mod error;
 pub mod names;
+pub mod readiness;
 pub mod render;
 
 pub use config::Config;
