@@ -223,6 +223,18 @@ fn object_ref(document: &Value) -> ObjectRef {
     }
 }
 
+/// A Cell's spec judged as [`check`] judges one in a manifest: its schema, then its rules.
+/// The operator reads Cells from the API through here, so a spec an older CRD let through
+/// ends as field errors on that one object instead of breaking the watch of all of them.
+pub fn cell_spec(document: &Value) -> Result<CellSpec, Vec<FieldError>> {
+    judge(document, cell_schema(), validate::cell)
+}
+
+/// A CellPool's spec judged as [`cell_spec`] judges a Cell's.
+pub fn pool_spec(document: &Value) -> Result<CellPoolSpec, Vec<FieldError>> {
+    judge(document, pool_schema(), validate::pool)
+}
+
 /// Metadata, then the spec against its schema, then the spec's own rules.
 fn judge<S: DeserializeOwned>(
     document: &Value,

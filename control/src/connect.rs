@@ -17,6 +17,14 @@ pub struct NatsArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub url: String,
+    #[command(flatten)]
+    pub credentials: NatsCredentials,
+}
+
+/// How to log in to NATS, apart from where it is: the operator reaches several servers
+/// with one set of credentials.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NatsCredentials {
     /// User name (with --nats-password).
     #[arg(long = "nats-user", env = "NATS_USER", requires = "password")]
     pub user: Option<String>,
@@ -42,7 +50,7 @@ impl NatsArgs {
     pub fn url(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            ..Self::default()
+            credentials: NatsCredentials::default(),
         }
     }
 }
@@ -77,6 +85,7 @@ pub async fn connect_once(args: &NatsArgs, name: &str) -> Result<Client, Error> 
 }
 
 async fn options(args: &NatsArgs) -> Result<ConnectOptions, Error> {
+    let args = &args.credentials;
     let mut options = match &args.creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await

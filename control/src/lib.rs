@@ -10,10 +10,10 @@ pub mod manifests;
 mod store;
 mod streams;
 
-pub use connect::{connect, connect_once, NatsArgs};
+pub use connect::{connect, connect_once, NatsArgs, NatsCredentials};
 pub use store::{
-    digest_of, ensure_buckets, fetch_module, ping, push_module, read_assignment, write_assignment,
-    Buckets,
+    delete_assignment, digest_of, ensure_buckets, fetch_module, module_exists, ping, ping_until,
+    pod_statuses, push_module, read_assignment, write_assignment, Buckets,
 };
 pub use streams::{delete_stream, ensure_stream, stream_config, StreamChange};
 
@@ -62,6 +62,12 @@ pub enum Error {
     },
     #[error("reading the assignment {key}")]
     ReadAssignment {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("reading the pod reports {key}")]
+    ReadStatus {
         key: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

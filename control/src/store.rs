@@ -6,7 +6,7 @@ use async_nats::jetstream::{self, kv, object_store};
 use async_nats::Client;
 use bytes::Bytes;
 use cellbus_contracts::assignment::{PoolAssignment, ASSIGNMENTS_BUCKET, MODULES_BUCKET};
-use cellbus_contracts::status::{PingPayload, STATUS_BUCKET};
+use cellbus_contracts::status::{status_key, PingPayload, PodStatus, STATUS_BUCKET};
 use cellbus_contracts::subject;
 use cellbus_contracts::wire::{Reply, Request};
 use futures::StreamExt;
@@ -101,6 +101,21 @@ pub async fn push_module(
     Ok(digest)
 }
 
+/// Whether a module is stored under `digest`.
+pub async fn module_exists(
+    modules: &object_store::ObjectStore,
+    digest: &str,
+) -> Result<bool, Error> {
+    match modules.info(digest).await {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+        Err(error) => Err(Error::FetchModule {
+            digest: digest.to_owned(),
+            source: error.into(),
+        }),
+    }
+}
+
 /// Reads the module stored under `digest` and checks that its bytes have that digest.
 pub async fn fetch_module(
     modules: &object_store::ObjectStore,
@@ -174,12 +189,68 @@ pub async fn read_assignment(
     }
 }
 
+/// Removes a pool's assignment, so its pods (if any are left) serve nothing; fine when
+/// there is none.
+pub async fn delete_assignment(assignments: &kv::Store, key: &str) -> Result<(), Error> {
+    assignments
+        .purge(key)
+        .await
+        .map_err(|source| Error::WriteAssignment {
+            key: key.to_owned(),
+            source: source.into(),
+        })
+}
+
+/// The load reports of a pool's pods in `cbs-status`, waiting at most `wait` for them.
+pub async fn pod_statuses(
+    status: &kv::Store,
+    namespace: &str,
+    pool: &str,
+    wait: Duration,
+) -> Result<Vec<PodStatus>, Error> {
+    let pattern = status_key(namespace, pool, "*");
+    let error = |source: Box<dyn std::error::Error + Send + Sync>| Error::ReadStatus {
+        key: pattern.clone(),
+        source,
+    };
+    let mut entries = status
+        .watch_with_history(&pattern)
+        .await
+        .map_err(|e| error(e.into()))?;
+    let mut statuses = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    // The watch sends the latest entry of each key, counting down `delta` to the last
+    // one, then waits for changes; with no key at all it sends nothing, hence the deadline.
+    while let Ok(Some(entry)) = tokio::time::timeout_at(deadline, entries.next()).await {
+        let entry = entry.map_err(|e| error(e.into()))?;
+        if entry.operation == kv::Operation::Put {
+            if let Ok(pod) = serde_json::from_slice::<PodStatus>(&entry.value) {
+                statuses.push(pod);
+            }
+        }
+        if entry.delta == 0 {
+            break;
+        }
+    }
+    Ok(statuses)
+}
+
 /// Sends `$ping` to a service and collects the replies of every pod that answers within
 /// `wait`.
 pub async fn ping(
     client: &Client,
     service: &str,
     wait: Duration,
+) -> Result<Vec<PingPayload>, Error> {
+    ping_until(client, service, wait, |_| false).await
+}
+
+/// [`ping`] that stops early, as soon as a reply satisfies `enough`.
+pub async fn ping_until(
+    client: &Client,
+    service: &str,
+    wait: Duration,
+    enough: impl Fn(&PingPayload) -> bool,
 ) -> Result<Vec<PingPayload>, Error> {
     let error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Ping {
         service: service.to_owned(),
@@ -202,8 +273,12 @@ pub async fn ping(
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
         if let Ok(Reply::Ok(reply)) = serde_json::from_slice::<Reply>(&message.payload) {
-            if let Ok(pong) = serde_json::from_value(reply.payload) {
+            if let Ok(pong) = serde_json::from_value::<PingPayload>(reply.payload) {
+                let done = enough(&pong);
                 pongs.push(pong);
+                if done {
+                    break;
+                }
             }
         }
     }

@@ -8,12 +8,12 @@ use cellbus_testkit::NatsServer;
 async fn user_and_password_log_in_and_a_wrong_password_is_refused() {
     let nats = NatsServer::start_with_args(&["--user", "cell", "--pass", "s3cret"]);
     let mut args = NatsArgs::url(nats.url());
-    args.user = Some("cell".into());
-    args.password = Some("s3cret".into());
+    args.credentials.user = Some("cell".into());
+    args.credentials.password = Some("s3cret".into());
     let client = connect_once(&args, "test").await.unwrap();
     client.flush().await.unwrap();
 
-    args.password = Some("wrong".into());
+    args.credentials.password = Some("wrong".into());
     let error = connect_once(&args, "test").await.unwrap_err();
     assert!(
         cellbus_contracts::error_chain(&error)
@@ -26,21 +26,21 @@ async fn user_and_password_log_in_and_a_wrong_password_is_refused() {
 async fn a_token_logs_in() {
     let nats = NatsServer::start_with_args(&["--auth", "t0ken"]);
     let mut args = NatsArgs::url(nats.url());
-    args.token = Some("t0ken".into());
+    args.credentials.token = Some("t0ken".into());
     connect_once(&args, "test")
         .await
         .unwrap()
         .flush()
         .await
         .unwrap();
-    args.token = None;
+    args.credentials.token = None;
     assert!(connect_once(&args, "test").await.is_err());
 }
 
 #[tokio::test]
 async fn a_missing_credentials_file_is_named() {
     let mut args = NatsArgs::url("nats://127.0.0.1:1");
-    args.creds = Some("/nonexistent/user.creds".into());
+    args.credentials.creds = Some("/nonexistent/user.creds".into());
     let error = connect_once(&args, "test").await.unwrap_err();
     assert_eq!(
         error.to_string(),

@@ -20,10 +20,25 @@ pub mod reasons {
     pub const NO_MATCHING_POOL: &str = "NoMatchingPool";
     /// Scheduled=False: several CellPools would do and `spec.poolRef` does not choose.
     pub const SEVERAL_POOLS: &str = "SeveralPools";
+    /// Scheduled=False: the CellPool `spec.poolRef` names has an invalid spec.
+    pub const POOL_INVALID: &str = "PoolInvalid";
+    /// Scheduled=False: the Cell is being deleted.
+    pub const DELETING: &str = "Deleting";
+    /// ModuleVerified=True: the pods fetch the module from `spec.module.url` and check
+    /// its digest themselves.
+    pub const MODULE_URL: &str = "ModuleUrl";
+    /// ModuleVerified=True: the module is a command in the pool's image.
+    pub const MODULE_COMMAND: &str = "ModuleCommand";
+    /// ModuleVerified, StreamReady or Ready Unknown: NATS could not be reached.
+    pub const NATS_UNAVAILABLE: &str = "NatsUnavailable";
+    /// CellPool Progressing=True: the runtime Deployment is rolling out.
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// CellPool Progressing=False: the rollout is complete.
+    pub const ROLLED_OUT: &str = "RolledOut";
     /// Any type, False: the spec breaks a rule the CRD schema cannot state.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Scheduled=False: another Cell on the same bus already serves the service.
-    pub const SERVICE_CONFLICT: &str = "ServiceConflict";
+    pub const SERVICE_CONFLICT: &str = "Conflict";
     /// ModuleVerified=True: the module with the cell's digest is in the store.
     pub const MODULE_FOUND: &str = "ModuleFound";
     /// ModuleVerified=False: no module with the cell's digest is in the store yet.

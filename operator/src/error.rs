@@ -34,6 +34,43 @@ pub enum Error {
     #[error(transparent)]
     StreamPlan(#[from] cellbus_contracts::stream::StreamPlanError),
 
+    #[error("could not {action} {object}")]
+    Kube {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error(transparent)]
+    Nats(#[from] cellbus_control::Error),
+
+    #[error("{object} is invalid: {message}")]
+    InvalidSpec { object: String, message: String },
+
+    #[error("Cell {cell} is not scheduled ({reason}): {message}")]
+    NotPlaced {
+        cell: String,
+        reason: &'static str,
+        message: String,
+    },
+
+    #[error("listening on {address}")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("starting the async runtime")]
+    Runtime {
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("lost the leader lease; another replica reconciles now")]
+    LostLease,
+
     #[error("assignment of CellPool {namespace}/{pool}")]
     Assignment {
         namespace: String,
@@ -53,6 +90,17 @@ impl Error {
             Self::InvalidManifests { .. } => "invalid_manifests",
             Self::StreamPlan(_) => "stream_plan",
             Self::Assignment { .. } => "assignment",
+            Self::Kube { .. } => "kube_api",
+            Self::Listen { .. } => "listen",
+            Self::LostLease => "lost_lease",
+            Self::Runtime { .. } => "runtime",
+            Self::Nats(_) => "nats",
+            Self::InvalidSpec { .. } => "invalid_spec",
+            Self::NotPlaced {
+                reason: crate::conditions::reasons::INVALID_SPEC,
+                ..
+            } => "invalid_spec",
+            Self::NotPlaced { .. } => "not_scheduled",
         }
     }
 }

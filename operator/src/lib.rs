@@ -5,14 +5,23 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod builders;
 pub mod conditions;
 pub mod config;
+pub mod context;
+pub mod controller;
 pub mod crdgen;
 mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod names;
+pub mod observed;
 pub mod readiness;
 pub mod render;
+pub mod run;
+pub mod scheduling;
 
 pub use config::Config;
 pub use error::Error;

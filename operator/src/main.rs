@@ -23,6 +23,9 @@ enum Command {
         #[arg(long, default_value = ".", requires = "write")]
         root: PathBuf,
     },
+    /// Run the controllers: reconcile Cells and CellPools in the cluster the kubeconfig or
+    /// the pod's service account points at.
+    Run(Box<cellbus_operator::run::RunArgs>),
     /// Print, without a cluster, the objects the operator would apply for Cell and
     /// CellPool manifests, with pool assignments and streams as comments.
     Render {
@@ -32,6 +35,20 @@ enum Command {
         #[command(flatten)]
         config: Box<cellbus_operator::Config>,
     },
+}
+
+fn run(args: cellbus_operator::run::RunArgs) -> Result<(), cellbus_operator::Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| cellbus_operator::Error::Runtime { source })?
+        .block_on(cellbus_operator::run::run(args))
 }
 
 fn main() -> ExitCode {
@@ -47,6 +64,7 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Run(args) => run(*args),
         Command::Render { files, config } => {
             cellbus_operator::render::render_paths(&files, &config).map(|yaml| print!("{yaml}"))
         }

@@ -1,0 +1,270 @@
+//! What every reconcile shares: the API client, the watch caches, the NATS connections,
+//! the event recorder, metrics, the clock and the per-object backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use cellbus_control::{Buckets, NatsArgs, NatsCredentials};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::core::DynamicObject;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::Client;
+
+use crate::backoff::{Attempts, Backoff};
+use crate::conditions::{Clock, SystemClock};
+use crate::metrics::Metrics;
+use crate::names::FIELD_MANAGER;
+use crate::observed::{ObservedCell, ObservedPool};
+use crate::scheduling::Snapshot;
+use crate::{Config, Error};
+
+/// How long the operator waits for things and how it spaces retries.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// How long a Ready check waits for `$ping` replies.
+    pub ping_wait: Duration,
+    /// How long a Ready check waits for the pods' load reports.
+    pub status_wait: Duration,
+    /// Retries after a failed reconcile or a spec that cannot be served.
+    pub error_backoff: Backoff,
+    /// Re-checks of a Cell that is not Ready yet.
+    pub ready_backoff: Backoff,
+    /// Re-check of a healthy object, in case something outside the watches changed.
+    pub resync: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            ping_wait: Duration::from_secs(1),
+            status_wait: Duration::from_millis(500),
+            error_backoff: Backoff {
+                base: Duration::from_secs(5),
+                cap: Duration::from_secs(300),
+            },
+            ready_backoff: Backoff {
+                base: Duration::from_secs(2),
+                cap: Duration::from_secs(60),
+            },
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One NATS the pools use, connected, with its buckets open.
+pub struct Bus {
+    pub url: String,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub buckets: Buckets,
+}
+
+/// Connections to every NATS the pools name, made on first use with the operator's
+/// credentials.
+pub struct Buses {
+    credentials: NatsCredentials,
+    /// How the operator itself reaches a URL, when not by that URL (an operator outside
+    /// the cluster reaching the pods' NATS through a port-forward).
+    routes: HashMap<String, String>,
+    connected: tokio::sync::Mutex<HashMap<String, Arc<Bus>>>,
+}
+
+impl Buses {
+    pub fn new(credentials: NatsCredentials, routes: HashMap<String, String>) -> Self {
+        Self {
+            credentials,
+            routes,
+            connected: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The NATS at `url`, connecting and creating the buckets the first time.
+    pub async fn get(&self, url: &str) -> Result<Arc<Bus>, Error> {
+        let mut connected = self.connected.lock().await;
+        if let Some(bus) = connected.get(url) {
+            return Ok(bus.clone());
+        }
+        let args = NatsArgs {
+            url: self.routes.get(url).cloned().unwrap_or_else(|| url.to_owned()),
+            credentials: self.credentials.clone(),
+        };
+        let client = cellbus_control::connect(&args, "cellbus-operator").await?;
+        let js = jetstream::new(client.clone());
+        let buckets = cellbus_control::ensure_buckets(&js).await?;
+        let bus = Arc::new(Bus {
+            url: url.to_owned(),
+            client,
+            js,
+            buckets,
+        });
+        connected.insert(url.to_owned(), bus.clone());
+        Ok(bus)
+    }
+}
+
+/// Shared by every reconcile of both controllers.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub buses: Buses,
+    /// Watch caches of Cells, one per watched namespace (or one for all).
+    pub cells: Vec<Store<DynamicObject>>,
+    /// Watch caches of CellPools, likewise.
+    pub pools: Vec<Store<DynamicObject>>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    pub timing: Timing,
+    /// Failures in a row per object, for the error backoff.
+    pub failures: Attempts,
+    /// Not-Ready checks in a row per Cell, for the readiness backoff.
+    pub waits: Attempts,
+    /// Asks the Cell controller to look at a Cell again (one whose service was freed).
+    /// Judged Cells by `namespace/name`, with the resourceVersion they were judged at:
+    /// every reconcile looks at all Cells, judging each again would be quadratic.
+    judged: Mutex<HashMap<String, (Option<String>, Arc<ObservedCell>)>>,
+    /// One lock per pool: its assignment is computed and written by one reconcile at a
+    /// time, so an older view never overwrites a newer one.
+    assignment_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        config: Config,
+        buses: Buses,
+        cells: Vec<Store<DynamicObject>>,
+        pools: Vec<Store<DynamicObject>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let timing = Timing::default();
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            buses,
+            cells,
+            pools,
+            metrics,
+            clock: Arc::new(SystemClock),
+            failures: Attempts::new(timing.error_backoff),
+            waits: Attempts::new(timing.ready_backoff),
+            timing,
+            judged: Mutex::default(),
+            assignment_locks: Mutex::default(),
+        }
+    }
+
+    /// The same context with other timings (tests wait less).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.failures = Attempts::new(timing.error_backoff);
+        self.waits = Attempts::new(timing.ready_backoff);
+        self.timing = timing;
+        self
+    }
+
+    /// The same context with another clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// What the caches hold now.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut judged = self.judged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cells = Vec::new();
+        for object in self.cells.iter().flat_map(Store::state) {
+            let key = format!(
+                "{}/{}",
+                object.metadata.namespace.as_deref().unwrap_or_default(),
+                object.metadata.name.as_deref().unwrap_or_default()
+            );
+            let version = object.metadata.resource_version.clone();
+            let cell = match judged.get(&key) {
+                Some((seen, cell)) if version.is_some() && *seen == version => cell.clone(),
+                _ => {
+                    let cell = Arc::new(ObservedCell::from_object(&object));
+                    judged.insert(key, (version, cell.clone()));
+                    cell
+                }
+            };
+            cells.push(cell);
+        }
+        let pools = self
+            .pools
+            .iter()
+            .flat_map(Store::state)
+            .map(|object| Arc::new(ObservedPool::from_object(&object)))
+            .collect();
+        Snapshot::new(cells, pools)
+    }
+
+    /// Drops what the context remembers of a Cell that is gone.
+    pub fn forget(&self, key: &str) {
+        self.judged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        self.failures.succeeded(key);
+        self.waits.succeeded(key);
+    }
+
+    /// The lock guarding the assignment of pool `key`.
+    pub fn assignment_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.assignment_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Counts one write to the Kubernetes API.
+    pub fn wrote(&self, kind: &str, verb: &str) {
+        self.metrics.write(kind, verb);
+    }
+
+    /// Publishes an Event about `object`; a failure is logged, never fatal: Events are
+    /// for people, the conditions carry the state.
+    pub async fn publish(&self, object: &ObjectReference, event: Event) {
+        let reason = event.reason.clone();
+        match self.recorder.publish(&event, object).await {
+            Ok(()) => self.wrote("Event", "publish"),
+            Err(error) => tracing::warn!(%error, reason, "could not publish an Event"),
+        }
+    }
+}
+
+/// An Event for a condition that just changed: Warning when it went bad.
+pub fn transition_event(type_: &str, healthy: bool, reason: &str, message: &str) -> Event {
+    Event {
+        type_: if healthy {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: reason.to_owned(),
+        note: Some(truncate(message, 1024)),
+        action: type_.to_owned(),
+        secondary: None,
+    }
+}
+
+/// At most `limit` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}

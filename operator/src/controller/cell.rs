@@ -1,0 +1,455 @@
+//! The Cell controller: place the Cell in a pool, check its module, reconcile the stream
+//! of its durable verbs, write its pool's assignment, and call it Ready only when a pod
+//! answers its `$ping` with the Cell's digest. The finalizer takes it out of the
+//! assignment and deletes its stream (unless `Retain`) before Kubernetes forgets it.
+
+use std::sync::Arc;
+
+use cellbus_contracts::resources::{CellSpec, CellStatus, DeletionPolicy};
+use cellbus_contracts::status::PingPayload;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DynamicObject;
+use kube::runtime::controller::Action;
+use tracing::Instrument;
+
+use super::write_status;
+use crate::builders;
+use crate::conditions::{reasons, set_conditions, types, NewCondition, Status};
+use crate::context::{Bus, Context};
+use crate::names::FIELD_MANAGER;
+use crate::observed::{cell_resource, ObservedCell, ObservedPool};
+use crate::readiness::cell_ready;
+use crate::scheduling::{bus, NotPlaced};
+use crate::Error;
+
+/// The finalizer that holds a Cell until its NATS side is cleaned up.
+pub const FINALIZER: &str = "cellbus.io/cleanup";
+
+/// How metrics and logs name this controller.
+pub const CONTROLLER: super::ControllerName = "cell";
+
+/// Reconciles one Cell.
+pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let cell = Arc::new(ObservedCell::from_object(&object));
+    let span = tracing::info_span!(
+        "reconcile",
+        controller = CONTROLLER,
+        object = %cell.key(),
+        generation = cell.generation()
+    );
+    async {
+        let measure = ctx.metrics.reconcile(CONTROLLER);
+        let result = reconcile_cell(&object, cell, &ctx).await;
+        measure.finish(result.as_ref().map(|_| ()).map_err(Error::metric_label));
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reconcile_cell(
+    object: &DynamicObject,
+    cell: Arc<ObservedCell>,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let key = cell.key();
+    if cell.is_deleting() {
+        if cell.has_finalizer(FINALIZER) {
+            cleanup(&cell, ctx).await?;
+            remove_finalizer(object, ctx).await?;
+            tracing::info!("cleaned up and released");
+        }
+        ctx.forget(&key);
+        return Ok(Action::await_change());
+    }
+    if !cell.has_finalizer(FINALIZER) {
+        add_finalizer(object, ctx).await?;
+    }
+    let action = apply(object, cell, ctx).await?;
+    ctx.failures.succeeded(&key);
+    Ok(action)
+}
+
+/// What one look at a placed Cell found.
+struct Observation {
+    conditions: Vec<NewCondition>,
+    stream: Option<String>,
+    ready: bool,
+}
+
+async fn apply(
+    object: &DynamicObject,
+    cell: Arc<ObservedCell>,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let snapshot = ctx.snapshot().with_cell(cell.clone());
+    let previous_pool = cell.status.pool.clone();
+    let placed = snapshot.placement(&cell, &ctx.config);
+
+    // A Cell that moved or can no longer run leaves its old pool's assignment.
+    let current_pool = placed.as_ref().ok().map(|pool| pool.name().to_owned());
+    if let Some(previous) = previous_pool.filter(|p| Some(p) != current_pool.as_ref()) {
+        if let Some(pool) = snapshot.pool(cell.namespace(), &previous) {
+            write_assignment(ctx, pool, Some(&cell)).await?;
+        }
+    }
+
+    let pool = match placed {
+        Ok(pool) => pool,
+        Err(not_placed) => {
+            let conditions = [
+                NewCondition::new(
+                    types::SCHEDULED,
+                    Status::False,
+                    not_placed.reason,
+                    &not_placed.message,
+                ),
+                NewCondition::new(
+                    types::READY,
+                    Status::False,
+                    not_placed.reason,
+                    &not_placed.message,
+                ),
+            ];
+            let status = CellStatus {
+                pool: None,
+                subjects: Vec::new(),
+                stream: None,
+                ..next_status(&cell, conditions, ctx)
+            };
+            update_status(object, &cell, &status, ctx).await?;
+            let NotPlaced { reason, message } = not_placed;
+            return Err(Error::NotPlaced {
+                cell: cell.key(),
+                reason,
+                message,
+            });
+        }
+    };
+    let spec = cell.spec.as_ref().expect("a placed Cell has a valid spec");
+    let pool_spec = pool.spec.as_ref().expect("a placed Cell's pool is valid");
+    let scheduled = NewCondition::new(
+        types::SCHEDULED,
+        Status::True,
+        reasons::SCHEDULED,
+        format!("in CellPool {}", pool.name()),
+    );
+    let subjects = builders::request_subjects(spec)?;
+
+    let observed = match ctx.buses.get(bus(pool_spec, &ctx.config)).await {
+        Ok(bus) => observe(&cell, spec, pool, &bus, ctx).await,
+        Err(error) => Err(error),
+    };
+    let observation = match observed {
+        Ok(observation) => observation,
+        Err(error) => {
+            // Say so on the Cell, then let the error policy retry.
+            let message = cellbus_contracts::error_chain(&error);
+            let conditions = [
+                scheduled,
+                NewCondition::new(
+                    types::READY,
+                    Status::Unknown,
+                    reasons::NATS_UNAVAILABLE,
+                    message,
+                ),
+            ];
+            let status = CellStatus {
+                pool: Some(pool.name().to_owned()),
+                subjects,
+                ..next_status(&cell, conditions, ctx)
+            };
+            update_status(object, &cell, &status, ctx).await?;
+            return Err(error);
+        }
+    };
+
+    let conditions = std::iter::once(scheduled).chain(observation.conditions);
+    let status = CellStatus {
+        pool: Some(pool.name().to_owned()),
+        subjects,
+        stream: observation.stream,
+        ..next_status(&cell, conditions, ctx)
+    };
+    update_status(object, &cell, &status, ctx).await?;
+    if observation.ready {
+        ctx.waits.succeeded(&cell.key());
+        Ok(Action::requeue(ctx.timing.resync))
+    } else {
+        Ok(Action::requeue(ctx.waits.failed(&cell.key())))
+    }
+}
+
+/// The NATS side of a placed Cell: module, stream, assignment, then the `$ping` check.
+async fn observe(
+    cell: &Arc<ObservedCell>,
+    spec: &CellSpec,
+    pool: &ObservedPool,
+    bus: &Bus,
+    ctx: &Context,
+) -> Result<Observation, Error> {
+    let module = module_condition(spec, bus).await?;
+
+    let (stream_condition, stream) = match builders::stream_config(spec)? {
+        None => (
+            NewCondition::new(
+                types::STREAM_READY,
+                Status::True,
+                reasons::NO_DURABLE_VERBS,
+                "no durable verbs, so no stream",
+            ),
+            None,
+        ),
+        Some(plan) => match cellbus_control::ensure_stream(&bus.js, &plan).await {
+            Ok(_) => (
+                NewCondition::new(
+                    types::STREAM_READY,
+                    Status::True,
+                    reasons::STREAM_READY,
+                    format!("stream {} matches the spec", plan.name),
+                ),
+                Some(plan.name),
+            ),
+            Err(error) => (
+                NewCondition::new(
+                    types::STREAM_READY,
+                    Status::False,
+                    reasons::STREAM_FAILED,
+                    cellbus_contracts::error_chain(&error),
+                ),
+                Some(plan.name),
+            ),
+        },
+    };
+
+    write_assignment(ctx, pool, Some(cell)).await?;
+
+    let digest = spec.module.digest.as_deref();
+    let expected = |pong: &PingPayload| pong.digest.as_deref() == digest;
+    let pongs =
+        cellbus_control::ping_until(&bus.client, &spec.service, ctx.timing.ping_wait, expected)
+            .await?;
+    let statuses = if pongs.iter().any(expected) {
+        Vec::new()
+    } else {
+        cellbus_control::pod_statuses(
+            &bus.buckets.status,
+            cell.namespace(),
+            pool.name(),
+            ctx.timing.status_wait,
+        )
+        .await?
+    };
+    let mut ready = cell_ready(cell.name(), &spec.service, digest, &pongs, &statuses);
+    // A missing module explains a pod that cannot load it better than waiting does.
+    if ready.status != Status::True && module.status == Status::False {
+        ready = NewCondition::new(types::READY, Status::False, module.reason, &module.message);
+    }
+    let is_ready = ready.status == Status::True;
+    Ok(Observation {
+        conditions: vec![module, stream_condition, ready],
+        stream,
+        ready: is_ready,
+    })
+}
+
+async fn module_condition(spec: &CellSpec, bus: &Bus) -> Result<NewCondition, Error> {
+    let verified = |status, reason, message: String| {
+        NewCondition::new(types::MODULE_VERIFIED, status, reason, message)
+    };
+    let module = &spec.module;
+    Ok(match (&module.digest, &module.url, &module.command) {
+        (_, Some(url), _) => verified(
+            Status::True,
+            reasons::MODULE_URL,
+            format!("pods fetch {url} and check its digest"),
+        ),
+        (Some(digest), None, _) => {
+            if cellbus_control::module_exists(&bus.buckets.modules, digest).await? {
+                verified(
+                    Status::True,
+                    reasons::MODULE_FOUND,
+                    format!("module {digest} is in cbs-modules"),
+                )
+            } else {
+                verified(
+                    Status::False,
+                    reasons::MODULE_MISSING,
+                    format!(
+                        "module {digest} is not in cbs-modules on {}; push it with `cellbus module push FILE`",
+                        bus.url
+                    ),
+                )
+            }
+        }
+        (None, None, Some(command)) => verified(
+            Status::True,
+            reasons::MODULE_COMMAND,
+            format!("runs `{}` from the pool's image", command.join(" ")),
+        ),
+        (None, None, None) => verified(
+            Status::False,
+            reasons::INVALID_SPEC,
+            "spec.module names no digest, url or command".into(),
+        ),
+    })
+}
+
+/// Writes `pool`'s assignment as the caches see it now, unless KV already holds it.
+/// `reconciled` is the Cell being reconciled, counted even if the caches do not hold it
+/// yet.
+pub(crate) async fn write_assignment(
+    ctx: &Context,
+    pool: &ObservedPool,
+    reconciled: Option<&Arc<ObservedCell>>,
+) -> Result<(), Error> {
+    let Some(pool_spec) = pool.spec.as_ref().ok() else {
+        return Ok(());
+    };
+    let key = cellbus_contracts::assignment::assignment_key(pool.namespace(), pool.name());
+    let lock = ctx.assignment_lock(&key);
+    let _guard = lock.lock().await;
+    // Computed under the lock from the caches as they are now, so whoever waited for the
+    // lock writes at least what the previous holder saw, never an older view.
+    let mut snapshot = ctx.snapshot();
+    if let Some(cell) = reconciled {
+        snapshot = snapshot.with_cell_if_absent(cell.clone());
+    }
+    let Some(assignment) = snapshot.assignment(pool, &ctx.config) else {
+        return Ok(());
+    };
+    let assignment = assignment.map_err(|source| Error::Assignment {
+        namespace: pool.namespace().to_owned(),
+        pool: pool.name().to_owned(),
+        source,
+    })?;
+    let bus = ctx.buses.get(bus(pool_spec, &ctx.config)).await?;
+    if cellbus_control::write_assignment(&bus.buckets.assignments, &assignment).await? {
+        tracing::info!(
+            pool = %pool.key(),
+            cells = assignment.cells.len(),
+            "wrote the pool assignment"
+        );
+    }
+    Ok(())
+}
+
+/// The next status: the Cell's generation and `conditions` folded into the current ones.
+fn next_status(
+    cell: &ObservedCell,
+    conditions: impl IntoIterator<Item = NewCondition>,
+    ctx: &Context,
+) -> CellStatus {
+    let now = ctx.clock.now();
+    CellStatus {
+        observed_generation: Some(cell.generation()),
+        conditions: set_conditions(&cell.status.conditions, conditions, &now, cell.generation()),
+        ..cell.status.clone()
+    }
+}
+
+async fn update_status(
+    object: &DynamicObject,
+    cell: &ObservedCell,
+    status: &CellStatus,
+    ctx: &Context,
+) -> Result<bool, Error> {
+    write_status(
+        ctx,
+        object,
+        &cell_resource(),
+        (&cell.status, &cell.status.conditions),
+        (status, &status.conditions),
+    )
+    .await
+}
+
+/// Takes a deleted Cell out of its pool's assignment and deletes its stream unless its
+/// policy retains it. Fine when either is already gone.
+async fn cleanup(cell: &Arc<ObservedCell>, ctx: &Context) -> Result<(), Error> {
+    let snapshot = ctx.snapshot().with_cell(cell.clone());
+    let pool = cell
+        .status
+        .pool
+        .as_deref()
+        .and_then(|name| snapshot.pool(cell.namespace(), name));
+    if let Some(pool) = pool {
+        write_assignment(ctx, pool, Some(cell)).await?;
+    }
+    if let Ok(spec) = &cell.spec {
+        let retain = spec
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.deletion_policy == DeletionPolicy::Retain);
+        if let (Some(plan), false) = (builders::stream_config(spec)?, retain) {
+            let url = pool
+                .and_then(|pool| pool.spec.as_ref().ok())
+                .map(|pool_spec| bus(pool_spec, &ctx.config))
+                .unwrap_or(&ctx.config.nats_url);
+            let bus = ctx.buses.get(url).await?;
+            if cellbus_control::delete_stream(&bus.js, &plan.name).await? {
+                tracing::info!(stream = plan.name, "deleted the stream");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn add_finalizer(object: &DynamicObject, ctx: &Context) -> Result<(), Error> {
+    // `test` makes the patch fail, rather than clobber, if someone changed the list since
+    // we read it; the error policy then retries with a fresh object.
+    let patch = match &object.metadata.finalizers {
+        None => serde_json::json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": null },
+            { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
+        ]),
+        Some(current) => serde_json::json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": current },
+            { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
+        ]),
+    };
+    json_patch(object, patch, "add the finalizer to", ctx).await
+}
+
+async fn remove_finalizer(object: &DynamicObject, ctx: &Context) -> Result<(), Error> {
+    let finalizers = object.metadata.finalizers.as_deref().unwrap_or_default();
+    let Some(index) = finalizers.iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch = serde_json::json!([
+        { "op": "test", "path": path, "value": FINALIZER },
+        { "op": "remove", "path": path },
+    ]);
+    json_patch(object, patch, "remove the finalizer from", ctx).await
+}
+
+async fn json_patch(
+    object: &DynamicObject,
+    patch: serde_json::Value,
+    action: &'static str,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let name = object.metadata.name.as_deref().unwrap_or_default();
+    let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
+    let describe = || format!("Cell {namespace}/{name}");
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Serialize {
+        what: format!("the finalizer patch of {}", describe()),
+        source: e.into(),
+    })?;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &cell_resource());
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &params, &Patch::<()>::Json(patch))
+        .await
+        .map_err(|source| Error::Kube {
+            action,
+            object: describe(),
+            source,
+        })?;
+    ctx.wrote("Cell", "patch");
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The two controllers and what they share: status writes that happen only when the
+//! status changes, Events only when a condition changes, and the error policy.
+
+pub mod cell;
+pub mod pool;
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject};
+use kube::runtime::controller::Action;
+use kube::Resource;
+use serde::Serialize;
+
+use crate::conditions::types;
+use crate::context::{transition_event, Context};
+use crate::names::FIELD_MANAGER;
+use crate::Error;
+
+/// Name of a controller, as metrics and logs label it.
+pub type ControllerName = &'static str;
+
+/// The error policy of both controllers: retry after a capped exponential backoff per
+/// object, so a failing object is retried ever more slowly instead of in a hot loop.
+pub fn error_policy(object: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        object.metadata.namespace.as_deref().unwrap_or_default(),
+        object.metadata.name.as_deref().unwrap_or_default()
+    );
+    let delay = ctx.failures.failed(&key);
+    tracing::warn!(
+        object = key,
+        error = %cellbus_contracts::error_chain(error),
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Writes `new` as the status of `object` with server-side apply unless it equals `old`,
+/// then publishes an Event for each condition whose status or reason changed. Returns
+/// whether it wrote.
+pub(crate) async fn write_status<S: Serialize + PartialEq>(
+    ctx: &Context,
+    object: &DynamicObject,
+    resource: &ApiResource,
+    (old, old_conditions): (&S, &[Condition]),
+    (new, new_conditions): (&S, &[Condition]),
+) -> Result<bool, Error> {
+    if old == new {
+        return Ok(false);
+    }
+    let name = object.metadata.name.as_deref().unwrap_or_default();
+    let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, resource);
+    let patch = serde_json::json!({
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "status": new,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        action: "update the status of",
+        object: format!("{} {namespace}/{name}", resource.kind),
+        source,
+    })?;
+    ctx.wrote(&resource.kind, "patch_status");
+
+    let reference = object.object_ref(resource);
+    for condition in new_conditions {
+        let before = old_conditions.iter().find(|c| c.type_ == condition.type_);
+        let changed = before.is_none_or(|before| {
+            (&before.status, &before.reason) != (&condition.status, &condition.reason)
+        });
+        if changed {
+            let event = transition_event(
+                &condition.type_,
+                healthy(condition),
+                &condition.reason,
+                &condition.message,
+            );
+            ctx.publish(&reference, event).await;
+        }
+    }
+    Ok(true)
+}
+
+/// Whether a condition reports something fine: `Degraded` is good when False,
+/// `Progressing` is always fine, every other type is good when True.
+fn healthy(condition: &Condition) -> bool {
+    match condition.type_.as_str() {
+        types::DEGRADED => condition.status != "True",
+        types::PROGRESSING => true,
+        _ => condition.status == "True",
+    }
+}

@@ -1,0 +1,359 @@
+//! The CellPool controller: the pool's ServiceAccount, Deployment, metrics Service and
+//! PodDisruptionBudget, applied only when the live object lacks something we want; the
+//! pool's assignment; and a status read off the Deployment.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use cellbus_contracts::resources::{CellPoolStatus, PoolCells};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::DynamicObject;
+use kube::runtime::controller::Action;
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::cell::write_assignment;
+use super::write_status;
+use crate::builders;
+use crate::conditions::{reasons, set_conditions, types, NewCondition, Status};
+use crate::context::Context;
+use crate::names::{self, FIELD_MANAGER};
+use crate::observed::{pool_resource, ObservedPool};
+use crate::Error;
+
+/// How metrics and logs name this controller.
+pub const CONTROLLER: super::ControllerName = "cellpool";
+
+/// Reconciles one CellPool.
+pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let pool = ObservedPool::from_object(&object);
+    let span = tracing::info_span!(
+        "reconcile",
+        controller = CONTROLLER,
+        object = %pool.key(),
+        generation = pool.generation()
+    );
+    async {
+        let measure = ctx.metrics.reconcile(CONTROLLER);
+        let result = reconcile_pool(&object, &pool, &ctx).await;
+        if result.is_ok() {
+            ctx.failures.succeeded(&pool.key());
+        }
+        measure.finish(result.as_ref().map(|_| ()).map_err(Error::metric_label));
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reconcile_pool(
+    object: &DynamicObject,
+    pool: &ObservedPool,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    // Kubernetes deletes the children through their owner references; the Cells of the
+    // pool hear of it through their own watch of pools and report it.
+    if pool.is_deleting() {
+        return Ok(Action::await_change());
+    }
+    let Some(typed) = pool.typed() else {
+        let message = pool.spec_errors().unwrap_or_default();
+        let invalid = |type_, status| {
+            NewCondition::new(type_, status, reasons::INVALID_SPEC, message.clone())
+        };
+        let status = next_status(
+            pool,
+            pool.status.clone(),
+            [
+                invalid(types::PROGRESSING, Status::False),
+                invalid(types::DEGRADED, Status::True),
+                invalid(types::READY, Status::False),
+            ],
+            ctx,
+        );
+        update_status(object, pool, &status, ctx).await?;
+        return Err(Error::InvalidSpec {
+            object: format!("CellPool {}", pool.key()),
+            message,
+        });
+    };
+    let namespace = pool.namespace();
+    let objects = builders::pool_objects(&typed, &ctx.config);
+    apply_child(ctx, namespace, &objects.service_account).await?;
+    let deployment = apply_child(ctx, namespace, &objects.deployment).await?;
+    apply_child(ctx, namespace, &objects.service).await?;
+    match &objects.pod_disruption_budget {
+        Some(budget) => {
+            apply_child(ctx, namespace, budget).await?;
+        }
+        None => delete_child::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
+            ctx,
+            namespace,
+            &names::child_name(pool.name()),
+        )
+        .await?,
+    }
+
+    write_assignment(ctx, pool, None).await?;
+
+    let snapshot = ctx.snapshot();
+    let members: Vec<String> = snapshot
+        .members(pool, &ctx.config)
+        .iter()
+        .map(|cell| cell.name().to_owned())
+        .collect();
+    let wanted = typed.spec.replicas;
+    let rollout = Rollout::of(&deployment, wanted);
+    let status = next_status(
+        pool,
+        CellPoolStatus {
+            replicas: wanted,
+            ready_replicas: rollout.ready,
+            selector: Some(names::pool_selector(pool.name())),
+            cells: PoolCells {
+                count: i32::try_from(members.len()).unwrap_or(i32::MAX),
+                names: members,
+            },
+            ..pool.status.clone()
+        },
+        rollout.conditions(&deployment),
+        ctx,
+    );
+    update_status(object, pool, &status, ctx).await?;
+    Ok(Action::requeue(ctx.timing.resync))
+}
+
+/// Where the runtime Deployment's rollout stands.
+struct Rollout {
+    wanted: i32,
+    ready: i32,
+    updated: i32,
+    rolling: bool,
+}
+
+impl Rollout {
+    fn of(deployment: &Deployment, wanted: i32) -> Self {
+        let status = deployment.status.clone().unwrap_or_default();
+        let ready = status.ready_replicas.unwrap_or(0);
+        let updated = status.updated_replicas.unwrap_or(0);
+        let seen = status.observed_generation.unwrap_or(0);
+        let generation = deployment.metadata.generation.unwrap_or(0);
+        let rolling = seen < generation
+            || updated < wanted
+            || status.replicas.unwrap_or(0) > wanted;
+        Self {
+            wanted,
+            ready,
+            updated,
+            rolling,
+        }
+    }
+
+    fn conditions(&self, deployment: &Deployment) -> [NewCondition; 3] {
+        let name = deployment.metadata.name.as_deref().unwrap_or_default();
+        let all_ready = self.ready >= self.wanted;
+        let counts = format!("{} of {} runtime pods ready", self.ready, self.wanted);
+        let progressing = if self.rolling {
+            NewCondition::new(
+                types::PROGRESSING,
+                Status::True,
+                reasons::ROLLING_OUT,
+                format!(
+                    "Deployment {name}: {} of {} pods updated",
+                    self.updated, self.wanted
+                ),
+            )
+        } else {
+            NewCondition::new(
+                types::PROGRESSING,
+                Status::False,
+                reasons::ROLLED_OUT,
+                format!("Deployment {name} is rolled out"),
+            )
+        };
+        let (degraded, ready) = if all_ready {
+            (
+                NewCondition::new(types::DEGRADED, Status::False, reasons::REPLICAS_READY, &counts),
+                NewCondition::new(types::READY, Status::True, reasons::REPLICAS_READY, &counts),
+            )
+        } else {
+            // Fewer ready pods than wanted is expected during a rollout; only a finished
+            // rollout that left pods unready is degraded.
+            let reason = if self.rolling {
+                reasons::ROLLING_OUT
+            } else {
+                reasons::REPLICAS_UNAVAILABLE
+            };
+            (
+                NewCondition::new(
+                    types::DEGRADED,
+                    !self.rolling,
+                    reasons::REPLICAS_UNAVAILABLE,
+                    &counts,
+                ),
+                NewCondition::new(types::READY, Status::False, reason, &counts),
+            )
+        };
+        [progressing, degraded, ready]
+    }
+}
+
+/// Applies `desired` with server-side apply unless the live object already holds every
+/// field of it, and returns the live object. Comparing first is what makes a reconcile
+/// of an unchanged pool write nothing.
+async fn apply_child<K>(ctx: &Context, namespace: &str, desired: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let kind = K::kind(&());
+    let describe = || format!("{kind} {namespace}/{name}");
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let live = api.get_opt(&name).await.map_err(|source| Error::Kube {
+        action: "read",
+        object: describe(),
+        source,
+    })?;
+    let serialize = |object: &K| {
+        serde_json::to_value(object).map_err(|e| Error::Serialize {
+            what: describe(),
+            source: e.into(),
+        })
+    };
+    if let Some(live) = live {
+        if contains(&serialize(&live)?, &serialize(desired)?) {
+            return Ok(live);
+        }
+    }
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            action: "apply",
+            object: describe(),
+            source,
+        })?;
+    ctx.wrote(&kind, "apply");
+    Ok(applied)
+}
+
+/// Deletes a child we no longer want; fine when it is not there.
+async fn delete_child<K>(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let kind = K::kind(&());
+    let describe = || format!("{kind} {namespace}/{name}");
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    // Reading first keeps an unchanged pool's reconcile free of writes.
+    let live = api.get_opt(name).await.map_err(|source| Error::Kube {
+        action: "read",
+        object: describe(),
+        source,
+    })?;
+    if live.is_none() {
+        return Ok(());
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            ctx.wrote(&kind, "delete");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: "delete",
+            object: describe(),
+            source,
+        }),
+    }
+}
+
+/// Whether `live` holds every field of `desired` with the same value. Lists must match
+/// element by element; the API server's defaults and other managers' fields may add to
+/// `live` freely.
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (_, Value::Null) => true,
+        (Value::Object(live), Value::Object(desired)) => desired.iter().all(|(key, want)| {
+            live.get(key)
+                .map_or(want.is_null(), |have| contains(have, want))
+        }),
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len()
+                && live.iter().zip(desired).all(|(have, want)| contains(have, want))
+        }
+        (live, desired) => live == desired,
+    }
+}
+
+fn next_status(
+    pool: &ObservedPool,
+    status: CellPoolStatus,
+    conditions: impl IntoIterator<Item = NewCondition>,
+    ctx: &Context,
+) -> CellPoolStatus {
+    let now = ctx.clock.now();
+    CellPoolStatus {
+        observed_generation: Some(pool.generation()),
+        conditions: set_conditions(&status.conditions, conditions, &now, pool.generation()),
+        ..status
+    }
+}
+
+async fn update_status(
+    object: &DynamicObject,
+    pool: &ObservedPool,
+    status: &CellPoolStatus,
+    ctx: &Context,
+) -> Result<bool, Error> {
+    write_status(
+        ctx,
+        object,
+        &pool_resource(),
+        (&pool.status, &pool.status.conditions),
+        (status, &status.conditions),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+    use serde_json::json;
+
+    #[test]
+    fn live_objects_with_defaults_contain_what_we_apply() {
+        let desired = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "runtime", "image": "a"}]}}}});
+        let live = json!({"metadata": {"uid": "x"}, "spec": {"replicas": 2, "strategy": {}, "template": {"spec": {"containers": [{"name": "runtime", "image": "a", "terminationMessagePath": "/dev/termination-log"}]}}}, "status": {}});
+        assert!(contains(&live, &desired));
+    }
+
+    #[test]
+    fn a_changed_or_missing_field_is_not_contained() {
+        let desired = json!({"spec": {"replicas": 2, "containers": [{"image": "b"}]}});
+        assert!(!contains(&json!({"spec": {"replicas": 3, "containers": [{"image": "b"}]}}), &desired));
+        assert!(!contains(&json!({"spec": {"replicas": 2, "containers": [{"image": "a"}]}}), &desired));
+        assert!(!contains(&json!({"spec": {"containers": [{"image": "b"}]}}), &desired));
+        // A list with an extra element is a different list.
+        assert!(!contains(
+            &json!({"spec": {"replicas": 2, "containers": [{"image": "b"}, {"image": "c"}]}}),
+            &desired
+        ));
+    }
+}

@@ -1,0 +1,269 @@
+//! `cellbus-operator run`: serve `/healthz` and `/metrics`, win the leader Lease, then run
+//! the Cell and CellPool controllers until a signal or the loss of the Lease.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cellbus_control::NatsCredentials;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::core::{ApiResource, DynamicObject};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+
+use crate::context::{Buses, Context};
+use crate::controller::{self, error_policy};
+use crate::leader::{self, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::names;
+use crate::observed::{cell_resource, pool_resource};
+use crate::{http, Config, Error};
+
+/// Settings of a running operator beyond what `render` shares.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: Config,
+
+    /// How the operator itself reaches the default NATS, when not by --nats-url: an
+    /// operator running outside the cluster reaches it through a port-forward while the
+    /// pods use the in-cluster name.
+    #[arg(long, env = "CELLBUS_OPERATOR_NATS_URL")]
+    pub operator_nats_url: Option<String>,
+
+    #[command(flatten)]
+    pub nats: NatsCredentials,
+
+    /// Address of /healthz and /metrics.
+    #[arg(long, env = "CELLBUS_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_address: SocketAddr,
+
+    /// Namespace of the leader Lease: the operator's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// This replica's name in the Lease; the pod name, else the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C, or until it loses the leader Lease (it then
+/// exits with an error, and Kubernetes restarts it as a follower).
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(|source| Error::Kube {
+        action: "configure a client for",
+        object: "the Kubernetes API".into(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let address = http::serve(args.metrics_address, metrics.clone())
+        .await
+        .map_err(|source| Error::Listen {
+            address: args.metrics_address,
+            source,
+        })?;
+    tracing::info!(%address, "serving /healthz and /metrics");
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("cellbus-operator-{}", uuid::Uuid::new_v4()));
+    let settings = LeaseSettings::new(
+        &args.lease_namespace,
+        &args.config.lease_name,
+        identity.clone(),
+    );
+    let (mut leadership, election) = leader::spawn(client.clone(), settings);
+    let shutdown = shutdown_signal().shared();
+    tracing::info!(identity, lease = args.config.lease_name, "waiting for the leader lease");
+    tokio::select! {
+        leading = leadership.wait_until_leader() => {
+            if !leading {
+                return Err(Error::LostLease);
+            }
+        }
+        () = shutdown.clone() => return Ok(()),
+    }
+    metrics.set_leader(true);
+
+    let lost = {
+        let mut leadership = leadership.clone();
+        async move { leadership.lost().await }
+    };
+    let controllers = controllers(client, &args, metrics.clone(), shutdown.clone());
+    let outcome = tokio::select! {
+        () = controllers => Ok(()),
+        () = lost => Err(Error::LostLease),
+    };
+    metrics.set_leader(false);
+    drop(leadership);
+    // The election loop gives the Lease up when the last Leadership is gone.
+    let _ = election.await;
+    outcome
+}
+
+/// Builds and runs both controllers over every watched namespace until `shutdown`.
+async fn controllers(
+    client: Client,
+    args: &RunArgs,
+    metrics: Arc<Metrics>,
+    shutdown: futures::future::Shared<futures::future::BoxFuture<'static, ()>>,
+) {
+    let config = &args.config;
+    let namespaces: Vec<Option<&str>> = if config.watches_all_namespaces() {
+        vec![None]
+    } else {
+        config.watch_namespaces.iter().map(|ns| Some(ns.as_str())).collect()
+    };
+    let api = |resource: &ApiResource, namespace: Option<&str>| match namespace {
+        Some(namespace) => Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource),
+        None => Api::<DynamicObject>::all_with(client.clone(), resource),
+    };
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        names::LABEL_MANAGED_BY,
+        names::MANAGED_BY
+    ));
+
+    let mut cell_controllers = Vec::new();
+    let mut pool_controllers = Vec::new();
+    for namespace in &namespaces {
+        let cells = Controller::new_with(
+            api(&cell_resource(), *namespace),
+            watcher::Config::default(),
+            cell_resource(),
+        );
+        let store = cells.store();
+        let same_namespace = move |pool: DynamicObject| cells_of_namespace(&store, &pool);
+        let store = cells.store();
+        let same_service = move |cell: DynamicObject| cells_of_service(&store, &cell);
+        let cells = cells
+            // A pool's change may place, move or strand any Cell of its namespace.
+            .watches_with(
+                api(&pool_resource(), *namespace),
+                pool_resource(),
+                watcher::Config::default(),
+                same_namespace,
+            )
+            // A Cell's change or deletion may free its service for another Cell.
+            .watches_with(
+                api(&cell_resource(), *namespace),
+                cell_resource(),
+                watcher::Config::default(),
+                same_service,
+            )
+            .graceful_shutdown_on(shutdown.clone());
+        let deployments: Api<Deployment> = match namespace {
+            Some(namespace) => Api::namespaced(client.clone(), namespace),
+            None => Api::all(client.clone()),
+        };
+        let pools = Controller::new_with(
+            api(&pool_resource(), *namespace),
+            watcher::Config::default(),
+            pool_resource(),
+        )
+        .owns_with(deployments, (), owned.clone())
+        .graceful_shutdown_on(shutdown.clone());
+        cell_controllers.push(cells);
+        pool_controllers.push(pools);
+    }
+
+    let cell_stores: Vec<Store<DynamicObject>> = cell_controllers.iter().map(Controller::store).collect();
+    let pool_stores: Vec<Store<DynamicObject>> = pool_controllers.iter().map(Controller::store).collect();
+    let mut routes = HashMap::new();
+    if let Some(url) = &args.operator_nats_url {
+        routes.insert(config.nats_url.clone(), url.clone());
+    }
+    let context = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        Buses::new(args.nats.clone(), routes),
+        cell_stores,
+        pool_stores,
+        metrics,
+    ));
+
+    let mut runs = Vec::new();
+    for cells in cell_controllers {
+        runs.push(
+            cells
+                .run(controller::cell::reconcile, error_policy, context.clone())
+                .for_each(|_| async {})
+                .boxed(),
+        );
+    }
+    for pools in pool_controllers {
+        runs.push(
+            pools
+                .run(controller::pool::reconcile, error_policy, context.clone())
+                .for_each(|_| async {})
+                .boxed(),
+        );
+    }
+    tracing::info!(namespaces = ?namespaces, "controllers running");
+    futures::future::join_all(runs).await;
+    tracing::info!("controllers stopped");
+}
+
+/// Every Cell the cache holds in `pool`'s namespace.
+fn cells_of_namespace(
+    cells: &Store<DynamicObject>,
+    pool: &DynamicObject,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let namespace = pool.metadata.namespace.as_deref();
+    cells
+        .state()
+        .iter()
+        .filter(|cell| cell.metadata.namespace.as_deref() == namespace)
+        .map(|cell| ObjectRef::from_obj_with(cell.as_ref(), cell_resource()))
+        .collect()
+}
+
+/// The other Cells the cache holds that name the same service as `cell`.
+fn cells_of_service(
+    cells: &Store<DynamicObject>,
+    cell: &DynamicObject,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let service = |object: &DynamicObject| {
+        object
+            .data
+            .pointer("/spec/service")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let Some(wanted) = service(cell) else {
+        return Vec::new();
+    };
+    cells
+        .state()
+        .iter()
+        .filter(|other| other.metadata.uid != cell.metadata.uid)
+        .filter(|other| service(other).as_deref() == Some(wanted.as_str()))
+        .map(|other| ObjectRef::from_obj_with(other.as_ref(), cell_resource()))
+        .collect()
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> futures::future::BoxFuture<'static, ()> {
+    async {
+        #[cfg(unix)]
+        {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
+    }
+    .boxed()
+}

@@ -1,0 +1,245 @@
+//! Which pool runs each Cell, decided from the watch caches alone (pure, no I/O).
+//!
+//! A Cell is placed when its spec is valid, one pool of its namespace is chosen for it
+//! (`spec.poolRef`, or the one pool with its runtime and OS) and fits it, and no older
+//! Cell already serves its service on the same NATS. Services share one subject space per
+//! NATS, so a second claim would split the first one's traffic: the oldest claim (by
+//! creation time, then namespace and name) keeps serving and every later one gets
+//! `Conflict`. The same rule decides a pool's assignment, so the Cell's condition and
+//! what the pods serve always agree.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cellbus_contracts::assignment::PoolAssignment;
+use cellbus_contracts::manifest::{select_pool, PoolChoiceError};
+use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
+use cellbus_contracts::subject::SubjectError;
+use cellbus_contracts::validate;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::conditions::{pool_choice_reason, reasons};
+use crate::observed::{ObservedCell, ObservedPool};
+use crate::Config;
+
+/// Why a Cell runs nowhere: a reason from [`reasons`] and a message a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotPlaced {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl NotPlaced {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The NATS a pool's pods use: its own URL, or the operator's default.
+pub fn bus<'a>(pool: &'a CellPoolSpec, config: &'a Config) -> &'a str {
+    pool.nats
+        .as_ref()
+        .and_then(|nats| nats.url.as_deref())
+        .unwrap_or(&config.nats_url)
+}
+
+/// The Cells and CellPools the operator knows of at one moment.
+pub struct Snapshot {
+    cells: Vec<Arc<ObservedCell>>,
+    pools: Vec<Arc<ObservedPool>>,
+    by_service: HashMap<String, Vec<usize>>,
+}
+
+impl Snapshot {
+    pub fn new(cells: Vec<Arc<ObservedCell>>, pools: Vec<Arc<ObservedPool>>) -> Self {
+        let mut snapshot = Self {
+            cells,
+            pools,
+            by_service: HashMap::new(),
+        };
+        snapshot.index();
+        snapshot
+    }
+
+    /// The snapshot with `cell` in place of the cached version of the same object: the
+    /// object being reconciled is fresher than the cache.
+    pub fn with_cell(mut self, cell: Arc<ObservedCell>) -> Self {
+        let same = |other: &Arc<ObservedCell>| {
+            other.namespace() == cell.namespace() && other.name() == cell.name()
+        };
+        match self.cells.iter().position(same) {
+            Some(index) => self.cells[index] = cell,
+            None => self.cells.push(cell),
+        }
+        self.index();
+        self
+    }
+
+    /// The snapshot with `cell` added unless the caches already hold that object.
+    pub fn with_cell_if_absent(self, cell: Arc<ObservedCell>) -> Self {
+        let present = self
+            .cells
+            .iter()
+            .any(|other| other.namespace() == cell.namespace() && other.name() == cell.name());
+        if present {
+            self
+        } else {
+            self.with_cell(cell)
+        }
+    }
+
+    /// Every Cell, valid, that names `service`.
+    pub fn claimants(&self, service: &str) -> impl Iterator<Item = &ObservedCell> {
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(|&index| self.cells[index].as_ref())
+    }
+
+    fn index(&mut self) {
+        self.by_service.clear();
+        for (index, cell) in self.cells.iter().enumerate() {
+            if let Ok(spec) = &cell.spec {
+                self.by_service
+                    .entry(spec.service.clone())
+                    .or_default()
+                    .push(index);
+            }
+        }
+    }
+
+    /// The pool `name` of `namespace`, valid or not.
+    pub fn pool(&self, namespace: &str, name: &str) -> Option<&Arc<ObservedPool>> {
+        self.pools
+            .iter()
+            .find(|pool| pool.namespace() == namespace && pool.name() == name)
+    }
+
+    /// The pool chosen for `cell` and that pool's spec, before looking at other Cells.
+    fn candidate<'s, 'c>(
+        &'s self,
+        cell: &'c ObservedCell,
+    ) -> Result<(&'c CellSpec, &'s ObservedPool, &'s CellPoolSpec), NotPlaced> {
+        let spec = cell.spec.as_ref().map_err(|_| {
+            NotPlaced::new(
+                reasons::INVALID_SPEC,
+                cell.spec_errors().unwrap_or_default(),
+            )
+        })?;
+        if let Some(name) = &spec.pool_ref {
+            if let Some(message) = self
+                .pool(cell.namespace(), name)
+                .and_then(|pool| pool.spec_errors())
+            {
+                return Err(NotPlaced::new(
+                    reasons::POOL_INVALID,
+                    format!("CellPool {name} is invalid: {message}"),
+                ));
+            }
+        }
+        let candidates: Vec<(&'s str, &'s CellPoolSpec)> = self
+            .pools
+            .iter()
+            .filter(|pool| pool.namespace() == cell.namespace())
+            .filter_map(|pool| Some((pool.name(), pool.spec.as_ref().ok()?)))
+            .collect();
+        let (name, pool_spec) = select_pool(spec, &candidates).map_err(|error| {
+            let message = match &error {
+                PoolChoiceError::NotFound { .. } => {
+                    format!("{error}; create it or change spec.poolRef")
+                }
+                PoolChoiceError::NoneMatch { .. } => {
+                    format!("{error} in namespace {}; create one", cell.namespace())
+                }
+                PoolChoiceError::Several { .. } => error.to_string(),
+            };
+            NotPlaced::new(pool_choice_reason(&error), message)
+        })?;
+        validate::cell_in_pool(spec, name, pool_spec)
+            .map_err(|invalid| NotPlaced::new(reasons::INVALID_SPEC, invalid.to_string()))?;
+        let pool = self
+            .pool(cell.namespace(), name)
+            .expect("select_pool chose a pool of the snapshot");
+        Ok((spec, pool, pool_spec))
+    }
+
+    /// The Cell that holds `service` on `bus`: the oldest live claim.
+    fn holder(&self, service: &str, bus_url: &str, config: &Config) -> Option<&ObservedCell> {
+        self.by_service
+            .get(service)?
+            .iter()
+            .map(|&index| self.cells[index].as_ref())
+            .filter(|cell| !cell.is_deleting())
+            .filter(|cell| {
+                self.candidate(cell)
+                    .is_ok_and(|(_, _, pool)| bus(pool, config) == bus_url)
+            })
+            .min_by_key(|cell| rank(cell))
+    }
+
+    /// The pool `cell` runs in, or why it runs nowhere.
+    pub fn placement(&self, cell: &ObservedCell, config: &Config) -> Result<&ObservedPool, NotPlaced> {
+        if cell.is_deleting() {
+            return Err(NotPlaced::new(reasons::DELETING, "the Cell is being deleted"));
+        }
+        let (spec, pool, pool_spec) = self.candidate(cell)?;
+        let bus_url = bus(pool_spec, config);
+        match self.holder(&spec.service, bus_url, config) {
+            Some(holder) if holder.key() != cell.key() => Err(NotPlaced::new(
+                reasons::SERVICE_CONFLICT,
+                format!(
+                    "service {} is already served on {bus_url} by Cell {}; rename spec.service or delete that Cell",
+                    spec.service,
+                    holder.key()
+                ),
+            )),
+            _ => Ok(pool),
+        }
+    }
+
+    /// The Cells placed in `pool`, by name.
+    pub fn members(&self, pool: &ObservedPool, config: &Config) -> Vec<&ObservedCell> {
+        let mut members: Vec<&ObservedCell> = self
+            .cells
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|cell| cell.namespace() == pool.namespace())
+            .filter(|cell| {
+                self.placement(cell, config)
+                    .is_ok_and(|placed| placed.name() == pool.name())
+            })
+            .collect();
+        members.sort_by(|a, b| a.name().cmp(b.name()));
+        members
+    }
+
+    /// What `pool`'s pods should serve; `None` when the pool's own spec is invalid.
+    pub fn assignment(
+        &self,
+        pool: &ObservedPool,
+        config: &Config,
+    ) -> Option<Result<PoolAssignment, SubjectError>> {
+        let pool_spec = pool.spec.as_ref().ok()?;
+        let members = self.members(pool, config);
+        let cells = members
+            .iter()
+            .filter_map(|cell| Some((cell.name(), cell.spec.as_ref().ok()?)));
+        Some(PoolAssignment::new(
+            pool.namespace(),
+            pool.name(),
+            pool_spec,
+            cells,
+        ))
+    }
+}
+
+/// Older claims first; objects without a creation time (never from a real API server)
+/// after every dated one.
+fn rank(cell: &ObservedCell) -> (bool, Option<Timestamp>, &str, &str) {
+    let created = cell.meta.creation_timestamp.as_ref().map(|time| time.0);
+    (created.is_none(), created, cell.namespace(), cell.name())
+}
