@@ -88,7 +88,11 @@ impl Buses {
             return Ok(bus.clone());
         }
         let args = NatsArgs {
-            url: self.routes.get(url).cloned().unwrap_or_else(|| url.to_owned()),
+            url: self
+                .routes
+                .get(url)
+                .cloned()
+                .unwrap_or_else(|| url.to_owned()),
             credentials: self.credentials.clone(),
         };
         let client = cellbus_control::connect(&args, "cellbus-operator").await?;
@@ -104,6 +108,9 @@ impl Buses {
         Ok(bus)
     }
 }
+
+/// A Cell judged at a resourceVersion.
+type Judged = (Option<String>, Arc<ObservedCell>);
 
 /// Shared by every reconcile of both controllers.
 pub struct Context {
@@ -125,7 +132,7 @@ pub struct Context {
     /// Asks the Cell controller to look at a Cell again (one whose service was freed).
     /// Judged Cells by `namespace/name`, with the resourceVersion they were judged at:
     /// every reconcile looks at all Cells, judging each again would be quadratic.
-    judged: Mutex<HashMap<String, (Option<String>, Arc<ObservedCell>)>>,
+    judged: Mutex<HashMap<String, Judged>>,
     /// One lock per pool: its assignment is computed and written by one reconcile at a
     /// time, so an older view never overwrites a newer one.
     assignment_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,

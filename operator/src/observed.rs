@@ -4,7 +4,9 @@
 //! schema off); read this way, that object alone ends as field errors in a condition.
 
 use cellbus_contracts::manifest;
-use cellbus_contracts::resources::{Cell, CellPool, CellPoolSpec, CellPoolStatus, CellSpec, CellStatus};
+use cellbus_contracts::resources::{
+    Cell, CellPool, CellPoolSpec, CellPoolStatus, CellSpec, CellStatus,
+};
 use cellbus_contracts::validate::FieldError;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{ApiResource, DynamicObject};

@@ -78,7 +78,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     );
     let (mut leadership, election) = leader::spawn(client.clone(), settings);
     let shutdown = shutdown_signal().shared();
-    tracing::info!(identity, lease = args.config.lease_name, "waiting for the leader lease");
+    tracing::info!(
+        identity,
+        lease = args.config.lease_name,
+        "waiting for the leader lease"
+    );
     tokio::select! {
         leading = leadership.wait_until_leader() => {
             if !leading {
@@ -116,10 +120,16 @@ async fn controllers(
     let namespaces: Vec<Option<&str>> = if config.watches_all_namespaces() {
         vec![None]
     } else {
-        config.watch_namespaces.iter().map(|ns| Some(ns.as_str())).collect()
+        config
+            .watch_namespaces
+            .iter()
+            .map(|ns| Some(ns.as_str()))
+            .collect()
     };
     let api = |resource: &ApiResource, namespace: Option<&str>| match namespace {
-        Some(namespace) => Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource),
+        Some(namespace) => {
+            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource)
+        }
         None => Api::<DynamicObject>::all_with(client.clone(), resource),
     };
     let owned = watcher::Config::default().labels(&format!(
@@ -171,8 +181,10 @@ async fn controllers(
         pool_controllers.push(pools);
     }
 
-    let cell_stores: Vec<Store<DynamicObject>> = cell_controllers.iter().map(Controller::store).collect();
-    let pool_stores: Vec<Store<DynamicObject>> = pool_controllers.iter().map(Controller::store).collect();
+    let cell_stores: Vec<Store<DynamicObject>> =
+        cell_controllers.iter().map(Controller::store).collect();
+    let pool_stores: Vec<Store<DynamicObject>> =
+        pool_controllers.iter().map(Controller::store).collect();
     let mut routes = HashMap::new();
     if let Some(url) = &args.operator_nats_url {
         routes.insert(config.nats_url.clone(), url.clone());

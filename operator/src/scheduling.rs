@@ -182,9 +182,16 @@ impl Snapshot {
     }
 
     /// The pool `cell` runs in, or why it runs nowhere.
-    pub fn placement(&self, cell: &ObservedCell, config: &Config) -> Result<&ObservedPool, NotPlaced> {
+    pub fn placement(
+        &self,
+        cell: &ObservedCell,
+        config: &Config,
+    ) -> Result<&ObservedPool, NotPlaced> {
         if cell.is_deleting() {
-            return Err(NotPlaced::new(reasons::DELETING, "the Cell is being deleted"));
+            return Err(NotPlaced::new(
+                reasons::DELETING,
+                "the Cell is being deleted",
+            ));
         }
         let (spec, pool, pool_spec) = self.candidate(cell)?;
         let bus_url = bus(pool_spec, config);

@@ -91,12 +91,14 @@ async fn reconcile_pool(
         Some(budget) => {
             apply_child(ctx, namespace, budget).await?;
         }
-        None => delete_child::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
-            ctx,
-            namespace,
-            &names::child_name(pool.name()),
-        )
-        .await?,
+        None => {
+            delete_child::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
+                ctx,
+                namespace,
+                &names::child_name(pool.name()),
+            )
+            .await?
+        }
     }
 
     write_assignment(ctx, pool, None).await?;
@@ -143,9 +145,8 @@ impl Rollout {
         let updated = status.updated_replicas.unwrap_or(0);
         let seen = status.observed_generation.unwrap_or(0);
         let generation = deployment.metadata.generation.unwrap_or(0);
-        let rolling = seen < generation
-            || updated < wanted
-            || status.replicas.unwrap_or(0) > wanted;
+        let rolling =
+            seen < generation || updated < wanted || status.replicas.unwrap_or(0) > wanted;
         Self {
             wanted,
             ready,
@@ -178,7 +179,12 @@ impl Rollout {
         };
         let (degraded, ready) = if all_ready {
             (
-                NewCondition::new(types::DEGRADED, Status::False, reasons::REPLICAS_READY, &counts),
+                NewCondition::new(
+                    types::DEGRADED,
+                    Status::False,
+                    reasons::REPLICAS_READY,
+                    &counts,
+                ),
                 NewCondition::new(types::READY, Status::True, reasons::REPLICAS_READY, &counts),
             )
         } else {
@@ -296,7 +302,10 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
         }),
         (Value::Array(live), Value::Array(desired)) => {
             live.len() == desired.len()
-                && live.iter().zip(desired).all(|(have, want)| contains(have, want))
+                && live
+                    .iter()
+                    .zip(desired)
+                    .all(|(have, want)| contains(have, want))
         }
         (live, desired) => live == desired,
     }
@@ -347,9 +356,18 @@ mod tests {
     #[test]
     fn a_changed_or_missing_field_is_not_contained() {
         let desired = json!({"spec": {"replicas": 2, "containers": [{"image": "b"}]}});
-        assert!(!contains(&json!({"spec": {"replicas": 3, "containers": [{"image": "b"}]}}), &desired));
-        assert!(!contains(&json!({"spec": {"replicas": 2, "containers": [{"image": "a"}]}}), &desired));
-        assert!(!contains(&json!({"spec": {"containers": [{"image": "b"}]}}), &desired));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 3, "containers": [{"image": "b"}]}}),
+            &desired
+        ));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 2, "containers": [{"image": "a"}]}}),
+            &desired
+        ));
+        assert!(!contains(
+            &json!({"spec": {"containers": [{"image": "b"}]}}),
+            &desired
+        ));
         // A list with an extra element is a different list.
         assert!(!contains(
             &json!({"spec": {"replicas": 2, "containers": [{"image": "b"}, {"image": "c"}]}}),

@@ -1,0 +1,634 @@
+//! The controllers through the kube client over a mock API server that asserts each
+//! request (method, path, field manager, body), with their NATS side on a real
+//! nats-server and, where Ready is at stake, a real runtime serving the pool.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cellbus_contracts::assignment::assignment_key;
+use cellbus_control::NatsArgs;
+use cellbus_operator::controller::{cell, error_policy, pool};
+use cellbus_operator::Error;
+use cellbus_runtime::bench::ECHO_WASM;
+use cellbus_runtime::server::Identity;
+use cellbus_runtime::{EngineArgs, Node};
+use cellbus_testkit::NatsServer;
+use kube::core::DynamicObject;
+use kube::runtime::controller::Action;
+use serde_json::{json, Value};
+use support::api::{mock_client, not_found, object_for, ApiServer, Call};
+use support::*;
+
+const CELLS: &str = "/apis/cellbus.io/v1alpha1/namespaces/apps/cells";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/apps/events";
+const MANAGER: &str = "cellbus-operator";
+
+fn digest() -> String {
+    cellbus_control::digest_of(ECHO_WASM)
+}
+
+/// Runs one reconcile of a Cell in the background; the test plays the API server.
+fn reconcile_cell(
+    object: &DynamicObject,
+    ctx: &Arc<cellbus_operator::context::Context>,
+) -> tokio::task::JoinHandle<Result<Action, Error>> {
+    tokio::spawn(cell::reconcile(Arc::new(object.clone()), ctx.clone()))
+}
+
+fn reconcile_pool(
+    object: &DynamicObject,
+    ctx: &Arc<cellbus_operator::context::Context>,
+) -> tokio::task::JoinHandle<Result<Action, Error>> {
+    tokio::spawn(pool::reconcile(Arc::new(object.clone()), ctx.clone()))
+}
+
+/// Expects the JSON patch adding the finalizer to a Cell without finalizers.
+async fn expect_finalizer_added(api: &mut ApiServer, name: &str) -> Call {
+    let call = api.next(|call| (200, object_for(call))).await;
+    assert_eq!(call.line(), format!("PATCH {CELLS}/{name}"));
+    assert_eq!(call.field_manager(), Some(MANAGER));
+    assert_eq!(
+        call.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["cellbus.io/cleanup"]},
+        ])
+    );
+    call
+}
+
+/// Expects a server-side apply of a Cell's status; returns the status.
+async fn expect_status(api: &mut ApiServer, name: &str) -> Value {
+    let call = api.next(|call| (200, object_for(call))).await;
+    assert_eq!(call.line(), format!("PATCH {CELLS}/{name}/status"));
+    assert_eq!(call.field_manager(), Some(MANAGER));
+    assert_eq!(call.query.get("force").map(String::as_str), Some("true"));
+    assert_eq!(call.body["apiVersion"], "cellbus.io/v1alpha1");
+    assert_eq!(call.body["kind"], "Cell");
+    call.body["status"].clone()
+}
+
+/// Expects `count` Events; returns their (type, reason, action).
+async fn expect_events(api: &mut ApiServer, count: usize) -> Vec<(String, String, String)> {
+    let mut events = Vec::new();
+    for _ in 0..count {
+        let call = api.next(|call| (201, object_for(call))).await;
+        assert_eq!(call.line(), format!("POST {EVENTS}"));
+        let text = |key: &str| call.body[key].as_str().unwrap_or_default().to_owned();
+        events.push((text("type"), text("reason"), text("action")));
+    }
+    events
+}
+
+async fn read_assignment(nats: &NatsServer, pool: &str) -> Option<Vec<String>> {
+    let client = cellbus_control::connect_once(&NatsArgs::url(nats.url()), "test")
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let buckets = cellbus_control::ensure_buckets(&js).await.unwrap();
+    cellbus_control::read_assignment(&buckets.assignments, &assignment_key(NAMESPACE, pool))
+        .await
+        .unwrap()
+        .map(|a| a.cells.into_iter().map(|c| c.name).collect())
+}
+
+async fn push_echo(nats: &NatsServer) {
+    let client = cellbus_control::connect_once(&NatsArgs::url(nats.url()), "test")
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let buckets = cellbus_control::ensure_buckets(&js).await.unwrap();
+    cellbus_control::push_module(&buckets.modules, ECHO_WASM)
+        .await
+        .unwrap();
+}
+
+/// A runtime pod of pool `apps/wasm`, in this process.
+async fn runtime(nats: &NatsServer) -> (Node, cellbus_runtime::server::PoolServer) {
+    let cache = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        &NatsArgs::url(nats.url()),
+        &EngineArgs {
+            cache_dir: cache.keep(),
+            ..EngineArgs::default()
+        },
+        "runtime",
+    )
+    .await
+    .unwrap();
+    let server = node.serve_pool(Identity {
+        namespace: NAMESPACE.into(),
+        pool: "wasm".into(),
+        pod: "wasm-0".into(),
+    });
+    (node, server)
+}
+
+#[tokio::test]
+async fn a_new_cell_gets_its_finalizer_assignment_and_status_then_ready_from_a_real_runtime() {
+    let nats = NatsServer::start();
+    push_echo(&nats).await;
+    let (_node, _server) = runtime(&nats).await;
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    let object = cell("echo", echo_spec("echo", &digest()), 10);
+    caches.apply(&object);
+
+    // First pass: finalizer, then the assignment (KV), then the status and one Event per
+    // new condition.
+    let task = reconcile_cell(&object, &ctx);
+    expect_finalizer_added(&mut api, "echo").await;
+    let status = expect_status(&mut api, "echo").await;
+    let events = expect_events(&mut api, 4).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        read_assignment(&nats, "wasm").await,
+        Some(vec!["echo".into()])
+    );
+    assert_eq!(status["pool"], "wasm");
+    assert_eq!(status["subjects"], json!(["cbs.echo.say"]));
+    assert_eq!(status["observedGeneration"], 1);
+    let types: Vec<&str> = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["Scheduled", "ModuleVerified", "StreamReady", "Ready"]
+    );
+    assert_eq!(condition(&status, "Scheduled").0, "True");
+    assert_eq!(condition(&status, "ModuleVerified").1, "ModuleFound");
+    assert_eq!(condition(&status, "StreamReady").1, "NoDurableVerbs");
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|(_, _, action)| action.as_str())
+        .collect();
+    assert_eq!(actions, types);
+
+    // Until the runtime has loaded the cell, Ready says why not; once a pod answers $ping
+    // with the digest it turns True, with one status write and one Event.
+    let mut object = with_status(with_finalizer(object), &status);
+    let mut status = status;
+    let limit = tokio::time::Instant::now() + Duration::from_secs(60);
+    while condition(&status, "Ready").0 != "True" {
+        assert!(
+            tokio::time::Instant::now() < limit,
+            "never Ready: {:?}",
+            condition(&status, "Ready")
+        );
+        assert_eq!(condition(&status, "Ready").1, "Waiting");
+        caches.apply(&object);
+        let task = reconcile_cell(&object, &ctx);
+        let outcome = tokio::select! {
+            done = task => Err(done),
+            status = expect_status(&mut api, "echo") => Ok(status),
+        };
+        match outcome {
+            // No write: nothing changed yet.
+            Err(done) => {
+                done.unwrap().unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(new) => {
+                let events = expect_events(&mut api, 1).await;
+                assert_eq!(events[0].1, "Serving");
+                assert_eq!(events[0].0, "Normal");
+                status = new;
+                object = with_status(object, &status);
+            }
+        }
+    }
+    let (_, reason, message) = condition(&status, "Ready");
+    assert_eq!(reason, "Serving");
+    assert_eq!(message, "answered $ping from wasm-0");
+
+    // Nothing changed since: a reconcile makes no API request at all.
+    caches.apply(&object);
+    let task = reconcile_cell(&object, &ctx);
+    let action = task.await.unwrap().unwrap();
+    api.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(action, Action::requeue(ctx.timing.resync));
+}
+
+#[tokio::test]
+async fn an_unchanged_cell_makes_no_writes() {
+    let nats = NatsServer::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    let object = with_finalizer(cell("echo", echo_spec("echo", &digest()), 10));
+    caches.apply(&object);
+
+    let task = reconcile_cell(&object, &ctx);
+    let status = expect_status(&mut api, "echo").await;
+    expect_events(&mut api, 4).await;
+    task.await.unwrap().unwrap();
+    // No runtime and no module: not Ready, saying why.
+    let (ready, reason, message) = condition(&status, "Ready");
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "ModuleMissing")
+    );
+    assert!(message.contains("cellbus module push"), "{message}");
+
+    let object = with_status(object, &status);
+    caches.apply(&object);
+    for _ in 0..3 {
+        let task = reconcile_cell(&object, &ctx);
+        task.await.unwrap().unwrap();
+    }
+    api.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_deleted_cell_leaves_the_assignment_loses_its_stream_and_is_released() {
+    let nats = NatsServer::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    let durable = json!({
+        "service": "ledger",
+        "verbs": [{"name": "append", "delivery": "durable"}],
+        "module": {"digest": digest()},
+        "stream": {},
+    });
+    let ledger = with_finalizer(cell("ledger", durable, 20));
+    let echo = with_finalizer(cell("echo", echo_spec("echo", &digest()), 10));
+    caches.apply(&ledger);
+    caches.apply(&echo);
+
+    // Both served: the stream exists and the assignment holds both.
+    for object in [&ledger, &echo] {
+        let name = object.metadata.name.clone().unwrap();
+        let task = reconcile_cell(object, &ctx);
+        let status = expect_status(&mut api, &name).await;
+        expect_events(&mut api, 4).await;
+        task.await.unwrap().unwrap();
+        caches.apply(&with_status((*object).clone(), &status));
+    }
+    assert_eq!(
+        read_assignment(&nats, "wasm").await,
+        Some(vec!["echo".into(), "ledger".into()])
+    );
+    let bus = ctx.buses.get(nats.url()).await.unwrap();
+    bus.js.get_stream("CBS_LEDGER").await.unwrap();
+
+    // Deleted: out of the assignment, stream gone, finalizer removed — in that order.
+    let ledger = deleting(caches_get(&ctx, "ledger"));
+    caches.apply(&ledger);
+    let task = reconcile_cell(&ledger, &ctx);
+    let call = api.next(|call| (200, object_for(call))).await;
+    assert_eq!(call.line(), format!("PATCH {CELLS}/ledger"));
+    assert_eq!(call.field_manager(), Some(MANAGER));
+    assert_eq!(
+        call.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "cellbus.io/cleanup"},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    assert_eq!(
+        read_assignment(&nats, "wasm").await,
+        Some(vec!["echo".into()])
+    );
+    assert!(bus.js.get_stream("CBS_LEDGER").await.is_err());
+
+    // Cleaning up again, with the NATS side already gone, is fine.
+    let task = reconcile_cell(&ledger, &ctx);
+    let call = api.next(|call| (200, object_for(call))).await;
+    assert_eq!(call.line(), format!("PATCH {CELLS}/ledger"));
+    task.await.unwrap().unwrap();
+    api.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_retained_stream_outlives_its_cell() {
+    let nats = NatsServer::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    let durable = json!({
+        "service": "ledger",
+        "verbs": [{"name": "append", "delivery": "durable"}],
+        "module": {"digest": digest()},
+        "stream": {"deletionPolicy": "Retain"},
+    });
+    let ledger = with_finalizer(cell("ledger", durable, 20));
+    caches.apply(&ledger);
+    let task = reconcile_cell(&ledger, &ctx);
+    let status = expect_status(&mut api, "ledger").await;
+    expect_events(&mut api, 4).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(status["stream"], "CBS_LEDGER");
+
+    let ledger = deleting(with_status(ledger, &status));
+    caches.apply(&ledger);
+    let task = reconcile_cell(&ledger, &ctx);
+    api.next(|call| (200, object_for(call))).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(read_assignment(&nats, "wasm").await, Some(vec![]));
+    let bus = ctx.buses.get(nats.url()).await.unwrap();
+    bus.js.get_stream("CBS_LEDGER").await.unwrap();
+}
+
+fn caches_get(ctx: &cellbus_operator::context::Context, name: &str) -> DynamicObject {
+    ctx.cells[0]
+        .state()
+        .into_iter()
+        .find(|o| o.metadata.name.as_deref() == Some(name))
+        .map(|o| (*o).clone())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_cell_whose_pool_is_missing_says_so_once_and_backs_off() {
+    let nats = NatsServer::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    let mut spec = echo_spec("echo", &digest());
+    spec["poolRef"] = json!("gpu");
+    let object = with_finalizer(cell("echo", spec, 10));
+    caches.apply(&object);
+
+    let task = reconcile_cell(&object, &ctx);
+    let status = expect_status(&mut api, "echo").await;
+    let events = expect_events(&mut api, 2).await;
+    let error = task.await.unwrap().unwrap_err();
+    assert!(matches!(error, Error::NotPlaced { .. }), "{error}");
+    let (scheduled, reason, message) = condition(&status, "Scheduled");
+    assert_eq!(
+        (scheduled.as_str(), reason.as_str()),
+        ("False", "PoolNotFound")
+    );
+    assert_eq!(
+        message,
+        "CellPool gpu does not exist; create it or change spec.poolRef"
+    );
+    assert_eq!(condition(&status, "Ready").1, "PoolNotFound");
+    assert!(events
+        .iter()
+        .all(|(type_, reason, _)| type_ == "Warning" && reason == "PoolNotFound"));
+    assert_eq!(read_assignment(&nats, "gpu").await, None);
+
+    // Retried ever more slowly, with no new write or Event.
+    let object = Arc::new(with_status(object, &status));
+    caches.apply(&object);
+    let mut delays = vec![error_policy(object.clone(), &error, ctx.clone())];
+    for _ in 0..3 {
+        let error = cell::reconcile(object.clone(), ctx.clone())
+            .await
+            .unwrap_err();
+        delays.push(error_policy(object.clone(), &error, ctx.clone()));
+    }
+    api.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(
+        delays,
+        [5, 10, 20, 40].map(|s| Action::requeue(Duration::from_secs(s)))
+    );
+
+    // The pool appears: scheduled, and the backoff starts over.
+    caches.apply(&pool("gpu", wasm_pool()));
+    let task = tokio::spawn(cell::reconcile(object.clone(), ctx.clone()));
+    let status = expect_status(&mut api, "echo").await;
+    expect_events(&mut api, 4).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(condition(&status, "Scheduled").0, "True");
+    assert_eq!(
+        read_assignment(&nats, "gpu").await,
+        Some(vec!["echo".into()])
+    );
+    assert_eq!(
+        error_policy(object, &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn a_second_cell_claiming_a_served_service_gets_conflict_and_the_first_keeps_serving() {
+    let nats = NatsServer::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    let first = with_finalizer(cell("echo", echo_spec("echo", &digest()), 100));
+    let second = with_finalizer(cell("echo-copy", echo_spec("echo", &digest()), 10));
+    caches.apply(&first);
+    caches.apply(&second);
+
+    let task = reconcile_cell(&second, &ctx);
+    let status = expect_status(&mut api, "echo-copy").await;
+    expect_events(&mut api, 2).await;
+    task.await.unwrap().unwrap_err();
+    let conflicted = status.clone();
+    let (scheduled, reason, message) = condition(&status, "Scheduled");
+    assert_eq!((scheduled.as_str(), reason.as_str()), ("False", "Conflict"));
+    assert!(message.contains("by Cell apps/echo"), "{message}");
+
+    let task = reconcile_cell(&first, &ctx);
+    let status = expect_status(&mut api, "echo").await;
+    expect_events(&mut api, 4).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(condition(&status, "Scheduled").0, "True");
+    assert_eq!(
+        read_assignment(&nats, "wasm").await,
+        Some(vec!["echo".into()])
+    );
+
+    // The first one goes: the second takes the service over on its next reconcile.
+    caches.delete(&first);
+    let second = with_status(second, &conflicted);
+    caches.apply(&second);
+    let task = reconcile_cell(&second, &ctx);
+    let status = expect_status(&mut api, "echo-copy").await;
+    expect_events(&mut api, 4).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(condition(&status, "Scheduled").0, "True");
+    assert_eq!(
+        read_assignment(&nats, "wasm").await,
+        Some(vec!["echo-copy".into()])
+    );
+}
+
+#[tokio::test]
+async fn a_pool_gets_its_children_once_and_an_unchanged_pool_makes_no_writes() {
+    let nats = NatsServer::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    let object = pool("wasm", json!({"runtime": "wasm", "replicas": 2}));
+    caches.apply(&object);
+
+    let children = [
+        "/api/v1/namespaces/apps/serviceaccounts/cellbus-wasm",
+        "/apis/apps/v1/namespaces/apps/deployments/cellbus-wasm",
+        "/api/v1/namespaces/apps/services/cellbus-wasm",
+        "/apis/policy/v1/namespaces/apps/poddisruptionbudgets/cellbus-wasm",
+    ];
+    let task = reconcile_pool(&object, &ctx);
+    let mut applied = Vec::new();
+    for path in children {
+        let get = api.next(|_| not_found()).await;
+        assert_eq!(get.line(), format!("GET {path}"));
+        let apply = api
+            .next(|call| {
+                let mut live = object_for(call);
+                if call.path.contains("deployments") {
+                    live["status"] = json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2});
+                    live["metadata"]["generation"] = json!(1);
+                }
+                (200, live)
+            })
+            .await;
+        assert_eq!(apply.line(), format!("PATCH {path}"));
+        assert_eq!(apply.field_manager(), Some(MANAGER));
+        assert_eq!(apply.query.get("force").map(String::as_str), Some("true"));
+        let owners = &apply.body["metadata"]["ownerReferences"];
+        assert_eq!(owners[0]["kind"], "CellPool");
+        assert_eq!(owners[0]["controller"], true);
+        applied.push(apply.body);
+    }
+    let call = api.next(|call| (200, object_for(call))).await;
+    assert_eq!(
+        call.line(),
+        "PATCH /apis/cellbus.io/v1alpha1/namespaces/apps/cellpools/wasm/status"
+    );
+    let status = call.body["status"].clone();
+    expect_events(&mut api, 3).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(status["replicas"], 2);
+    assert_eq!(status["readyReplicas"], 2);
+    assert_eq!(condition(&status, "Ready").0, "True");
+    assert_eq!(condition(&status, "Degraded").0, "False");
+    assert_eq!(condition(&status, "Progressing").1, "RolledOut");
+    assert_eq!(read_assignment(&nats, "wasm").await, Some(vec![]));
+
+    // Again, with the children as the API server keeps them (defaults added): reads only.
+    let object = with_status(object, &status);
+    caches.apply(&object);
+    let task = reconcile_pool(&object, &ctx);
+    for (path, body) in children.iter().zip(&applied) {
+        let get = api
+            .next(|call| {
+                let mut live = object_for(&Call {
+                    body: body.clone(),
+                    ..call.clone()
+                });
+                live["metadata"]["uid"] = json!("live");
+                live["metadata"]["managedFields"] = json!([]);
+                if path.contains("deployments") {
+                    live["spec"]["progressDeadlineSeconds"] = json!(600);
+                    live["metadata"]["generation"] = json!(1);
+                    live["status"] = json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2});
+                }
+                (200, live)
+            })
+            .await;
+        assert_eq!(get.line(), format!("GET {path}"));
+    }
+    task.await.unwrap().unwrap();
+    api.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn every_bad_manifest_past_the_schema_ends_as_a_condition_and_an_event_with_growing_backoff()
+{
+    let nats = NatsServer::start();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid");
+    let mut fixtures: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 30);
+    for path in fixtures {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let field = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# field: "))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let documents = cellbus_contracts::manifest::parse_yaml(&text).unwrap();
+        let (client, mut api) = mock_client();
+        let (ctx, mut caches) = context(client, nats.url());
+        let objects: Vec<DynamicObject> = documents.iter().map(from_document).collect();
+        for object in &objects {
+            caches.apply(object);
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let mut refused = false;
+        for object in &objects {
+            let (status, events, outcome) = reconcile_recording(object, &ctx, &mut api).await;
+            let Err(error) = outcome else { continue };
+            let Some(status) = status else {
+                panic!("{name}: {error} but no status was written");
+            };
+            let names_field =
+                status["conditions"].as_array().unwrap().iter().any(|c| {
+                    c["status"] == "False" && c["message"].as_str().unwrap().contains(&field)
+                });
+            if !names_field {
+                continue;
+            }
+            assert!(!events.is_empty(), "{name}: no Event");
+            refused = true;
+
+            // Again and again: no write, no Event, and ever longer waits.
+            let object = Arc::new(with_status(with_finalizer(object.clone()), &status));
+            caches.apply(&object);
+            let mut delays = Vec::new();
+            for _ in 0..3 {
+                let (status, events, outcome) = reconcile_recording(&object, &ctx, &mut api).await;
+                assert!(status.is_none() && events.is_empty(), "{name}: wrote again");
+                delays.push(error_policy(
+                    object.clone(),
+                    &outcome.unwrap_err(),
+                    ctx.clone(),
+                ));
+            }
+            let expected = [10, 20, 40].map(|s| Action::requeue(Duration::from_secs(s)));
+            assert_eq!(delays, expected, "{name}");
+        }
+        assert!(refused, "{name}: no condition names {field}");
+    }
+}
+
+/// Reconciles `object` with its kind's controller, answering every request, and returns
+/// the status it wrote (if any), the reasons of its Events and its outcome. Counts the
+/// failure with the error policy as the controller would.
+async fn reconcile_recording(
+    object: &DynamicObject,
+    ctx: &Arc<cellbus_operator::context::Context>,
+    api: &mut ApiServer,
+) -> (Option<Value>, Vec<String>, Result<Action, Error>) {
+    let is_cell = object.types.as_ref().unwrap().kind == "Cell";
+    let mut task = if is_cell {
+        reconcile_cell(object, ctx)
+    } else {
+        reconcile_pool(object, ctx)
+    };
+    let mut status = None;
+    let mut events = Vec::new();
+    let outcome = loop {
+        tokio::select! {
+            done = &mut task => break done.unwrap(),
+            call = api.next(support::api::forgetful) => {
+                if call.path.ends_with("/status") {
+                    status = Some(call.body["status"].clone());
+                } else if call.path.ends_with("/events") {
+                    events.push(call.body["reason"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    };
+    if let Err(error) = &outcome {
+        if status.is_some() {
+            error_policy(Arc::new(object.clone()), error, ctx.clone());
+        }
+    }
+    (status, events, outcome)
+}

@@ -1,0 +1,177 @@
+//! Fixtures of the controller tests: objects as the API server would send them, and a
+//! reconcile context over a mock API server and a real nats-server.
+#![allow(dead_code)]
+
+pub mod api;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cellbus_control::NatsCredentials;
+use cellbus_operator::conditions::FixedClock;
+use cellbus_operator::context::{Buses, Context, Timing};
+use cellbus_operator::metrics::Metrics;
+use cellbus_operator::observed::{cell_resource, pool_resource};
+use cellbus_operator::Config;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::DynamicObject;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+use serde_json::{json, Value};
+
+/// The namespace of every fixture.
+pub const NAMESPACE: &str = "apps";
+
+/// The instant the fixed clock tells.
+pub fn now() -> Time {
+    Time(Timestamp::from_second(1_800_000_000).unwrap())
+}
+
+/// A Cell as the API server sends it: generation 1, created `age` seconds before
+/// [`now`] (older Cells hold their service).
+pub fn cell(name: &str, spec: Value, age: i64) -> DynamicObject {
+    object("Cell", name, spec, age)
+}
+
+/// A CellPool as the API server sends it.
+pub fn pool(name: &str, spec: Value) -> DynamicObject {
+    object("CellPool", name, spec, 1_000)
+}
+
+fn object(kind: &str, name: &str, spec: Value, age: i64) -> DynamicObject {
+    let created = Timestamp::from_second(1_800_000_000 - age).unwrap();
+    serde_json::from_value(json!({
+        "apiVersion": "cellbus.io/v1alpha1",
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "uid": uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{kind}/{name}").as_bytes()).to_string(),
+            "generation": 1,
+            "resourceVersion": "1",
+            "creationTimestamp": created.to_string(),
+        },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// A document (as a manifest holds it) as the API server would send it.
+pub fn from_document(document: &Value) -> DynamicObject {
+    let mut document = document.clone();
+    let metadata = document["metadata"].as_object_mut().unwrap();
+    metadata.insert("namespace".into(), json!(NAMESPACE));
+    metadata.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    metadata.insert("generation".into(), json!(1));
+    metadata.insert("resourceVersion".into(), json!("1"));
+    metadata.insert("creationTimestamp".into(), json!("2027-01-01T00:00:00Z"));
+    serde_json::from_value(document).unwrap()
+}
+
+/// `object` with the finalizer the Cell controller adds.
+pub fn with_finalizer(mut object: DynamicObject) -> DynamicObject {
+    object.metadata.finalizers = Some(vec![cellbus_operator::controller::cell::FINALIZER.into()]);
+    object
+}
+
+/// `object` with `status` as the operator last wrote it, at a new resourceVersion.
+pub fn with_status(mut object: DynamicObject, status: &Value) -> DynamicObject {
+    object.data["status"] = status.clone();
+    bump(&mut object);
+    object
+}
+
+/// `object` marked for deletion.
+pub fn deleting(mut object: DynamicObject) -> DynamicObject {
+    object.metadata.deletion_timestamp = Some(now());
+    bump(&mut object);
+    object
+}
+
+fn bump(object: &mut DynamicObject) {
+    let version: u64 = object
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    object.metadata.resource_version = Some((version + 1).to_string());
+}
+
+/// The watch caches, which the tests fill as the watches would.
+pub struct Caches {
+    cells: Writer<DynamicObject>,
+    pools: Writer<DynamicObject>,
+}
+
+impl Caches {
+    pub fn apply(&mut self, object: &DynamicObject) {
+        let writer = match object.types.as_ref().map(|t| t.kind.as_str()) {
+            Some("Cell") => &mut self.cells,
+            Some("CellPool") => &mut self.pools,
+            other => panic!("no cache for {other:?}"),
+        };
+        writer.apply_watcher_event(&watcher::Event::Apply(object.clone()));
+    }
+
+    pub fn delete(&mut self, object: &DynamicObject) {
+        self.cells
+            .apply_watcher_event(&watcher::Event::Delete(object.clone()));
+    }
+}
+
+/// Timings for tests: short waits for `$ping` and load reports, the real backoffs.
+pub fn timing() -> Timing {
+    Timing {
+        ping_wait: Duration::from_millis(300),
+        status_wait: Duration::from_millis(300),
+        ..Timing::default()
+    }
+}
+
+/// A context whose Kubernetes requests go to `client` and whose pools use the NATS at
+/// `nats_url`, with a fixed clock.
+pub fn context(client: kube::Client, nats_url: &str) -> (Arc<Context>, Caches) {
+    let cells = Writer::new(cell_resource());
+    let pools = Writer::new(pool_resource());
+    let config = Config {
+        nats_url: nats_url.to_owned(),
+        ..Config::default()
+    };
+    let context = Context::new(
+        client,
+        config,
+        Buses::new(NatsCredentials::default(), HashMap::new()),
+        vec![cells.as_reader()],
+        vec![pools.as_reader()],
+        Arc::new(Metrics::new()),
+    )
+    .with_timing(timing())
+    .with_clock(Arc::new(FixedClock(now())));
+    (Arc::new(context), Caches { cells, pools })
+}
+
+/// The spec of a wasm pool.
+pub fn wasm_pool() -> Value {
+    json!({"runtime": "wasm"})
+}
+
+/// The spec of an echo Cell with module `digest`.
+pub fn echo_spec(service: &str, digest: &str) -> Value {
+    json!({"service": service, "verbs": [{"name": "say"}], "module": {"digest": digest}})
+}
+
+/// The condition `type_` of a status, as (status, reason, message).
+pub fn condition(status: &Value, type_: &str) -> (String, String, String) {
+    let found = status["conditions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no conditions in {status}"))
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"));
+    let text = |key: &str| found[key].as_str().unwrap_or_default().to_owned();
+    (text("status"), text("reason"), text("message"))
+}
