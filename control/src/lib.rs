@@ -13,7 +13,7 @@ mod streams;
 pub use connect::{connect, connect_once, NatsArgs, NatsCredentials};
 pub use store::{
     delete_assignment, digest_of, ensure_buckets, fetch_module, module_exists, ping, ping_until,
-    pod_statuses, push_module, read_assignment, write_assignment, Buckets,
+    push_module, read_assignment, write_assignment, Buckets,
 };
 pub use streams::{delete_stream, ensure_stream, stream_config, StreamChange};
 
@@ -62,12 +62,6 @@ pub enum Error {
     },
     #[error("reading the assignment {key}")]
     ReadAssignment {
-        key: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("reading the pod reports {key}")]
-    ReadStatus {
         key: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

@@ -6,7 +6,7 @@ use async_nats::jetstream::{self, kv, object_store};
 use async_nats::Client;
 use bytes::Bytes;
 use cellbus_contracts::assignment::{PoolAssignment, ASSIGNMENTS_BUCKET, MODULES_BUCKET};
-use cellbus_contracts::status::{status_key, PingPayload, PodStatus, STATUS_BUCKET};
+use cellbus_contracts::status::{PingPayload, STATUS_BUCKET};
 use cellbus_contracts::subject;
 use cellbus_contracts::wire::{Reply, Request};
 use futures::StreamExt;
@@ -199,40 +199,6 @@ pub async fn delete_assignment(assignments: &kv::Store, key: &str) -> Result<(),
             key: key.to_owned(),
             source: source.into(),
         })
-}
-
-/// The load reports of a pool's pods in `cbs-status`, waiting at most `wait` for them.
-pub async fn pod_statuses(
-    status: &kv::Store,
-    namespace: &str,
-    pool: &str,
-    wait: Duration,
-) -> Result<Vec<PodStatus>, Error> {
-    let pattern = status_key(namespace, pool, "*");
-    let error = |source: Box<dyn std::error::Error + Send + Sync>| Error::ReadStatus {
-        key: pattern.clone(),
-        source,
-    };
-    let mut entries = status
-        .watch_with_history(&pattern)
-        .await
-        .map_err(|e| error(e.into()))?;
-    let mut statuses = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    // The watch sends the latest entry of each key, counting down `delta` to the last
-    // one, then waits for changes; with no key at all it sends nothing, hence the deadline.
-    while let Ok(Some(entry)) = tokio::time::timeout_at(deadline, entries.next()).await {
-        let entry = entry.map_err(|e| error(e.into()))?;
-        if entry.operation == kv::Operation::Put {
-            if let Ok(pod) = serde_json::from_slice::<PodStatus>(&entry.value) {
-                statuses.push(pod);
-            }
-        }
-        if entry.delta == 0 {
-            break;
-        }
-    }
-    Ok(statuses)
 }
 
 /// Sends `$ping` to a service and collects the replies of every pod that answers within

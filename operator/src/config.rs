@@ -34,7 +34,8 @@ pub struct Config {
     #[arg(long, env = "CELLBUS_RUNTIME_IMAGE_WINDOWS", default_value = DEFAULT_RUNTIME_IMAGE_WINDOWS)]
     pub runtime_image_windows: String,
 
-    /// NATS URL of pools that set no spec.nats.url.
+    /// NATS URL of pools that set no spec.nats.url; the operator connects to it too,
+    /// unless --operator-nats-url says otherwise.
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
 

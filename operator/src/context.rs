@@ -2,11 +2,13 @@
 //! the event recorder, metrics, the clock and the per-object backoff.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
+use cellbus_contracts::status::{status_key, PodStatus};
 use cellbus_control::{Buckets, NatsArgs, NatsCredentials};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::core::DynamicObject;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -26,8 +28,6 @@ use crate::{Config, Error};
 pub struct Timing {
     /// How long a Ready check waits for `$ping` replies.
     pub ping_wait: Duration,
-    /// How long a Ready check waits for the pods' load reports.
-    pub status_wait: Duration,
     /// Retries after a failed reconcile or a spec that cannot be served.
     pub error_backoff: Backoff,
     /// Re-checks of a Cell that is not Ready yet.
@@ -40,7 +40,6 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             ping_wait: Duration::from_secs(1),
-            status_wait: Duration::from_millis(500),
             error_backoff: Backoff {
                 base: Duration::from_secs(5),
                 cap: Duration::from_secs(300),
@@ -60,6 +59,58 @@ pub struct Bus {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub buckets: Buckets,
+    /// The pods' load reports, kept current by one watch of `cbs-status`: a Ready check
+    /// reads them here instead of opening a consumer per check.
+    reports: Arc<RwLock<HashMap<String, PodStatus>>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Bus {
+    /// The latest load reports of the pods of pool `namespace/pool`.
+    pub fn pod_statuses(&self, namespace: &str, pool: &str) -> Vec<PodStatus> {
+        let prefix = status_key(namespace, pool, "");
+        self.reports
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, report)| report.clone())
+            .collect()
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// Follows `cbs-status` into `reports` for ever, watching again after any interruption.
+async fn follow_reports(status: kv::Store, reports: Arc<RwLock<HashMap<String, PodStatus>>>) {
+    loop {
+        // A watch with history starts from the latest value of every key.
+        match status.watch_with_history(">").await {
+            Ok(mut entries) => {
+                reports.write().unwrap_or_else(|e| e.into_inner()).clear();
+                while let Some(Ok(entry)) = entries.next().await {
+                    let mut reports = reports.write().unwrap_or_else(|e| e.into_inner());
+                    match entry.operation {
+                        kv::Operation::Put => {
+                            if let Ok(report) = serde_json::from_slice(&entry.value) {
+                                reports.insert(entry.key, report);
+                            }
+                        }
+                        kv::Operation::Delete | kv::Operation::Purge => {
+                            reports.remove(&entry.key);
+                        }
+                    }
+                }
+                tracing::warn!("the watch of cbs-status ended; watching again");
+            }
+            Err(error) => tracing::warn!(%error, "could not watch cbs-status; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Connections to every NATS the pools name, made on first use with the operator's
@@ -98,19 +149,52 @@ impl Buses {
         let client = cellbus_control::connect(&args, "cellbus-operator").await?;
         let js = jetstream::new(client.clone());
         let buckets = cellbus_control::ensure_buckets(&js).await?;
+        let reports = Arc::default();
+        let watch = tokio::spawn(follow_reports(buckets.status.clone(), Arc::clone(&reports)));
         let bus = Arc::new(Bus {
             url: url.to_owned(),
             client,
             js,
             buckets,
+            reports,
+            watch,
         });
         connected.insert(url.to_owned(), bus.clone());
         Ok(bus)
     }
 }
 
-/// A Cell judged at a resourceVersion.
-type Judged = (Option<String>, Arc<ObservedCell>);
+/// An object judged at a resourceVersion.
+type Judged<T> = (Option<String>, Arc<T>);
+
+/// Every object of `stores`, judged, reusing the judgement of an object whose
+/// resourceVersion has not changed.
+fn judge_all<T>(
+    stores: &[Store<DynamicObject>],
+    judged: &Mutex<HashMap<String, Judged<T>>>,
+    judge: impl Fn(&DynamicObject) -> T,
+) -> Vec<Arc<T>> {
+    let mut judged = judged.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = Vec::new();
+    for object in stores.iter().flat_map(Store::state) {
+        let key = format!(
+            "{}/{}",
+            object.metadata.namespace.as_deref().unwrap_or_default(),
+            object.metadata.name.as_deref().unwrap_or_default()
+        );
+        let version = object.metadata.resource_version.clone();
+        let fresh = match judged.get(&key) {
+            Some((seen, value)) if version.is_some() && *seen == version => value.clone(),
+            _ => {
+                let value = Arc::new(judge(&object));
+                judged.insert(key, (version, value.clone()));
+                value
+            }
+        };
+        all.push(fresh);
+    }
+    all
+}
 
 /// Shared by every reconcile of both controllers.
 pub struct Context {
@@ -132,7 +216,9 @@ pub struct Context {
     /// Asks the Cell controller to look at a Cell again (one whose service was freed).
     /// Judged Cells by `namespace/name`, with the resourceVersion they were judged at:
     /// every reconcile looks at all Cells, judging each again would be quadratic.
-    judged: Mutex<HashMap<String, Judged>>,
+    judged: Mutex<HashMap<String, Judged<ObservedCell>>>,
+    /// Judged CellPools, likewise.
+    judged_pools: Mutex<HashMap<String, Judged<ObservedPool>>>,
     /// One lock per pool: its assignment is computed and written by one reconcile at a
     /// time, so an older view never overwrites a newer one.
     assignment_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -165,6 +251,7 @@ impl Context {
             waits: Attempts::new(timing.ready_backoff),
             timing,
             judged: Mutex::default(),
+            judged_pools: Mutex::default(),
             assignment_locks: Mutex::default(),
         }
     }
@@ -185,31 +272,8 @@ impl Context {
 
     /// What the caches hold now.
     pub fn snapshot(&self) -> Snapshot {
-        let mut judged = self.judged.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cells = Vec::new();
-        for object in self.cells.iter().flat_map(Store::state) {
-            let key = format!(
-                "{}/{}",
-                object.metadata.namespace.as_deref().unwrap_or_default(),
-                object.metadata.name.as_deref().unwrap_or_default()
-            );
-            let version = object.metadata.resource_version.clone();
-            let cell = match judged.get(&key) {
-                Some((seen, cell)) if version.is_some() && *seen == version => cell.clone(),
-                _ => {
-                    let cell = Arc::new(ObservedCell::from_object(&object));
-                    judged.insert(key, (version, cell.clone()));
-                    cell
-                }
-            };
-            cells.push(cell);
-        }
-        let pools = self
-            .pools
-            .iter()
-            .flat_map(Store::state)
-            .map(|object| Arc::new(ObservedPool::from_object(&object)))
-            .collect();
+        let cells = judge_all(&self.cells, &self.judged, ObservedCell::from_object);
+        let pools = judge_all(&self.pools, &self.judged_pools, ObservedPool::from_object);
         Snapshot::new(cells, pools)
     }
 

@@ -215,6 +215,7 @@ impl Snapshot {
             .iter()
             .map(Arc::as_ref)
             .filter(|cell| cell.namespace() == pool.namespace())
+            .filter(|cell| could_run_in(cell, pool))
             .filter(|cell| {
                 self.placement(cell, config)
                     .is_ok_and(|placed| placed.name() == pool.name())
@@ -241,6 +242,22 @@ impl Snapshot {
             pool_spec,
             cells,
         ))
+    }
+}
+
+/// A cheap first look: whether `pool` is the pool `cell` names, or one of its runtime and
+/// OS when it names none. Placing a Cell costs far more, so a pool's members are found by
+/// placing only the Cells that pass this.
+fn could_run_in(cell: &ObservedCell, pool: &ObservedPool) -> bool {
+    let (Ok(spec), Ok(pool_spec)) = (&cell.spec, &pool.spec) else {
+        return false;
+    };
+    match &spec.pool_ref {
+        Some(name) => name == pool.name(),
+        None => {
+            spec.runtime.unwrap_or_default() == pool_spec.runtime
+                && spec.os.unwrap_or_default() == pool_spec.os
+        }
     }
 }
 

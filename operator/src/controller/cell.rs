@@ -232,13 +232,7 @@ async fn observe(
     let statuses = if pongs.iter().any(expected) {
         Vec::new()
     } else {
-        cellbus_control::pod_statuses(
-            &bus.buckets.status,
-            cell.namespace(),
-            pool.name(),
-            ctx.timing.status_wait,
-        )
-        .await?
+        bus.pod_statuses(cell.namespace(), pool.name())
     };
     let mut ready = cell_ready(cell.name(), &spec.service, digest, &pongs, &statuses);
     // A missing module explains a pod that cannot load it better than waiting does.

@@ -123,11 +123,10 @@ impl Caches {
     }
 }
 
-/// Timings for tests: short waits for `$ping` and load reports, the real backoffs.
+/// Timings for tests: a short wait for `$ping`, the real backoffs.
 pub fn timing() -> Timing {
     Timing {
         ping_wait: Duration::from_millis(300),
-        status_wait: Duration::from_millis(300),
         ..Timing::default()
     }
 }
