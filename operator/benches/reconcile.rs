@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use cellbus_contracts::assignment::assignment_key;
 use cellbus_operator::context::{Context, Timing};
 use cellbus_operator::controller::{cell, pool};
+use cellbus_operator::observed::CellObject;
 use cellbus_testkit::NatsServer;
 use futures::StreamExt;
-use kube::core::DynamicObject;
 use serde_json::{json, Value};
 use support::api::mock_client;
 use support::{context, with_finalizer, with_status};
@@ -36,7 +36,7 @@ fn main() {
         .block_on(run());
 }
 
-fn cells(count: usize) -> impl Iterator<Item = DynamicObject> {
+fn cells(count: usize) -> impl Iterator<Item = CellObject> {
     let digest = format!("sha256:{}", "e".repeat(64));
     (0..count).map(move |i| {
         let spec = json!({
@@ -49,7 +49,7 @@ fn cells(count: usize) -> impl Iterator<Item = DynamicObject> {
     })
 }
 
-async fn reconcile_all(objects: &[DynamicObject], ctx: &Arc<Context>) {
+async fn reconcile_all(objects: &[CellObject], ctx: &Arc<Context>) {
     futures::stream::iter(objects.iter().cloned())
         .map(|object| cell::reconcile(Arc::new(object), ctx.clone()))
         .buffer_unordered(CONCURRENCY)
@@ -122,7 +122,7 @@ async fn run() {
             .await
             .unwrap();
     }
-    let objects: Vec<DynamicObject> = cells(CELLS).collect();
+    let objects: Vec<CellObject> = cells(CELLS).collect();
     for object in &objects {
         caches.apply(object);
     }
@@ -158,7 +158,7 @@ async fn run() {
 
     // Feed back what the first pass wrote, as the watches would, and go again.
     let statuses = last_statuses(&calls);
-    let updated: Vec<DynamicObject> = objects
+    let updated: Vec<CellObject> = objects
         .iter()
         .map(|object| {
             let name = object.metadata.name.as_deref().unwrap();

@@ -10,7 +10,6 @@ use cellbus_contracts::status::{status_key, PodStatus};
 use cellbus_control::{Buckets, NatsArgs, NatsCredentials};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::core::DynamicObject;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::Client;
@@ -19,7 +18,7 @@ use crate::backoff::{Attempts, Backoff};
 use crate::conditions::{Clock, SystemClock};
 use crate::metrics::Metrics;
 use crate::names::FIELD_MANAGER;
-use crate::observed::{ObservedCell, ObservedPool};
+use crate::observed::{CellObject, ObservedCell, ObservedPool, PoolObject, Watched};
 use crate::scheduling::Snapshot;
 use crate::{Config, Error};
 
@@ -169,11 +168,14 @@ type Judged<T> = (Option<String>, Arc<T>);
 
 /// Every object of `stores`, judged, reusing the judgement of an object whose
 /// resourceVersion has not changed.
-fn judge_all<T>(
-    stores: &[Store<DynamicObject>],
+fn judge_all<K, T>(
+    stores: &[Store<Watched<K>>],
     judged: &Mutex<HashMap<String, Judged<T>>>,
-    judge: impl Fn(&DynamicObject) -> T,
-) -> Vec<Arc<T>> {
+    judge: impl Fn(&Watched<K>) -> T,
+) -> Vec<Arc<T>>
+where
+    K: kube::Resource<DynamicType = ()> + 'static,
+{
     let mut judged = judged.lock().unwrap_or_else(|e| e.into_inner());
     let mut all = Vec::new();
     for object in stores.iter().flat_map(Store::state) {
@@ -202,9 +204,9 @@ pub struct Context {
     pub config: Config,
     pub buses: Buses,
     /// Watch caches of Cells, one per watched namespace (or one for all).
-    pub cells: Vec<Store<DynamicObject>>,
+    pub cells: Vec<Store<CellObject>>,
     /// Watch caches of CellPools, likewise.
-    pub pools: Vec<Store<DynamicObject>>,
+    pub pools: Vec<Store<PoolObject>>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
@@ -229,8 +231,8 @@ impl Context {
         client: Client,
         config: Config,
         buses: Buses,
-        cells: Vec<Store<DynamicObject>>,
-        pools: Vec<Store<DynamicObject>>,
+        cells: Vec<Store<CellObject>>,
+        pools: Vec<Store<PoolObject>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let timing = Timing::default();

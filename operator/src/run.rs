@@ -8,7 +8,6 @@ use std::sync::Arc;
 use cellbus_control::NatsCredentials;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
@@ -18,7 +17,7 @@ use crate::controller::{self, error_policy};
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::names;
-use crate::observed::{cell_resource, pool_resource};
+use crate::observed::{CellObject, PoolObject};
 use crate::{http, Config, Error};
 
 /// Settings of a running operator beyond what `render` shares.
@@ -126,12 +125,6 @@ async fn controllers(
             .map(|ns| Some(ns.as_str()))
             .collect()
     };
-    let api = |resource: &ApiResource, namespace: Option<&str>| match namespace {
-        Some(namespace) => {
-            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource)
-        }
-        None => Api::<DynamicObject>::all_with(client.clone(), resource),
-    };
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         names::LABEL_MANAGED_BY,
@@ -141,49 +134,41 @@ async fn controllers(
     let mut cell_controllers = Vec::new();
     let mut pool_controllers = Vec::new();
     for namespace in &namespaces {
-        let cells = Controller::new_with(
-            api(&cell_resource(), *namespace),
+        let cells = Controller::new(
+            api::<CellObject>(&client, *namespace),
             watcher::Config::default(),
-            cell_resource(),
         );
         let store = cells.store();
-        let same_namespace = move |pool: DynamicObject| cells_of_namespace(&store, &pool);
+        let same_namespace = move |pool: PoolObject| cells_of_namespace(&store, &pool);
         let store = cells.store();
-        let same_service = move |cell: DynamicObject| cells_of_service(&store, &cell);
+        let same_service = move |cell: CellObject| cells_of_service(&store, &cell);
         let cells = cells
             // A pool's change may place, move or strand any Cell of its namespace.
-            .watches_with(
-                api(&pool_resource(), *namespace),
-                pool_resource(),
+            .watches(
+                api::<PoolObject>(&client, *namespace),
                 watcher::Config::default(),
                 same_namespace,
             )
             // A Cell's change or deletion may free its service for another Cell.
-            .watches_with(
-                api(&cell_resource(), *namespace),
-                cell_resource(),
+            .watches(
+                api::<CellObject>(&client, *namespace),
                 watcher::Config::default(),
                 same_service,
             )
             .graceful_shutdown_on(shutdown.clone());
-        let deployments: Api<Deployment> = match namespace {
-            Some(namespace) => Api::namespaced(client.clone(), namespace),
-            None => Api::all(client.clone()),
-        };
-        let pools = Controller::new_with(
-            api(&pool_resource(), *namespace),
+        let pools = Controller::new(
+            api::<PoolObject>(&client, *namespace),
             watcher::Config::default(),
-            pool_resource(),
         )
-        .owns_with(deployments, (), owned.clone())
+        .owns(api::<Deployment>(&client, *namespace), owned.clone())
         .graceful_shutdown_on(shutdown.clone());
         cell_controllers.push(cells);
         pool_controllers.push(pools);
     }
 
-    let cell_stores: Vec<Store<DynamicObject>> =
+    let cell_stores: Vec<Store<CellObject>> =
         cell_controllers.iter().map(Controller::store).collect();
-    let pool_stores: Vec<Store<DynamicObject>> =
+    let pool_stores: Vec<Store<PoolObject>> =
         pool_controllers.iter().map(Controller::store).collect();
     let mut routes = HashMap::new();
     if let Some(url) = &args.operator_nats_url {
@@ -220,41 +205,39 @@ async fn controllers(
     tracing::info!("controllers stopped");
 }
 
+/// An API of `K` in `namespace`, or in all namespaces.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Every Cell the cache holds in `pool`'s namespace.
-fn cells_of_namespace(
-    cells: &Store<DynamicObject>,
-    pool: &DynamicObject,
-) -> Vec<ObjectRef<DynamicObject>> {
+fn cells_of_namespace(cells: &Store<CellObject>, pool: &PoolObject) -> Vec<ObjectRef<CellObject>> {
     let namespace = pool.metadata.namespace.as_deref();
     cells
         .state()
         .iter()
         .filter(|cell| cell.metadata.namespace.as_deref() == namespace)
-        .map(|cell| ObjectRef::from_obj_with(cell.as_ref(), cell_resource()))
+        .map(|cell| ObjectRef::from_obj(cell.as_ref()))
         .collect()
 }
 
 /// The other Cells the cache holds that name the same service as `cell`.
-fn cells_of_service(
-    cells: &Store<DynamicObject>,
-    cell: &DynamicObject,
-) -> Vec<ObjectRef<DynamicObject>> {
-    let service = |object: &DynamicObject| {
-        object
-            .data
-            .pointer("/spec/service")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
-    let Some(wanted) = service(cell) else {
+fn cells_of_service(cells: &Store<CellObject>, cell: &CellObject) -> Vec<ObjectRef<CellObject>> {
+    let Some(wanted) = cell.spec_field("/service") else {
         return Vec::new();
     };
     cells
         .state()
         .iter()
         .filter(|other| other.metadata.uid != cell.metadata.uid)
-        .filter(|other| service(other).as_deref() == Some(wanted.as_str()))
-        .map(|other| ObjectRef::from_obj_with(other.as_ref(), cell_resource()))
+        .filter(|other| other.spec_field("/service").as_ref() == Some(&wanted))
+        .map(|other| ObjectRef::from_obj(other.as_ref()))
         .collect()
 }
 

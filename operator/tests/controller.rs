@@ -10,12 +10,12 @@ use std::time::Duration;
 use cellbus_contracts::assignment::assignment_key;
 use cellbus_control::NatsArgs;
 use cellbus_operator::controller::{cell, error_policy, pool};
+use cellbus_operator::observed::{CellObject, PoolObject};
 use cellbus_operator::Error;
 use cellbus_runtime::bench::ECHO_WASM;
 use cellbus_runtime::server::Identity;
 use cellbus_runtime::{EngineArgs, Node};
 use cellbus_testkit::NatsServer;
-use kube::core::DynamicObject;
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 use support::api::{mock_client, not_found, object_for, ApiServer, Call};
@@ -31,14 +31,14 @@ fn digest() -> String {
 
 /// Runs one reconcile of a Cell in the background; the test plays the API server.
 fn reconcile_cell(
-    object: &DynamicObject,
+    object: &CellObject,
     ctx: &Arc<cellbus_operator::context::Context>,
 ) -> tokio::task::JoinHandle<Result<Action, Error>> {
     tokio::spawn(cell::reconcile(Arc::new(object.clone()), ctx.clone()))
 }
 
 fn reconcile_pool(
-    object: &DynamicObject,
+    object: &PoolObject,
     ctx: &Arc<cellbus_operator::context::Context>,
 ) -> tokio::task::JoinHandle<Result<Action, Error>> {
     tokio::spawn(pool::reconcile(Arc::new(object.clone()), ctx.clone()))
@@ -337,7 +337,7 @@ async fn a_retained_stream_outlives_its_cell() {
     bus.js.get_stream("CBS_LEDGER").await.unwrap();
 }
 
-fn caches_get(ctx: &cellbus_operator::context::Context, name: &str) -> DynamicObject {
+fn caches_get(ctx: &cellbus_operator::context::Context, name: &str) -> CellObject {
     ctx.cells[0]
         .state()
         .into_iter()
@@ -555,7 +555,7 @@ async fn every_bad_manifest_past_the_schema_ends_as_a_condition_and_an_event_wit
         let documents = cellbus_contracts::manifest::parse_yaml(&text).unwrap();
         let (client, mut api) = mock_client();
         let (ctx, mut caches) = context(client, nats.url());
-        let objects: Vec<DynamicObject> = documents.iter().map(from_document).collect();
+        let objects: Vec<Object> = documents.iter().map(from_document).collect();
         for object in &objects {
             caches.apply(object);
         }
@@ -578,17 +578,18 @@ async fn every_bad_manifest_past_the_schema_ends_as_a_condition_and_an_event_wit
             refused = true;
 
             // Again and again: no write, no Event, and ever longer waits.
-            let object = Arc::new(with_status(with_finalizer(object.clone()), &status));
+            let object = match object {
+                Object::Cell(cell) => {
+                    Object::Cell(with_status(with_finalizer(cell.clone()), &status))
+                }
+                Object::Pool(pool) => Object::Pool(with_status(pool.clone(), &status)),
+            };
             caches.apply(&object);
             let mut delays = Vec::new();
             for _ in 0..3 {
                 let (status, events, outcome) = reconcile_recording(&object, &ctx, &mut api).await;
                 assert!(status.is_none() && events.is_empty(), "{name}: wrote again");
-                delays.push(error_policy(
-                    object.clone(),
-                    &outcome.unwrap_err(),
-                    ctx.clone(),
-                ));
+                delays.push(policy(&object, &outcome.unwrap_err(), &ctx));
             }
             let expected = [10, 20, 40].map(|s| Action::requeue(Duration::from_secs(s)));
             assert_eq!(delays, expected, "{name}");
@@ -601,15 +602,13 @@ async fn every_bad_manifest_past_the_schema_ends_as_a_condition_and_an_event_wit
 /// the status it wrote (if any), the reasons of its Events and its outcome. Counts the
 /// failure with the error policy as the controller would.
 async fn reconcile_recording(
-    object: &DynamicObject,
+    object: &Object,
     ctx: &Arc<cellbus_operator::context::Context>,
     api: &mut ApiServer,
 ) -> (Option<Value>, Vec<String>, Result<Action, Error>) {
-    let is_cell = object.types.as_ref().unwrap().kind == "Cell";
-    let mut task = if is_cell {
-        reconcile_cell(object, ctx)
-    } else {
-        reconcile_pool(object, ctx)
+    let mut task = match object {
+        Object::Cell(cell) => reconcile_cell(cell, ctx),
+        Object::Pool(pool) => reconcile_pool(pool, ctx),
     };
     let mut status = None;
     let mut events = Vec::new();
@@ -625,10 +624,16 @@ async fn reconcile_recording(
             }
         }
     };
-    if let Err(error) = &outcome {
-        if status.is_some() {
-            error_policy(Arc::new(object.clone()), error, ctx.clone());
-        }
+    if let (Err(error), Some(_)) = (&outcome, &status) {
+        policy(object, error, ctx);
     }
     (status, events, outcome)
+}
+
+/// The error policy's answer for `object` after `error`.
+fn policy(object: &Object, error: &Error, ctx: &Arc<cellbus_operator::context::Context>) -> Action {
+    match object {
+        Object::Cell(cell) => error_policy(Arc::new(cell.clone()), error, ctx.clone()),
+        Object::Pool(pool) => error_policy(Arc::new(pool.clone()), error, ctx.clone()),
+    }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use cellbus_contracts::resources::{CellSpec, CellStatus, DeletionPolicy};
 use cellbus_contracts::status::PingPayload;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::DynamicObject;
 use kube::runtime::controller::Action;
 use tracing::Instrument;
 
@@ -17,7 +16,7 @@ use crate::builders;
 use crate::conditions::{reasons, set_conditions, types, NewCondition, Status};
 use crate::context::{Bus, Context};
 use crate::names::FIELD_MANAGER;
-use crate::observed::{cell_resource, ObservedCell, ObservedPool};
+use crate::observed::{CellObject, ObservedCell, ObservedPool};
 use crate::readiness::cell_ready;
 use crate::scheduling::{bus, NotPlaced};
 use crate::Error;
@@ -29,7 +28,7 @@ pub const FINALIZER: &str = "cellbus.io/cleanup";
 pub const CONTROLLER: super::ControllerName = "cell";
 
 /// Reconciles one Cell.
-pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(object: Arc<CellObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let cell = Arc::new(ObservedCell::from_object(&object));
     let span = tracing::info_span!(
         "reconcile",
@@ -48,7 +47,7 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
 }
 
 async fn reconcile_cell(
-    object: &DynamicObject,
+    object: &CellObject,
     cell: Arc<ObservedCell>,
     ctx: &Context,
 ) -> Result<Action, Error> {
@@ -78,7 +77,7 @@ struct Observation {
 }
 
 async fn apply(
-    object: &DynamicObject,
+    object: &CellObject,
     cell: Arc<ObservedCell>,
     ctx: &Context,
 ) -> Result<Action, Error> {
@@ -343,7 +342,7 @@ fn next_status(
 }
 
 async fn update_status(
-    object: &DynamicObject,
+    object: &CellObject,
     cell: &ObservedCell,
     status: &CellStatus,
     ctx: &Context,
@@ -351,7 +350,6 @@ async fn update_status(
     write_status(
         ctx,
         object,
-        &cell_resource(),
         (&cell.status, &cell.status.conditions),
         (status, &status.conditions),
     )
@@ -389,7 +387,7 @@ async fn cleanup(cell: &Arc<ObservedCell>, ctx: &Context) -> Result<(), Error> {
     Ok(())
 }
 
-async fn add_finalizer(object: &DynamicObject, ctx: &Context) -> Result<(), Error> {
+async fn add_finalizer(object: &CellObject, ctx: &Context) -> Result<(), Error> {
     // `test` makes the patch fail, rather than clobber, if someone changed the list since
     // we read it; the error policy then retries with a fresh object.
     let patch = match &object.metadata.finalizers {
@@ -405,7 +403,7 @@ async fn add_finalizer(object: &DynamicObject, ctx: &Context) -> Result<(), Erro
     json_patch(object, patch, "add the finalizer to", ctx).await
 }
 
-async fn remove_finalizer(object: &DynamicObject, ctx: &Context) -> Result<(), Error> {
+async fn remove_finalizer(object: &CellObject, ctx: &Context) -> Result<(), Error> {
     let finalizers = object.metadata.finalizers.as_deref().unwrap_or_default();
     let Some(index) = finalizers.iter().position(|f| f == FINALIZER) else {
         return Ok(());
@@ -419,7 +417,7 @@ async fn remove_finalizer(object: &DynamicObject, ctx: &Context) -> Result<(), E
 }
 
 async fn json_patch(
-    object: &DynamicObject,
+    object: &CellObject,
     patch: serde_json::Value,
     action: &'static str,
     ctx: &Context,
@@ -431,8 +429,7 @@ async fn json_patch(
         what: format!("the finalizer patch of {}", describe()),
         source: e.into(),
     })?;
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), namespace, &cell_resource());
+    let api: Api<CellObject> = Api::namespaced(ctx.client.clone(), namespace);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()

@@ -7,8 +7,8 @@ pub mod pool;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::Action;
 use kube::Resource;
 use serde::Serialize;
@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::conditions::types;
 use crate::context::{transition_event, Context};
 use crate::names::FIELD_MANAGER;
+use crate::observed::Watched;
 use crate::Error;
 
 /// Name of a controller, as metrics and logs label it.
@@ -23,7 +24,7 @@ pub type ControllerName = &'static str;
 
 /// The error policy of both controllers: retry after a capped exponential backoff per
 /// object, so a failing object is retried ever more slowly instead of in a hot loop.
-pub fn error_policy(object: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K>(object: Arc<Watched<K>>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = format!(
         "{}/{}",
         object.metadata.namespace.as_deref().unwrap_or_default(),
@@ -42,22 +43,26 @@ pub fn error_policy(object: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>
 /// Writes `new` as the status of `object` with server-side apply unless it equals `old`,
 /// then publishes an Event for each condition whose status or reason changed. Returns
 /// whether it wrote.
-pub(crate) async fn write_status<S: Serialize + PartialEq>(
+pub(crate) async fn write_status<K, S>(
     ctx: &Context,
-    object: &DynamicObject,
-    resource: &ApiResource,
+    object: &Watched<K>,
     (old, old_conditions): (&S, &[Condition]),
     (new, new_conditions): (&S, &[Condition]),
-) -> Result<bool, Error> {
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    S: Serialize + PartialEq,
+{
     if old == new {
         return Ok(false);
     }
     let name = object.metadata.name.as_deref().unwrap_or_default();
     let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, resource);
+    let kind = K::kind(&());
+    let api: Api<Watched<K>> = Api::namespaced(ctx.client.clone(), namespace);
     let patch = serde_json::json!({
-        "apiVersion": resource.api_version,
-        "kind": resource.kind,
+        "apiVersion": K::api_version(&()),
+        "kind": kind,
         "status": new,
     });
     api.patch_status(
@@ -68,12 +73,12 @@ pub(crate) async fn write_status<S: Serialize + PartialEq>(
     .await
     .map_err(|source| Error::Kube {
         action: "update the status of",
-        object: format!("{} {namespace}/{name}", resource.kind),
+        object: format!("{kind} {namespace}/{name}"),
         source,
     })?;
-    ctx.wrote(&resource.kind, "patch_status");
+    ctx.wrote(&kind, "patch_status");
 
-    let reference = object.object_ref(resource);
+    let reference = object.object_ref(&());
     for condition in new_conditions {
         let before = old_conditions.iter().find(|c| c.type_ == condition.type_);
         let changed = before.is_none_or(|before| {

@@ -9,7 +9,6 @@ use cellbus_contracts::resources::{CellPoolStatus, PoolCells};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::core::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::Resource;
 use serde::de::DeserializeOwned;
@@ -23,14 +22,14 @@ use crate::builders;
 use crate::conditions::{reasons, set_conditions, types, NewCondition, Status};
 use crate::context::Context;
 use crate::names::{self, FIELD_MANAGER};
-use crate::observed::{pool_resource, ObservedPool};
+use crate::observed::{ObservedPool, PoolObject};
 use crate::Error;
 
 /// How metrics and logs name this controller.
 pub const CONTROLLER: super::ControllerName = "cellpool";
 
 /// Reconciles one CellPool.
-pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(object: Arc<PoolObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let pool = ObservedPool::from_object(&object);
     let span = tracing::info_span!(
         "reconcile",
@@ -52,7 +51,7 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
 }
 
 async fn reconcile_pool(
-    object: &DynamicObject,
+    object: &PoolObject,
     pool: &ObservedPool,
     ctx: &Context,
 ) -> Result<Action, Error> {
@@ -326,7 +325,7 @@ fn next_status(
 }
 
 async fn update_status(
-    object: &DynamicObject,
+    object: &PoolObject,
     pool: &ObservedPool,
     status: &CellPoolStatus,
     ctx: &Context,
@@ -334,7 +333,6 @@ async fn update_status(
     write_status(
         ctx,
         object,
-        &pool_resource(),
         (&pool.status, &pool.status.conditions),
         (status, &status.conditions),
     )

@@ -12,11 +12,10 @@ use cellbus_control::NatsCredentials;
 use cellbus_operator::conditions::FixedClock;
 use cellbus_operator::context::{Buses, Context, Timing};
 use cellbus_operator::metrics::Metrics;
-use cellbus_operator::observed::{cell_resource, pool_resource};
+use cellbus_operator::observed::{CellObject, PoolObject, Watched};
 use cellbus_operator::Config;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::DynamicObject;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use serde_json::{json, Value};
@@ -31,16 +30,16 @@ pub fn now() -> Time {
 
 /// A Cell as the API server sends it: generation 1, created `age` seconds before
 /// [`now`] (older Cells hold their service).
-pub fn cell(name: &str, spec: Value, age: i64) -> DynamicObject {
+pub fn cell(name: &str, spec: Value, age: i64) -> CellObject {
     object("Cell", name, spec, age)
 }
 
 /// A CellPool as the API server sends it.
-pub fn pool(name: &str, spec: Value) -> DynamicObject {
+pub fn pool(name: &str, spec: Value) -> PoolObject {
     object("CellPool", name, spec, 1_000)
 }
 
-fn object(kind: &str, name: &str, spec: Value, age: i64) -> DynamicObject {
+fn object<K>(kind: &str, name: &str, spec: Value, age: i64) -> Watched<K> {
     let created = Timestamp::from_second(1_800_000_000 - age).unwrap();
     serde_json::from_value(json!({
         "apiVersion": "cellbus.io/v1alpha1",
@@ -58,8 +57,14 @@ fn object(kind: &str, name: &str, spec: Value, age: i64) -> DynamicObject {
     .unwrap()
 }
 
+/// A Cell or a CellPool.
+pub enum Object {
+    Cell(CellObject),
+    Pool(PoolObject),
+}
+
 /// A document (as a manifest holds it) as the API server would send it.
-pub fn from_document(document: &Value) -> DynamicObject {
+pub fn from_document(document: &Value) -> Object {
     let mut document = document.clone();
     let metadata = document["metadata"].as_object_mut().unwrap();
     metadata.insert("namespace".into(), json!(NAMESPACE));
@@ -67,30 +72,34 @@ pub fn from_document(document: &Value) -> DynamicObject {
     metadata.insert("generation".into(), json!(1));
     metadata.insert("resourceVersion".into(), json!("1"));
     metadata.insert("creationTimestamp".into(), json!("2027-01-01T00:00:00Z"));
-    serde_json::from_value(document).unwrap()
+    match document["kind"].as_str() {
+        Some("Cell") => Object::Cell(serde_json::from_value(document).unwrap()),
+        Some("CellPool") => Object::Pool(serde_json::from_value(document).unwrap()),
+        other => panic!("not a Cellbus kind: {other:?}"),
+    }
 }
 
 /// `object` with the finalizer the Cell controller adds.
-pub fn with_finalizer(mut object: DynamicObject) -> DynamicObject {
+pub fn with_finalizer<K>(mut object: Watched<K>) -> Watched<K> {
     object.metadata.finalizers = Some(vec![cellbus_operator::controller::cell::FINALIZER.into()]);
     object
 }
 
 /// `object` with `status` as the operator last wrote it, at a new resourceVersion.
-pub fn with_status(mut object: DynamicObject, status: &Value) -> DynamicObject {
-    object.data["status"] = status.clone();
+pub fn with_status<K>(object: Watched<K>, status: &Value) -> Watched<K> {
+    let mut object = object.with_status(status);
     bump(&mut object);
     object
 }
 
 /// `object` marked for deletion.
-pub fn deleting(mut object: DynamicObject) -> DynamicObject {
+pub fn deleting<K>(mut object: Watched<K>) -> Watched<K> {
     object.metadata.deletion_timestamp = Some(now());
     bump(&mut object);
     object
 }
 
-fn bump(object: &mut DynamicObject) {
+fn bump<K>(object: &mut Watched<K>) {
     let version: u64 = object
         .metadata
         .resource_version
@@ -103,21 +112,52 @@ fn bump(object: &mut DynamicObject) {
 
 /// The watch caches, which the tests fill as the watches would.
 pub struct Caches {
-    cells: Writer<DynamicObject>,
-    pools: Writer<DynamicObject>,
+    cells: Writer<CellObject>,
+    pools: Writer<PoolObject>,
+}
+
+/// What the caches hold.
+pub trait Cached {
+    fn apply_to(&self, caches: &mut Caches);
+}
+
+impl Cached for CellObject {
+    fn apply_to(&self, caches: &mut Caches) {
+        caches
+            .cells
+            .apply_watcher_event(&watcher::Event::Apply(self.clone()));
+    }
+}
+
+impl Cached for PoolObject {
+    fn apply_to(&self, caches: &mut Caches) {
+        caches
+            .pools
+            .apply_watcher_event(&watcher::Event::Apply(self.clone()));
+    }
+}
+
+impl<T: Cached> Cached for Arc<T> {
+    fn apply_to(&self, caches: &mut Caches) {
+        self.as_ref().apply_to(caches);
+    }
+}
+
+impl Cached for Object {
+    fn apply_to(&self, caches: &mut Caches) {
+        match self {
+            Object::Cell(cell) => cell.apply_to(caches),
+            Object::Pool(pool) => pool.apply_to(caches),
+        }
+    }
 }
 
 impl Caches {
-    pub fn apply(&mut self, object: &DynamicObject) {
-        let writer = match object.types.as_ref().map(|t| t.kind.as_str()) {
-            Some("Cell") => &mut self.cells,
-            Some("CellPool") => &mut self.pools,
-            other => panic!("no cache for {other:?}"),
-        };
-        writer.apply_watcher_event(&watcher::Event::Apply(object.clone()));
+    pub fn apply(&mut self, object: &impl Cached) {
+        object.apply_to(self);
     }
 
-    pub fn delete(&mut self, object: &DynamicObject) {
+    pub fn delete(&mut self, object: &CellObject) {
         self.cells
             .apply_watcher_event(&watcher::Event::Delete(object.clone()));
     }
@@ -134,8 +174,8 @@ pub fn timing() -> Timing {
 /// A context whose Kubernetes requests go to `client` and whose pools use the NATS at
 /// `nats_url`, with a fixed clock.
 pub fn context(client: kube::Client, nats_url: &str) -> (Arc<Context>, Caches) {
-    let cells = Writer::new(cell_resource());
-    let pools = Writer::new(pool_resource());
+    let cells = Writer::new(());
+    let pools = Writer::new(());
     let config = Config {
         nats_url: nats_url.to_owned(),
         ..Config::default()
