@@ -43,6 +43,35 @@ pub struct NatsCredentials {
     /// CA certificate (PEM) to trust for TLS; setting it requires TLS.
     #[arg(long = "nats-ca", env = "NATS_CA")]
     pub ca: Option<PathBuf>,
+    /// A directory (a mounted Secret) whose files `creds`, `nkey` and `ca.crt` are used
+    /// like --nats-creds, --nats-nkey-file and --nats-ca when present; absent ones are
+    /// skipped. The flags win over the files.
+    #[arg(long = "nats-credentials-dir", env = "NATS_CREDENTIALS_DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// File of a credentials directory holding a `.creds` file (JWT and seed).
+pub const CREDS_FILE: &str = "creds";
+/// File of a credentials directory holding an nkey seed.
+pub const NKEY_FILE: &str = "nkey";
+/// File of a credentials directory holding the CA certificate to trust.
+pub const CA_FILE: &str = "ca.crt";
+
+impl NatsCredentials {
+    /// These credentials with the files of the credentials directory that exist filled
+    /// in where no flag names a file.
+    fn resolved(&self) -> Self {
+        let Some(dir) = &self.dir else {
+            return self.clone();
+        };
+        let present = |name: &str| Some(dir.join(name)).filter(|path| path.is_file());
+        Self {
+            creds: self.creds.clone().or_else(|| present(CREDS_FILE)),
+            nkey_file: self.nkey_file.clone().or_else(|| present(NKEY_FILE)),
+            ca: self.ca.clone().or_else(|| present(CA_FILE)),
+            ..self.clone()
+        }
+    }
 }
 
 impl NatsArgs {
@@ -85,7 +114,7 @@ pub async fn connect_once(args: &NatsArgs, name: &str) -> Result<Client, Error> 
 }
 
 async fn options(args: &NatsArgs) -> Result<ConnectOptions, Error> {
-    let args = &args.credentials;
+    let args = &args.credentials.resolved();
     let mut options = match &args.creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await

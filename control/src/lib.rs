@@ -10,7 +10,9 @@ pub mod manifests;
 mod store;
 mod streams;
 
-pub use connect::{connect, connect_once, NatsArgs, NatsCredentials};
+pub use connect::{
+    connect, connect_once, NatsArgs, NatsCredentials, CA_FILE, CREDS_FILE, NKEY_FILE,
+};
 pub use store::{
     delete_assignment, digest_of, ensure_buckets, fetch_module, module_exists, ping, ping_until,
     push_module, read_assignment, write_assignment, Buckets,

@@ -47,3 +47,31 @@ async fn a_missing_credentials_file_is_named() {
         "reading NATS credentials from /nonexistent/user.creds"
     );
 }
+
+#[tokio::test]
+async fn a_credentials_directory_uses_the_files_it_holds_and_skips_the_rest() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = NatsArgs::url(nats.url());
+    args.credentials.dir = Some(dir.path().to_owned());
+
+    // Nothing in it: nothing is required.
+    connect_once(&args, "test").await.unwrap();
+
+    // A creds file in it is used, and named when it cannot be read as one.
+    let creds = dir.path().join(cellbus_control::CREDS_FILE);
+    std::fs::write(&creds, "not a creds file").unwrap();
+    let error = connect_once(&args, "test").await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("reading NATS credentials from {}", creds.display())
+    );
+
+    // A file named by its flag wins over the directory's.
+    args.credentials.creds = Some("/nonexistent/user.creds".into());
+    let error = connect_once(&args, "test").await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "reading NATS credentials from /nonexistent/user.creds"
+    );
+}

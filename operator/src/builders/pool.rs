@@ -152,14 +152,15 @@ pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
             env_secret("NATS_PASSWORD", secret, names::SECRET_KEY_PASSWORD),
             env_secret("NATS_TOKEN", secret, names::SECRET_KEY_TOKEN),
         ]);
-        // The whole Secret is mounted too, so file credentials (`creds`, `nkey`,
-        // `ca.crt`) sit at a known path. NATS_CREDS and NATS_NKEY_FILE are deliberately
-        // not set: the runtime fails at start when such a variable names a file that
-        // does not exist, Kubernetes cannot set a variable only when a Secret has a key,
-        // and this builder does not read the Secret. Pointing the runtime at these files
-        // needs a runtime option that skips absent files. The volume is not optional: a
-        // Secret that does not exist keeps the pod Pending with an event naming it, which
-        // says more than a NATS authorization error would.
+        // The whole Secret is mounted too, and the runtime uses whichever of the files
+        // `creds`, `nkey` and `ca.crt` it holds: Kubernetes cannot set a variable only
+        // when a Secret has a key, and this builder does not read the Secret. The volume
+        // is not optional: a Secret that does not exist keeps the pod Pending with an
+        // event naming it, which says more than a NATS authorization error would.
+        env.push(env_value(
+            "NATS_CREDENTIALS_DIR",
+            names::NATS_CREDENTIALS_DIR,
+        ));
         volumes.push(Volume {
             name: names::NATS_CREDENTIALS_VOLUME.into(),
             secret: Some(SecretVolumeSource {
@@ -524,7 +525,13 @@ mod tests {
             Some("/var/cache/cellbus")
         );
         assert_eq!(value(runtime, "CELLBUS_HTTP_ADDR"), Some("0.0.0.0:9090"));
-        for absent in ["NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS"] {
+        for absent in [
+            "NATS_USER",
+            "NATS_PASSWORD",
+            "NATS_TOKEN",
+            "NATS_CREDS",
+            "NATS_CREDENTIALS_DIR",
+        ] {
             assert!(!env_by_name(runtime).contains_key(absent), "{absent}");
         }
 
@@ -717,8 +724,12 @@ mod tests {
                     }
                 );
             }
-            // File credentials are mounted, but no variable points at a file that may not
-            // exist.
+            // File credentials are mounted; the runtime looks for them in the directory,
+            // and no variable points at a file that may not exist.
+            assert_eq!(
+                env["NATS_CREDENTIALS_DIR"].value.as_deref(),
+                Some("/var/run/cellbus/nats")
+            );
             assert!(!env.contains_key("NATS_CREDS"));
             assert!(!env.contains_key("NATS_NKEY_FILE"));
             let mount = runtime
