@@ -216,6 +216,72 @@ async fn a_new_cell_gets_its_finalizer_assignment_and_status_then_ready_from_a_r
 }
 
 #[tokio::test]
+async fn a_module_the_runtime_cannot_load_is_not_ready_with_the_runtimes_own_reason() {
+    let nats = NatsServer::start();
+    let (_node, _server) = runtime(&nats).await;
+    let bytes = b"\0asm but not a component".to_vec();
+    let client = cellbus_control::connect_once(&NatsArgs::url(nats.url()), "test")
+        .await
+        .unwrap();
+    let buckets = cellbus_control::ensure_buckets(&async_nats::jetstream::new(client))
+        .await
+        .unwrap();
+    let broken = cellbus_control::push_module(&buckets.modules, &bytes)
+        .await
+        .unwrap();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    let mut object = with_finalizer(cell("echo", echo_spec("echo", &broken), 10));
+    caches.apply(&object);
+
+    // The pod reports the failure in cbs-status shortly after the assignment names the
+    // module; until then Ready waits.
+    let limit = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut status = json!({});
+    while condition_or_none(&status, "Ready").1 != "NotLoaded" {
+        assert!(
+            tokio::time::Instant::now() < limit,
+            "never NotLoaded: {status}"
+        );
+        let task = reconcile_cell(&object, &ctx);
+        let outcome = tokio::select! {
+            done = task => Err(done),
+            status = expect_status(&mut api, "echo") => Ok(status),
+        };
+        match outcome {
+            Err(done) => {
+                done.unwrap().unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(new) => {
+                let changed = if status == json!({}) { 4 } else { 1 };
+                expect_events(&mut api, changed).await;
+                status = new;
+                object = with_status(object, &status);
+                caches.apply(&object);
+            }
+        }
+    }
+    assert_eq!(condition(&status, "ModuleVerified").0, "True");
+    let (ready, _, message) = condition(&status, "Ready");
+    assert_eq!(ready, "False");
+    assert!(
+        message.starts_with("pod wasm-0 could not load the module: "),
+        "{message}"
+    );
+}
+
+/// Like [`condition`], but empty when the status has none of that type.
+fn condition_or_none(status: &Value, type_: &str) -> (String, String, String) {
+    if status["conditions"].is_array() {
+        condition(status, type_)
+    } else {
+        Default::default()
+    }
+}
+
+#[tokio::test]
 async fn an_unchanged_cell_makes_no_writes() {
     let nats = NatsServer::start();
     let (client, mut api) = mock_client();
