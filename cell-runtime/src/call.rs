@@ -38,6 +38,13 @@ pub enum CallError {
     Connect(#[from] cellbus_control::Error),
     #[error("no cell serves {0} (is it loaded? `cellbus up` prints what it serves)")]
     NoResponders(String),
+    #[error("durable request to {subject} (waited up to {timeout:?})")]
+    Durable {
+        subject: String,
+        timeout: Duration,
+        #[source]
+        source: cellbus_control::Error,
+    },
     #[error("{subject} did not answer within {timeout:?}")]
     Timeout { subject: String, timeout: Duration },
     #[error("requesting {subject}")]
@@ -67,6 +74,19 @@ pub async fn run(args: &CallArgs) -> Result<Result<Value, ErrorBody>, CallError>
     let client = cellbus_control::connect_once(&args.nats, "cellbus call").await?;
     let request = Request::new(service, verb, payload)
         .with_timeout_ms(args.timeout.as_millis().max(1) as u64);
+    // A subject some stream captures is a durable verb: publish it through JetStream,
+    // as its pods pull it from there.
+    let js = async_nats::jetstream::new(client.clone());
+    if js.stream_by_subject(subject.clone()).await.is_ok() {
+        let reply = cellbus_control::durable::durable_request(&client, &js, &request, args.timeout)
+            .await
+            .map_err(|source| CallError::Durable {
+                subject: subject.clone(),
+                timeout: args.timeout,
+                source,
+            })?;
+        return Ok(reply.into_result());
+    }
     let body = serde_json::to_vec(&request).expect("a request always encodes");
     let reply = tokio::time::timeout(args.timeout, client.request(subject.clone(), body.into()))
         .await

@@ -12,7 +12,7 @@ use cellbus_contracts::wire::{ErrorBody, ErrorCode, Reply, Request};
 use jiff::Timestamp;
 use jsonschema::Validator;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::wasm::{CallContext, Executor, WasmCell};
 
@@ -107,9 +107,47 @@ impl LoadedCell {
         self.verbs.get(verb).is_some_and(|v| v.durable)
     }
 
-    /// Answers one request received on the subject of `verb`.
+    /// The in-flight permits: a durable worker takes one before it fetches a request.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.permits.clone()
+    }
+
+    /// Most requests the cell runs at once.
+    pub fn max_in_flight(&self) -> u32 {
+        self.spec
+            .limits
+            .max_in_flight
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT as u32)
+    }
+
+    /// Answers one request received on the subject of `verb`; refused with
+    /// `resource_exhausted` when every in-flight permit is taken.
     pub async fn answer(
         &self,
+        executor: &Executor,
+        client: Option<async_nats::Client>,
+        verb: &str,
+        body: &[u8],
+    ) -> Reply {
+        self.answer_inner(None, executor, client, verb, body).await
+    }
+
+    /// [`LoadedCell::answer`] with a permit already taken from [`LoadedCell::permits`].
+    pub async fn answer_with(
+        &self,
+        permit: OwnedSemaphorePermit,
+        executor: &Executor,
+        client: Option<async_nats::Client>,
+        verb: &str,
+        body: &[u8],
+    ) -> Reply {
+        self.answer_inner(Some(permit), executor, client, verb, body)
+            .await
+    }
+
+    async fn answer_inner(
+        &self,
+        permit: Option<OwnedSemaphorePermit>,
         executor: &Executor,
         client: Option<async_nats::Client>,
         verb: &str,
@@ -119,7 +157,7 @@ impl LoadedCell {
             Ok(request) => request,
             Err(error) => return Reply::error_for_raw(body, error),
         };
-        match self.run(executor, client, &request).await {
+        match self.run(permit, executor, client, &request).await {
             Ok(payload) => Reply::ok(&request, payload),
             Err(error) => Reply::error(&request, error),
         }
@@ -127,6 +165,7 @@ impl LoadedCell {
 
     async fn run(
         &self,
+        permit: Option<OwnedSemaphorePermit>,
         executor: &Executor,
         client: Option<async_nats::Client>,
         request: &Request,
@@ -142,19 +181,10 @@ impl LoadedCell {
                 ),
             ));
         };
-        let _permit = self.permits.clone().try_acquire_owned().map_err(|_| {
-            ErrorBody::new(
-                ErrorCode::ResourceExhausted,
-                format!(
-                    "{} is running as many requests as it may ({})",
-                    self.service(),
-                    self.spec
-                        .limits
-                        .max_in_flight
-                        .map_or(DEFAULT_MAX_IN_FLIGHT, |n| n as usize)
-                ),
-            )
-        })?;
+        let _permit = match permit {
+            Some(permit) => permit,
+            None => self.try_permit()?,
+        };
         if let Some(schema) = &verb.input {
             let violations = schema_violations(schema, &request.payload);
             if !violations.is_empty() {
@@ -205,6 +235,19 @@ impl LoadedCell {
             }
         }
         Ok(output)
+    }
+
+    fn try_permit(&self) -> Result<OwnedSemaphorePermit, ErrorBody> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            ErrorBody::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "{} is running as many requests as it may ({})",
+                    self.service(),
+                    self.max_in_flight()
+                ),
+            )
+        })
     }
 
     fn verb_names(&self) -> String {

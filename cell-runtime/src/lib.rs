@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod call;
 pub mod cell;
+pub mod durable;
 pub mod http;
 pub mod metrics;
 pub mod modules;
@@ -100,8 +101,9 @@ impl Node {
             metrics.clone(),
         )?);
         let client = cellbus_control::connect(nats, name).await?;
-        let buckets =
-            cellbus_control::ensure_buckets(&async_nats::jetstream::new(client.clone())).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let buckets = cellbus_control::ensure_buckets(&js).await?;
+        cellbus_control::durable::ensure_dead_letter_stream(&js).await?;
         let http = reqwest::Client::builder()
             .https_only(true)
             .build()

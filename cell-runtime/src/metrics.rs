@@ -25,6 +25,12 @@ pub struct Metrics {
     pub compile_seconds: Histogram,
     /// Requests whose sandbox was stopped, by reason (deadline, fuel, memory, trap, error).
     pub sandbox_kills: IntCounterVec,
+    /// Durable requests waiting or handed out and not yet settled, by service and verb.
+    pub durable_pending: IntGaugeVec,
+    /// Durable requests delivered again, by service and verb.
+    pub durable_redeliveries: IntCounterVec,
+    /// Durable requests moved to the dead-letter stream, by service and verb.
+    pub dead_letters: IntCounterVec,
 }
 
 impl Metrics {
@@ -87,6 +93,30 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            durable_pending: IntGaugeVec::new(
+                Opts::new(
+                    "durable_pending",
+                    "Durable requests waiting in the stream or handed out and not yet settled.",
+                ),
+                &["service", "verb"],
+            )
+            .expect("valid metric"),
+            durable_redeliveries: IntCounterVec::new(
+                Opts::new(
+                    "durable_redeliveries_total",
+                    "Durable requests delivered again.",
+                ),
+                &["service", "verb"],
+            )
+            .expect("valid metric"),
+            dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "dead_letters_total",
+                    "Durable requests moved to the dead-letter stream.",
+                ),
+                &["service", "verb"],
+            )
+            .expect("valid metric"),
             registry,
         };
         for collector in [
@@ -99,6 +129,9 @@ impl Metrics {
             Box::new(metrics.module_cache_hits.clone()),
             Box::new(metrics.compile_seconds.clone()),
             Box::new(metrics.sandbox_kills.clone()),
+            Box::new(metrics.durable_pending.clone()),
+            Box::new(metrics.durable_redeliveries.clone()),
+            Box::new(metrics.dead_letters.clone()),
         ] {
             metrics
                 .registry

@@ -28,6 +28,7 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn, Instrument};
 
 use crate::cell::LoadedCell;
+use crate::durable::DurableWorkers;
 use crate::metrics::Metrics;
 use crate::modules;
 use crate::wasm::Executor;
@@ -68,6 +69,8 @@ struct Inner {
     identity: Identity,
     cells: RwLock<HashMap<String, Arc<LoadedCell>>>,
     subscriptions: Mutex<HashMap<String, ServiceSubscription>>,
+    /// Workers of the durable verbs, by service.
+    durable: tokio::sync::Mutex<HashMap<String, DurableWorkers>>,
     states: Mutex<Vec<CellLoadState>>,
     assignment_loaded: AtomicBool,
     stop: Mutex<Option<oneshot::Sender<()>>>,
@@ -113,6 +116,7 @@ impl PoolServer {
             identity,
             cells: RwLock::default(),
             subscriptions: Mutex::default(),
+            durable: tokio::sync::Mutex::default(),
             states: Mutex::default(),
             assignment_loaded: AtomicBool::new(false),
             stop: Mutex::new(Some(stop)),
@@ -163,6 +167,18 @@ impl PoolServer {
             .collect();
         for service in services {
             self.inner.unsubscribe(&service).await;
+        }
+        let durable: Vec<DurableWorkers> = self
+            .inner
+            .durable
+            .lock()
+            .await
+            .drain()
+            .map(|(_, workers)| workers)
+            .collect();
+        let drained = futures::future::join_all(durable.into_iter().map(DurableWorkers::drain));
+        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+            warn!("durable requests still running after the shutdown grace period");
         }
         let running = &self.inner.running;
         let idle = async {
@@ -281,8 +297,9 @@ impl Inner {
                     self.cells
                         .write()
                         .expect("cells lock")
-                        .insert(spec.service.clone(), cell);
+                        .insert(spec.service.clone(), cell.clone());
                     self.subscribe(&spec.service).await;
+                    self.restart_durable(&spec.service, Some(cell)).await;
                 }
                 Err(reason) => {
                     warn!(service = %spec.service, digest = ?spec.module.digest, %reason, "cell not loaded");
@@ -308,11 +325,25 @@ impl Inner {
         for service in removed {
             info!(%service, "cell removed");
             self.unsubscribe(&service).await;
+            self.restart_durable(&service, None).await;
             self.cells.write().expect("cells lock").remove(&service);
         }
         *self.states.lock().expect("state lock") = states.clone();
         self.report(states).await;
         self.assignment_loaded.store(true, Ordering::Release);
+    }
+
+    /// Drains the durable workers of `service`'s current version, then starts those of
+    /// `cell` (none when the service is removed): no request runs on a version that is
+    /// gone, and none is acknowledged without being run.
+    async fn restart_durable(&self, service: &str, cell: Option<Arc<LoadedCell>>) {
+        let mut durable = self.durable.lock().await;
+        if let Some(old) = durable.remove(service) {
+            old.drain().await;
+        }
+        if let Some(workers) = cell.and_then(|cell| DurableWorkers::start(&self.shared, cell)) {
+            durable.insert(service.to_owned(), workers);
+        }
     }
 
     fn cell(&self, service: &str) -> Option<Arc<LoadedCell>> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cellbus_contracts::assignment::PoolAssignment;
 use cellbus_contracts::manifest::{select_pool, Object};
-use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
+use cellbus_contracts::resources::{CellPoolSpec, CellSpec, Delivery};
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::subject;
 use cellbus_control::NatsArgs;
@@ -63,6 +63,8 @@ pub enum UpError {
     },
     #[error("{0}")]
     Subject(#[from] subject::SubjectError),
+    #[error(transparent)]
+    StreamPlan(#[from] cellbus_contracts::stream::StreamPlanError),
 }
 
 /// A local deployment that is up.
@@ -136,6 +138,14 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
         }
     }
 
+    // The streams of durable verbs, as the operator makes them in a cluster.
+    let js = async_nats::jetstream::new(node.shared.client.clone());
+    for (_, _, cell) in &cells {
+        if let Some(plan) = cellbus_contracts::stream::stream_plan(cell)? {
+            cellbus_control::ensure_stream(&js, &plan).await?;
+        }
+    }
+
     let mut servers = Vec::new();
     for (namespace, pool_name, pool) in &pools {
         let candidates: Vec<(&str, &CellPoolSpec)> = pools
@@ -168,8 +178,13 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
                         .find(|c| c.service == state.service)
                         .expect("a loaded cell is assigned");
                     for verb in &cell.verbs {
+                        let durable = if verb.delivery == Delivery::Durable {
+                            ", durable"
+                        } else {
+                            ""
+                        };
                         report.push(format!(
-                            "serving {}  (Cell {}, pool {pool_name})",
+                            "serving {}  (Cell {}, pool {pool_name}{durable})",
                             subject::request_subject(&cell.service, &verb.name)?,
                             cell.name
                         ));

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod assignment;
+pub mod durable;
 pub mod manifest;
 pub mod quantity;
 pub mod resources;

@@ -19,6 +19,8 @@ pub mod headers {
     pub const TRACEPARENT: &str = "traceparent";
     /// JetStream de-duplication key: the envelope id, so a resend is not run twice.
     pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// Where the reply to a durable request goes: the subject its caller waits on.
+    pub const REPLY_TO: &str = "Cbs-Reply-To";
 }
 
 /// A request envelope.

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod connect;
+pub mod durable;
 pub mod manifests;
 mod store;
 mod streams;
@@ -71,6 +72,12 @@ pub enum Error {
     #[error("reconciling the stream {name}")]
     Stream {
         name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{what}")]
+    Durable {
+        what: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

@@ -1,0 +1,102 @@
+//! The NATS side of durable verbs: the dead-letter stream, the consumer each verb is
+//! pulled through, and the caller's half (publish through JetStream, wait for the reply).
+
+use std::time::Duration;
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::Client;
+use cellbus_contracts::durable::{
+    consumer_name, Redelivery, DEAD_LETTER_MAX_AGE, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS,
+};
+use cellbus_contracts::resources::VerbSpec;
+use cellbus_contracts::subject;
+use cellbus_contracts::wire::{headers, Reply, Request};
+use futures::StreamExt;
+
+use crate::Error;
+
+/// How long a pod may hold a durable request without a sign of life before JetStream
+/// gives it to another pod; a pod working longer sends in-progress acks well within it.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Creates the dead-letter stream where missing.
+pub async fn ensure_dead_letter_stream(js: &jetstream::Context) -> Result<(), Error> {
+    js.get_or_create_stream(stream::Config {
+        name: DEAD_LETTER_STREAM.into(),
+        description: Some("Cellbus: durable requests that will not be run again".into()),
+        subjects: vec![DEAD_LETTER_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: DEAD_LETTER_MAX_AGE,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Stream {
+        name: DEAD_LETTER_STREAM.into(),
+        source: source.into(),
+    })
+}
+
+/// The durable consumer the pods of a pool share for `verb` of `service`, with at most
+/// `max_in_flight` requests handed out and not yet acknowledged.
+pub fn consumer_config(
+    service: &str,
+    verb: &VerbSpec,
+    max_in_flight: u32,
+) -> Result<consumer::pull::Config, subject::SubjectError> {
+    let redelivery = Redelivery::of(verb);
+    Ok(consumer::pull::Config {
+        durable_name: Some(consumer_name(&verb.name)),
+        description: Some(format!("Cellbus: pods serving {service}.{}", verb.name)),
+        filter_subject: subject::request_subject(service, &verb.name)?,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_deliver: i64::from(redelivery.max_deliver),
+        max_ack_pending: i64::from(max_in_flight.max(1)),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    })
+}
+
+/// Publishes `request` to its durable verb through JetStream and waits up to `wait` for
+/// the reply. The envelope id is the de-duplication key, so calling again with the same
+/// request inside the stream's duplicate window does not run it twice (the second call
+/// waits for a reply the first run already sent, and times out).
+pub async fn durable_request(
+    client: &Client,
+    js: &jetstream::Context,
+    request: &Request,
+    wait: Duration,
+) -> Result<Reply, Error> {
+    let subject = subject::request_subject(&request.service, &request.verb).map_err(|source| {
+        Error::Durable {
+            what: "addressing the request".into(),
+            source: source.into(),
+        }
+    })?;
+    let error = |what: &str| {
+        let what = format!("{what} {subject}");
+        move |source: Box<dyn std::error::Error + Send + Sync>| Error::Durable { what, source }
+    };
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| error("waiting for replies on")(e.into()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::MSG_ID, request.id.to_string().as_str());
+    headers.insert(headers::REPLY_TO, inbox.as_str());
+    let body = serde_json::to_vec(request).map_err(|e| error("encoding a request to")(e.into()))?;
+    js.publish_with_headers(subject.clone(), headers, body.into())
+        .await
+        .map_err(|e| error("publishing to")(e.into()))?
+        .await
+        .map_err(|e| error("storing a request for")(e.into()))?;
+    let message = tokio::time::timeout(wait, replies.next())
+        .await
+        .map_err(|e| error("waiting for the reply of")(e.into()))?
+        .ok_or_else(|| error("waiting for the reply of")("the subscription ended".into()))?;
+    serde_json::from_slice(&message.payload).map_err(|e| error("reading the reply of")(e.into()))
+}
