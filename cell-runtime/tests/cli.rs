@@ -103,7 +103,12 @@ fn path_with_venv() -> String {
 fn up_serves_the_examples_in_wat_c_and_python_and_call_reaches_them() {
     let cache = tempfile::tempdir().unwrap();
     let up = Up::start("examples", cache.path());
-    for subject in ["cbs.echo.say", "cbs.greeter.hello", "cbs.caller.relay"] {
+    for subject in [
+        "cbs.echo.say",
+        "cbs.greeter.hello",
+        "cbs.caller.relay",
+        "cbs.ledger.append",
+    ] {
         assert!(
             up.lines
                 .iter()
@@ -132,6 +137,23 @@ fn up_serves_the_examples_in_wat_c_and_python_and_call_reaches_them() {
         serde_json::json!({"echoed": {"text": "round trip"}, "via": "caller"}),
         "{}",
         text(&relay.stderr)
+    );
+
+    // A durable verb: `cellbus call` publishes through the stream `cellbus up` made and
+    // waits for the reply the pod sends before acknowledging.
+    assert!(up
+        .lines
+        .iter()
+        .any(|l| l.starts_with("serving cbs.ledger.append") && l.ends_with("durable)")));
+    let ledger = call(
+        &up.url,
+        &["ledger.append", r#"{"entry":"coffee","cents":250}"#],
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&ledger.stdout).unwrap(),
+        serde_json::json!({"entry": "coffee", "cents": 250}),
+        "{}",
+        text(&ledger.stderr)
     );
 
     let refused = call(&up.url, &["echo.say", r#"{"txt":1}"#]);
