@@ -2,6 +2,11 @@
 //! async-nats echo responder in a queue group and against the `echo` cell served by this
 //! runtime, both through one nats-server on loopback. It prints requests per second and
 //! latency percentiles of each and their ratios.
+//!
+//! `cellbus bench --durable` does the same for durable requests: the raw side is the
+//! least a JetStream service does (publish to a work-queue stream and wait for the
+//! publish ack, a pull consumer that replies and acks), the cellbus side is the echo cell
+//! with a durable verb; both streams are on file storage.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +28,8 @@ use crate::{EngineArgs, Node};
 /// The echo cell of examples/echo, built into the binary so the bench needs no files.
 pub const ECHO_WASM: &[u8] = include_bytes!("../../examples/echo/echo.wasm");
 const RAW_SUBJECT: &str = "bench.raw.echo";
+const RAW_DURABLE_SUBJECT: &str = "bench.raw.durable";
+const RAW_STREAM: &str = "BENCH_RAW";
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
@@ -38,6 +45,9 @@ pub struct BenchArgs {
     /// Load sent to each side before measuring.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Durable requests through JetStream instead of request/reply.
+    #[arg(long)]
+    pub durable: bool,
     /// NATS to use instead of starting a private server.
     #[arg(long = "nats-url", env = "NATS_URL")]
     pub nats_url: Option<String>,
@@ -57,6 +67,10 @@ pub enum BenchError {
     NotLoaded(String),
     #[error("subscribing the raw responder")]
     Subscribe(#[source] async_nats::SubscribeError),
+    #[error("setting up the raw JetStream side: {0}")]
+    RawJetStream(String),
+    #[error(transparent)]
+    StreamPlan(#[from] cellbus_contracts::stream::StreamPlanError),
 }
 
 /// What one side measured.
@@ -86,6 +100,8 @@ impl Side {
 
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// What was measured: request/reply or durable.
+    pub kind: &'static str,
     pub raw: Side,
     pub cellbus: Side,
 }
@@ -105,9 +121,10 @@ impl Report {
         };
         let ratio = |a: f64, b: f64| a / b;
         format!(
-            "request/reply, {} concurrent, {} B payload, {:?} per side\n\
+            "{}, {} concurrent, {} B payload, {:?} per side\n\
              {:<10} {:>12} {:>10} {:>10} {:>10} {:>8}\n{}{}\
              ratios (cellbus / raw): throughput {:.2}, p50 {:.2}, p99 {:.2}, p99.9 {:.2}\n",
+            self.kind,
             args.concurrency,
             args.payload,
             args.duration,
@@ -144,13 +161,27 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let digest = cellbus_control::push_module(&node.shared.buckets.modules, ECHO_WASM).await?;
     let pool: CellPoolSpec =
         serde_json::from_value(json!({"runtime": "wasm"})).expect("a literal pool spec parses");
-    let cell: CellSpec = serde_json::from_value(json!({
+    let mut cell: CellSpec = serde_json::from_value(json!({
         "service": "echo",
         "verbs": [{"name": "say"}],
         "module": {"digest": digest},
         "limits": {"maxInFlight": (args.concurrency * 2).min(10_000)},
     }))
     .expect("a literal cell spec parses");
+    if args.durable {
+        cell = serde_json::from_value(json!({
+            "service": "echo",
+            "verbs": [{"name": "say", "delivery": "durable"}],
+            "module": {"digest": digest},
+            "stream": {},
+            "limits": {"maxInFlight": (args.concurrency * 2).min(10_000)},
+        }))
+        .expect("a literal cell spec parses");
+        let js = async_nats::jetstream::new(node.shared.client.clone());
+        if let Some(plan) = cellbus_contracts::stream::stream_plan(&cell)? {
+            cellbus_control::ensure_stream(&js, &plan).await?;
+        }
+    }
     let assignment = PoolAssignment::new("bench", "bench", &pool, [("echo", &cell)])
         .expect("echo is a valid service");
     cellbus_control::write_assignment(&node.shared.buckets.assignments, &assignment).await?;
@@ -173,6 +204,13 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             }
             None => tokio::time::sleep(Duration::from_millis(20)).await,
         }
+    }
+
+    if args.durable {
+        let report = durable(args, &nats).await;
+        server.shutdown().await;
+        drop(local);
+        return report;
     }
 
     // The raw responder: the least a NATS service can do, replying with what it got.
@@ -233,7 +271,160 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     .await;
     server.shutdown().await;
     drop(local);
-    Ok(Report { raw, cellbus })
+    Ok(Report {
+        kind: "request/reply",
+        raw,
+        cellbus,
+    })
+}
+
+/// Both durable sides: the raw JetStream service, set up here, and the echo cell's
+/// durable verb, already served.
+async fn durable(args: &BenchArgs, nats: &NatsArgs) -> Result<Report, BenchError> {
+    use async_nats::jetstream::{self, consumer, stream};
+
+    let raw_error = |e: &dyn std::fmt::Display| BenchError::RawJetStream(e.to_string());
+    let service = cellbus_control::connect_once(nats, "cellbus bench raw").await?;
+    let js = jetstream::new(service.clone());
+    let _ = js.delete_stream(RAW_STREAM).await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: RAW_STREAM.into(),
+            subjects: vec![RAW_DURABLE_SUBJECT.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| raw_error(&e))?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: (args.concurrency * 2) as i64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| raw_error(&e))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| raw_error(&e))?;
+    let replier = service.clone();
+    let responder = tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            let reply_to = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(cellbus_contracts::wire::headers::REPLY_TO))
+                .map(|v| v.as_str().to_owned());
+            if let Some(reply_to) = reply_to {
+                let _ = replier.publish(reply_to, message.payload.clone()).await;
+            }
+            let _ = message.ack().await;
+        }
+    });
+
+    let requester = cellbus_control::connect_once(nats, "cellbus bench load").await?;
+    let payload = json!({"text": "x".repeat(args.payload)});
+    let targets = [RAW_DURABLE_SUBJECT, "cbs.echo.say"];
+    for subject in targets {
+        load_durable(&requester, subject, &payload, args.concurrency, args.warmup).await;
+    }
+    let raw = load_durable(
+        &requester,
+        RAW_DURABLE_SUBJECT,
+        &payload,
+        args.concurrency,
+        args.duration,
+    )
+    .await;
+    let cellbus = load_durable(
+        &requester,
+        "cbs.echo.say",
+        &payload,
+        args.concurrency,
+        args.duration,
+    )
+    .await;
+    responder.abort();
+    let _ = js.delete_stream(RAW_STREAM).await;
+    Ok(Report {
+        kind: "durable (JetStream publish, pull, reply, ack)",
+        raw,
+        cellbus,
+    })
+}
+
+/// `concurrency` callers, each publishing a fresh request envelope to `subject` through
+/// JetStream (with its id as `Nats-Msg-Id` and its own reply subject), waiting for the
+/// publish ack and then the reply, until `duration` has passed.
+async fn load_durable(
+    client: &Client,
+    subject: &'static str,
+    payload: &serde_json::Value,
+    concurrency: usize,
+    duration: Duration,
+) -> Side {
+    use cellbus_contracts::wire::headers;
+
+    let started = Instant::now();
+    let end = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let js = async_nats::jetstream::new(client.clone());
+                let inbox = client.new_inbox();
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
+                    return (latencies, 1);
+                };
+                while Instant::now() < end {
+                    let request = Request::new("echo", "say", payload.clone());
+                    let body = Bytes::from(serde_json::to_vec(&request).expect("a request encodes"));
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(headers::MSG_ID, request.id.to_string().as_str());
+                    headers.insert(headers::REPLY_TO, inbox.as_str());
+                    let sent = Instant::now();
+                    let stored = match js.publish_with_headers(subject, headers, body).await {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    };
+                    let replied = stored
+                        && matches!(
+                            tokio::time::timeout(Duration::from_secs(5), replies.next()).await,
+                            Ok(Some(_))
+                        );
+                    if replied {
+                        latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        if let Ok((mut mine, failed)) = worker.await {
+            latencies.append(&mut mine);
+            errors += failed;
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Side {
+        requests: latencies.len() as u64,
+        errors,
+        elapsed,
+        latencies,
+    }
 }
 
 /// `concurrency` requesters, each sending `body` to `subject` and waiting for the reply,
