@@ -307,10 +307,7 @@ async fn durable(args: &BenchArgs, nats: &NatsArgs) -> Result<Report, BenchError
         })
         .await
         .map_err(|e| raw_error(&e))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| raw_error(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| raw_error(&e))?;
     let replier = service.clone();
     let responder = tokio::spawn(async move {
         while let Some(Ok(message)) = messages.next().await {
@@ -385,7 +382,8 @@ async fn load_durable(
                 };
                 while Instant::now() < end {
                     let request = Request::new("echo", "say", payload.clone());
-                    let body = Bytes::from(serde_json::to_vec(&request).expect("a request encodes"));
+                    let body =
+                        Bytes::from(serde_json::to_vec(&request).expect("a request encodes"));
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(headers::MSG_ID, request.id.to_string().as_str());
                     headers.insert(headers::REPLY_TO, inbox.as_str());

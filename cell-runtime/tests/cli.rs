@@ -215,27 +215,31 @@ fn module_push_prints_the_digest_the_manifest_names() {
 async fn bench_measures_raw_nats_and_the_runtime_side_by_side() {
     let nats = NatsServer::start();
     let cache = tempfile::tempdir().unwrap();
-    let args = BenchArgs {
-        concurrency: 4,
-        payload: 128,
-        duration: Duration::from_millis(300),
-        warmup: Duration::from_millis(100),
-        nats_url: Some(nats.url().to_owned()),
-        engine: EngineArgs {
-            cache_dir: cache.path().to_owned(),
-            ..EngineArgs::default()
-        },
-    };
-    let report = bench::run(&args).await.unwrap();
-    assert!(report.raw.requests > 0 && report.cellbus.requests > 0);
-    assert_eq!(report.cellbus.errors, 0);
-    let table = report.table(&args);
-    assert!(
-        table.contains("raw") && table.contains("cellbus"),
-        "{table}"
-    );
-    assert!(
-        table.contains("ratios (cellbus / raw): throughput"),
-        "{table}"
-    );
+    for durable in [false, true] {
+        let args = BenchArgs {
+            concurrency: 4,
+            payload: 128,
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(100),
+            durable,
+            nats_url: Some(nats.url().to_owned()),
+            engine: EngineArgs {
+                cache_dir: cache.path().to_owned(),
+                ..EngineArgs::default()
+            },
+        };
+        let report = bench::run(&args).await.unwrap();
+        assert!(report.raw.requests > 0 && report.cellbus.requests > 0);
+        assert_eq!(report.cellbus.errors, 0);
+        let table = report.table(&args);
+        assert!(
+            table.contains("raw") && table.contains("cellbus"),
+            "{table}"
+        );
+        assert!(
+            table.contains("ratios (cellbus / raw): throughput"),
+            "{table}"
+        );
+        assert_eq!(table.starts_with("durable"), durable, "{table}");
+    }
 }

@@ -148,6 +148,7 @@ impl Buses {
         let client = cellbus_control::connect(&args, "cellbus-operator").await?;
         let js = jetstream::new(client.clone());
         let buckets = cellbus_control::ensure_buckets(&js).await?;
+        cellbus_control::durable::ensure_dead_letter_stream(&js).await?;
         let reports = Arc::default();
         let watch = tokio::spawn(follow_reports(buckets.status.clone(), Arc::clone(&reports)));
         let bus = Arc::new(Bus {

@@ -392,6 +392,34 @@ async fn a_retained_stream_outlives_its_cell() {
     expect_events(&mut api, 4).await;
     task.await.unwrap().unwrap();
     assert_eq!(status["stream"], "CBS_LEDGER");
+    assert_eq!(
+        status["durable"],
+        json!([{"verb": "append", "pending": 0, "deadLetters": 0}])
+    );
+
+    // Two requests waiting and one dead letter show in the status, with no Event.
+    let bus = ctx.buses.get(nats.url()).await.unwrap();
+    for subject in [
+        "cbs.ledger.append",
+        "cbs.ledger.append",
+        "cbs.$dlq.ledger.append",
+    ] {
+        bus.js
+            .publish(subject, "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let ledger = with_status(ledger, &status);
+    caches.apply(&ledger);
+    let task = reconcile_cell(&ledger, &ctx);
+    let status = expect_status(&mut api, "ledger").await;
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        status["durable"],
+        json!([{"verb": "append", "pending": 2, "deadLetters": 1}])
+    );
 
     let ledger = deleting(with_status(ledger, &status));
     caches.apply(&ledger);
@@ -399,7 +427,6 @@ async fn a_retained_stream_outlives_its_cell() {
     api.next(|call| (200, object_for(call))).await;
     task.await.unwrap().unwrap();
     assert_eq!(read_assignment(&nats, "wasm").await, Some(vec![]));
-    let bus = ctx.buses.get(nats.url()).await.unwrap();
     bus.js.get_stream("CBS_LEDGER").await.unwrap();
 }
 

@@ -343,13 +343,26 @@ impl CellSpec {
 }
 
 #[cfg(feature = "kube")]
-pub use status::CellStatus;
+pub use status::{CellStatus, DurableVerbStatus};
 
 #[cfg(feature = "kube")]
 mod status {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
+
+    /// The backlog of one durable verb.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct DurableVerbStatus {
+        /// The durable verb.
+        pub verb: String,
+        /// Requests in the stream: waiting for a pod, or being run and not yet
+        /// acknowledged.
+        pub pending: u64,
+        /// Requests in `cbs.$dlq.{service}.{verb}` (kept 14 days).
+        pub dead_letters: u64,
+    }
 
     /// What the operator observed of a Cell.
     #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -370,6 +383,10 @@ mod status {
         /// The Secret holding the cell's database credentials.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub database_secret: Option<String>,
+        /// Requests waiting and dead letters of each durable verb, as last observed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["verb"]))]
+        pub durable: Vec<DurableVerbStatus>,
         /// Scheduled, ModuleVerified, StreamReady, DatabaseReady and Ready.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -5,8 +5,16 @@
 
 use std::sync::Arc;
 
-use cellbus_contracts::resources::{CellSpec, CellStatus, DeletionPolicy};
+use std::collections::HashMap;
+
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::ErrorCode;
+use cellbus_contracts::durable::DEAD_LETTER_STREAM;
+use cellbus_contracts::resources::{
+    CellSpec, CellStatus, DeletionPolicy, Delivery, DurableVerbStatus,
+};
 use cellbus_contracts::status::PingPayload;
+use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use tracing::Instrument;
@@ -73,6 +81,7 @@ async fn reconcile_cell(
 struct Observation {
     conditions: Vec<NewCondition>,
     stream: Option<String>,
+    durable: Vec<DurableVerbStatus>,
     ready: bool,
 }
 
@@ -168,6 +177,7 @@ async fn apply(
         pool: Some(pool.name().to_owned()),
         subjects,
         stream: observation.stream,
+        durable: observation.durable,
         ..next_status(&cell, conditions, ctx)
     };
     update_status(object, &cell, &status, ctx).await?;
@@ -222,6 +232,10 @@ async fn observe(
     };
 
     write_assignment(ctx, pool, Some(cell)).await?;
+    let durable = match &stream {
+        Some(stream) => backlog(bus, stream, spec).await?,
+        None => Vec::new(),
+    };
 
     let digest = spec.module.digest.as_deref();
     let expected = |pong: &PingPayload| pong.digest.as_deref() == digest;
@@ -242,8 +256,71 @@ async fn observe(
     Ok(Observation {
         conditions: vec![module, stream_condition, ready],
         stream,
+        durable,
         ready: is_ready,
     })
+}
+
+/// Requests waiting in `stream` and dead letters, per durable verb of `spec`.
+async fn backlog(
+    bus: &Bus,
+    stream: &str,
+    spec: &CellSpec,
+) -> Result<Vec<DurableVerbStatus>, Error> {
+    let counts = |stream: String, filter: String| async move {
+        let error = |source: Box<dyn std::error::Error + Send + Sync>| {
+            Error::Nats(cellbus_control::Error::Stream {
+                name: stream.clone(),
+                source,
+            })
+        };
+        let handle = match bus.js.get_stream(&stream).await {
+            Ok(handle) => handle,
+            // Not created yet (or already gone): nothing is waiting in it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                return Ok(HashMap::new())
+            }
+            Err(e) => return Err(error(e.into())),
+        };
+        let mut subjects = handle
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| error(e.into()))?;
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry.map_err(|e| error(e.into()))?;
+            counts.insert(subject, count as u64);
+        }
+        Ok::<_, Error>(counts)
+    };
+    let service = &spec.service;
+    let pending = counts(stream.to_owned(), format!("cbs.{service}.*")).await?;
+    let dead = counts(
+        DEAD_LETTER_STREAM.to_owned(),
+        format!("cbs.$dlq.{service}.*"),
+    )
+    .await?;
+    Ok(spec
+        .verbs
+        .iter()
+        .filter(|verb| verb.delivery == Delivery::Durable)
+        .map(|verb| DurableVerbStatus {
+            verb: verb.name.clone(),
+            pending: pending
+                .get(&format!("cbs.{service}.{}", verb.name))
+                .copied()
+                .unwrap_or(0),
+            dead_letters: dead
+                .get(&format!("cbs.$dlq.{service}.{}", verb.name))
+                .copied()
+                .unwrap_or(0),
+        })
+        .collect())
 }
 
 async fn module_condition(spec: &CellSpec, bus: &Bus) -> Result<NewCondition, Error> {
