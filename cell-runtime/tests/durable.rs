@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, consumer};
 use cellbus_contracts::durable::{consumer_name, DeadLetter, DEAD_LETTER_STREAM};
 use cellbus_contracts::resources::CellSpec;
+use cellbus_contracts::status::LoadState;
 use cellbus_contracts::wire::{headers, ErrorBody, ErrorCode, Reply, Request};
 use cellbus_control::durable::durable_request;
 use futures::StreamExt;
@@ -329,4 +331,124 @@ async fn requests_wait_in_the_stream_while_no_cell_serves_them_and_in_flight_is_
     .await;
     assert_eq!(ok_count(&bus, "ledger"), 10);
     assert_eq!(consumer.info().await.unwrap().config.max_ack_pending, 2);
+}
+
+/// Publishes a durable request for `ledger.append` whose reply goes to `replies.{id}`.
+async fn publish_with_reply(js: &jetstream::Context) -> uuid::Uuid {
+    let request = Request::new("ledger", "append", json!({}));
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::MSG_ID, request.id.to_string().as_str());
+    headers.insert(
+        headers::REPLY_TO,
+        format!("replies.{}", request.id).as_str(),
+    );
+    js.publish_with_headers(
+        "cbs.ledger.append",
+        headers,
+        serde_json::to_vec(&request).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    request.id
+}
+
+#[tokio::test]
+async fn a_new_version_or_a_removal_drains_the_old_one_without_losing_requests() {
+    let bus = Bus::start().await;
+    let version = |n: u32, spin: u32| {
+        durable_cell(
+            "ledger",
+            constant_cell(&format!("{{\"version\":{n}}}"), spin),
+            Value::Null,
+            json!({"limits": {"maxInFlight": 4}}),
+        )
+    };
+    let first = version(1, 3_000_000);
+    ensure_stream(&bus, &first.spec).await;
+    let replies: Arc<Mutex<HashMap<uuid::Uuid, Vec<Value>>>> = Arc::default();
+    let mut subscription = bus.client.subscribe("replies.>").await.unwrap();
+    let seen = replies.clone();
+    tokio::spawn(async move {
+        while let Some(message) = subscription.next().await {
+            let reply: Reply = serde_json::from_slice(&message.payload).unwrap();
+            let Reply::Ok(ok) = reply else {
+                panic!("an error reply")
+            };
+            seen.lock()
+                .unwrap()
+                .entry(ok.correlation_id)
+                .or_default()
+                .push(ok.payload);
+        }
+    });
+    let server = bus.deploy(&[first]).await;
+    let js = jetstream::new(bus.client.clone());
+
+    // Requests in flight on version 1 while version 2 is assigned.
+    let mut before = Vec::new();
+    for _ in 0..40 {
+        before.push(publish_with_reply(&js).await);
+    }
+    let second = version(2, 0);
+    let digest = second.spec.module.digest.clone();
+    bus.assign(&[second]).await;
+    eventually(30, "version 2 to be loaded", async || {
+        server
+            .states()
+            .iter()
+            .any(|s| s.digest == digest && s.state == LoadState::Loaded)
+    })
+    .await;
+    let mut after = Vec::new();
+    for _ in 0..20 {
+        after.push(publish_with_reply(&js).await);
+    }
+    eventually(30, "every request to be answered", async || {
+        replies.lock().unwrap().len() == 60
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replies_now = replies.lock().unwrap().clone();
+    for id in before.iter().chain(&after) {
+        assert_eq!(
+            replies_now[id].len(),
+            1,
+            "{id} answered {:?}",
+            replies_now[id]
+        );
+    }
+    for id in &after {
+        assert_eq!(
+            replies_now[id][0],
+            json!({"version": 2}),
+            "a request reached a removed version"
+        );
+    }
+    assert_eq!(stream_messages(&bus, "CBS_LEDGER").await, 0);
+
+    // Removed: requests wait in the stream, unacknowledged, until a cell serves them.
+    bus.assign(&[]).await;
+    eventually(30, "the cell to be removed", async || {
+        server.services().is_empty()
+    })
+    .await;
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        waiting.push(publish_with_reply(&js).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(waiting
+        .iter()
+        .all(|id| !replies.lock().unwrap().contains_key(id)));
+    assert_eq!(stream_messages(&bus, "CBS_LEDGER").await, 5);
+    bus.assign(&[version(2, 0)]).await;
+    eventually(30, "the waiting requests to be answered", async || {
+        let replies = replies.lock().unwrap();
+        waiting
+            .iter()
+            .all(|id| replies.get(id).is_some_and(|r| r.len() == 1))
+    })
+    .await;
 }
