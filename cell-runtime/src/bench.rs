@@ -407,22 +407,7 @@ async fn load_durable(
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for worker in workers {
-        if let Ok((mut mine, failed)) = worker.await {
-            latencies.append(&mut mine);
-            errors += failed;
-        }
-    }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Side {
-        requests: latencies.len() as u64,
-        errors,
-        elapsed,
-        latencies,
-    }
+    collect(workers, started).await
 }
 
 /// `concurrency` requesters, each sending `body` to `subject` and waiting for the reply,
@@ -455,6 +440,11 @@ async fn load(
             })
         })
         .collect();
+    collect(workers, started).await
+}
+
+/// One side's figures from its workers' latencies and error counts.
+async fn collect(workers: Vec<tokio::task::JoinHandle<(Vec<u32>, u64)>>, started: Instant) -> Side {
     let mut latencies = Vec::new();
     let mut errors = 0;
     for worker in workers {

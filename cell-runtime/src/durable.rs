@@ -267,18 +267,7 @@ impl Worker {
             }
         };
 
-        let outcome = match &reply {
-            Reply::Ok(_) => "ok",
-            Reply::Err(error) => error.error.code.as_str(),
-        };
-        metrics
-            .requests
-            .with_label_values(&[service, verb, outcome])
-            .inc();
-        metrics
-            .request_seconds
-            .with_label_values(&[service, verb])
-            .observe(started.elapsed().as_secs_f64());
+        metrics.answered(service, verb, &reply, started.elapsed());
 
         let settled = match &reply {
             Reply::Ok(_) => match self.send_reply(reply_to.as_deref(), &reply).await {

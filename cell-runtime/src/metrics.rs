@@ -1,5 +1,6 @@
 //! Prometheus metrics of the runtime, all prefixed `cellbus_runtime_`.
 
+use cellbus_contracts::wire::Reply;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry,
@@ -142,6 +143,20 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
+    /// Counts one answered request and how long it took.
+    pub fn answered(&self, service: &str, verb: &str, reply: &Reply, took: std::time::Duration) {
+        let outcome = match reply {
+            Reply::Ok(_) => "ok",
+            Reply::Err(error) => error.error.code.as_str(),
+        };
+        self.requests
+            .with_label_values(&[service, verb, outcome])
+            .inc();
+        self.request_seconds
+            .with_label_values(&[service, verb])
+            .observe(took.as_secs_f64());
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus::TextEncoder::new()

@@ -539,10 +539,6 @@ impl Inner {
                 reply
             }
         };
-        let outcome = match &reply {
-            Reply::Ok(_) => "ok",
-            Reply::Err(error) => error.error.code.as_str(),
-        };
         let body = match serde_json::to_vec(&reply) {
             Ok(body) => Bytes::from(body),
             Err(error) => return warn!(%error, "encoding a reply"),
@@ -550,14 +546,7 @@ impl Inner {
         if let Err(error) = self.shared.client.publish(reply_to, body).await {
             warn!(%error, "publishing a reply");
         }
-        metrics
-            .requests
-            .with_label_values(&[service, verb, outcome])
-            .inc();
-        metrics
-            .request_seconds
-            .with_label_values(&[service, verb])
-            .observe(started.elapsed().as_secs_f64());
+        metrics.answered(service, verb, &reply, started.elapsed());
     }
 
     /// Answers `$ping` with the pod, the digest and when the cell was loaded.

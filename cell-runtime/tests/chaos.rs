@@ -13,15 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::header::HeaderMap;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use cellbus_contracts::assignment::PoolAssignment;
-use cellbus_contracts::durable::{DeadLetter, DEAD_LETTER_STREAM};
 use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
 use cellbus_contracts::wire::{headers, Reply, Request};
 use cellbus_testkit::NatsServer;
 use futures::StreamExt;
 use serde_json::json;
-use support::calling_cell;
+use support::{calling_cell, dead_letters};
 use uuid::Uuid;
 
 const REQUESTS: usize = 10_000;
@@ -70,31 +69,6 @@ async fn publish(js: &jetstream::Context, request: &Request) {
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn dead_letters(js: &jetstream::Context) -> Vec<DeadLetter> {
-    let stream = js.get_stream(DEAD_LETTER_STREAM).await.unwrap();
-    let consumer = stream
-        .create_consumer(consumer::pull::Config::default())
-        .await
-        .unwrap();
-    let mut letters = Vec::new();
-    loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .unwrap();
-        let before = letters.len();
-        while let Some(message) = batch.next().await {
-            letters.push(serde_json::from_slice(&message.unwrap().payload).unwrap());
-        }
-        if letters.len() == before {
-            return letters;
-        }
     }
 }
 

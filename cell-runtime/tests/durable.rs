@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, consumer};
-use cellbus_contracts::durable::{consumer_name, DeadLetter, DEAD_LETTER_STREAM};
+use cellbus_contracts::durable::{consumer_name, DeadLetter};
 use cellbus_contracts::resources::CellSpec;
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::wire::{headers, ErrorBody, ErrorCode, Reply, Request};
@@ -81,24 +81,7 @@ async fn stream_messages(bus: &Bus, stream: &str) -> u64 {
 }
 
 async fn dead_letters(bus: &Bus) -> Vec<DeadLetter> {
-    let js = jetstream::new(bus.client.clone());
-    let stream = js.get_stream(DEAD_LETTER_STREAM).await.unwrap();
-    let consumer = stream
-        .create_consumer(consumer::pull::Config::default())
-        .await
-        .unwrap();
-    let mut letters = Vec::new();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(100)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await
-        .unwrap();
-    while let Some(message) = batch.next().await {
-        letters.push(serde_json::from_slice(&message.unwrap().payload).unwrap());
-    }
-    letters
+    support::dead_letters(&jetstream::new(bus.client.clone())).await
 }
 
 fn ok_count(bus: &Bus, service: &str) -> u64 {

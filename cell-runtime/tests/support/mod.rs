@@ -6,8 +6,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::{self, consumer};
 use async_nats::Client;
 use cellbus_contracts::assignment::PoolAssignment;
+use cellbus_contracts::durable::{DeadLetter, DEAD_LETTER_STREAM};
 use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
 use cellbus_contracts::status::{CellLoadState, LoadState};
 use cellbus_contracts::wire::{Reply, Request};
@@ -15,6 +17,7 @@ use cellbus_control::NatsArgs;
 use cellbus_runtime::server::{Identity, PoolServer};
 use cellbus_runtime::{EngineArgs, Node};
 use cellbus_testkit::NatsServer;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -316,4 +319,30 @@ pub fn calling_cell(service: &str, verb: &str, payload: &str) -> Vec<u8> {
         escape(payload)
     );
     component(&cell_wat(imports, "", &body, &data))
+}
+
+/// Every dead letter stored so far.
+pub async fn dead_letters(js: &jetstream::Context) -> Vec<DeadLetter> {
+    let stream = js.get_stream(DEAD_LETTER_STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut letters = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        let before = letters.len();
+        while let Some(message) = batch.next().await {
+            letters.push(serde_json::from_slice(&message.unwrap().payload).unwrap());
+        }
+        if letters.len() == before {
+            return letters;
+        }
+    }
 }
