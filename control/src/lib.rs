@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod connect;
+pub mod database;
 pub mod durable;
 pub mod manifests;
 mod store;

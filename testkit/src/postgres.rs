@@ -84,10 +84,31 @@ impl Postgres {
                 &chown,
             )?;
         }
+        // Connections over TCP need a password, as on a real server, so tests of
+        // roles and their passwords mean something; the socket stays trusted for
+        // pg_ctl.
+        let password = format!("admin-{}", std::process::id());
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, &password)
+            .map_err(HarnessError::io("writing the PostgreSQL password file"))?;
+        if as_root {
+            let chown = Command::new("chown")
+                .args([OS_USER, &pwfile.to_string_lossy()])
+                .output()
+                .map_err(HarnessError::io("running chown"))?;
+            check("giving the password file to the postgres user", &chown)?;
+        }
         let init = run_as(as_root, &initdb)
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["--no-sync", "-E", "UTF8"])
             .output()
             .map_err(HarnessError::io("running initdb"))?;
         check("initdb", &init)?;
@@ -111,7 +132,7 @@ impl Postgres {
                 .map_err(HarnessError::io("running pg_ctl start"))?;
             if start.status.success() {
                 return Ok(Self {
-                    url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                    url: format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres"),
                     own: Some(Own {
                         pg_ctl,
                         data,

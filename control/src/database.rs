@@ -1,0 +1,494 @@
+//! A least-privilege PostgreSQL role and schema per Cell, made through an admin
+//! connection: what the operator and `cellbus up` do for a Cell with `spec.database`.
+//! Works on plain PostgreSQL and on Supabase (whose pooler, Supavisor, names users
+//! `role.projectref`).
+//!
+//! Every name in a statement is quoted as an identifier and the password as a literal;
+//! nothing from a spec is ever interpolated bare. Provisioning is idempotent: running it
+//! again changes nothing, and an existing role keeps its password unless asked to rotate.
+
+use std::collections::BTreeMap;
+
+use cellbus_contracts::resources::{DatabaseAccess, DatabaseSpec};
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, NoTls};
+
+/// Connections a role may hold when its Cell sets no limit.
+pub const DEFAULT_CONNECTION_LIMIT: u32 = 5;
+/// Prefix of every role the operator makes, so they are easy to find and never collide
+/// with people's roles.
+pub const ROLE_PREFIX: &str = "cbs_";
+
+/// What can go wrong provisioning.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("connecting to the admin database at {location}")]
+    Connect {
+        /// Host, port and database, never the credentials.
+        location: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("the admin URL is not a PostgreSQL URL: {0}")]
+    Url(String),
+    #[error("{action} for role {role}")]
+    Statement {
+        action: &'static str,
+        role: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// An admin connection and where it points.
+pub struct Admin {
+    client: Client,
+    /// The role the admin connection runs as, owner of the cells' schemas.
+    pub role: String,
+    pub database: String,
+    _connection: tokio::task::JoinHandle<()>,
+}
+
+impl Admin {
+    /// Connects with the admin URL (`postgres://user:password@host:5432/db`).
+    pub async fn connect(url: &str) -> Result<Self, DatabaseError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| DatabaseError::Url(redact(&e.to_string())))?;
+        let location = location(&config);
+        let (client, connection) =
+            config
+                .connect(NoTls)
+                .await
+                .map_err(|source| DatabaseError::Connect {
+                    location: location.clone(),
+                    source,
+                })?;
+        let task = tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, "the admin database connection ended");
+            }
+        });
+        let row = client
+            .query_one("SELECT current_user::text, current_database()::text", &[])
+            .await
+            .map_err(|source| DatabaseError::Connect { location, source })?;
+        Ok(Self {
+            client,
+            role: row.get(0),
+            database: row.get(1),
+            _connection: task,
+        })
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// `host:port/database` of a connection config, for messages.
+fn location(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config.get_dbname().unwrap_or("postgres");
+    format!("{host}:{port}/{database}")
+}
+
+/// An error text with anything after `password=` blanked, in case a parser quotes it.
+fn redact(text: &str) -> String {
+    match text.find("password") {
+        Some(at) => format!("{}password=…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// The role of the Cell `namespace/name`: a hash of both, so it stays the same for the
+/// same Cell, differs between Cells, and tells nothing a role list should not.
+pub fn role_name(namespace: &str, name: &str) -> String {
+    // NUL cannot occur in either name, so no two pairs hash the same input.
+    let hash = Sha256::digest(format!("{namespace}\0{name}").as_bytes());
+    let hex: String = hash.iter().take(10).map(|b| format!("{b:02x}")).collect();
+    format!("{ROLE_PREFIX}{hex}")
+}
+
+/// `name` as a PostgreSQL identifier: double-quoted, inner quotes doubled.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as a PostgreSQL string literal: single-quoted, inner quotes doubled; an `E''`
+/// literal when it holds a backslash, so the meaning never depends on
+/// `standard_conforming_strings`.
+pub fn quote_literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+/// A new random password: 32 bytes, hex.
+pub fn new_password() -> String {
+    let bytes: [u8; 32] = rand_bytes();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn rand_bytes() -> [u8; 32] {
+    // Two v4 UUIDs are 244 bits from the OS's random source (getrandom), which is what
+    // a password needs; no other random crate is pulled in for it.
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes
+}
+
+/// What a Cell asks of the database.
+#[derive(Clone, Debug)]
+pub struct Wanted<'a> {
+    pub role: String,
+    pub schema: String,
+    pub spec: &'a DatabaseSpec,
+}
+
+/// What provisioning did.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    pub role: String,
+    pub schema: String,
+    /// The new password, when the role was created or its password rotated; `None` when
+    /// it kept the one it had.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Provisioned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioned")
+            .field("role", &self.role)
+            .field("schema", &self.schema)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// The statements that give `role` its privileges on `schema` (owned by `owner`), for
+/// the tables and sequences there now and those made later.
+pub fn grants(role: &str, schema: &str, owner: &str, access: DatabaseAccess) -> Vec<String> {
+    let role = quote_identifier(role);
+    let schema = quote_identifier(schema);
+    let owner = quote_identifier(owner);
+    let (tables, sequences) = match access {
+        DatabaseAccess::ReadOnly => ("SELECT", "SELECT"),
+        DatabaseAccess::ReadWrite | DatabaseAccess::Ddl => {
+            ("SELECT, INSERT, UPDATE, DELETE", "USAGE, SELECT, UPDATE")
+        }
+    };
+    let mut statements = vec![
+        format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC"),
+        format!("REVOKE CREATE ON SCHEMA {schema} FROM {role}"),
+        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        format!("REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {role}"),
+        format!("GRANT {tables} ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+        format!("GRANT {sequences} ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
+        format!(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schema} GRANT {tables} ON TABLES TO {role}"
+        ),
+        format!(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schema} GRANT {sequences} ON SEQUENCES TO {role}"
+        ),
+    ];
+    if access == DatabaseAccess::Ddl {
+        statements.push(format!("GRANT CREATE ON SCHEMA {schema} TO {role}"));
+    }
+    statements
+}
+
+/// Makes `wanted` true: creates the role (with a new password) and the schema where
+/// missing, brings the role's attributes, grants and search path to what the spec says,
+/// and sets a new password when `rotate` is true. An existing role keeps its password
+/// otherwise.
+pub async fn provision(
+    admin: &Admin,
+    wanted: &Wanted<'_>,
+    rotate: bool,
+) -> Result<Provisioned, DatabaseError> {
+    let role = &wanted.role;
+    let failed = |action: &'static str| {
+        move |source| DatabaseError::Statement {
+            action,
+            role: role.clone(),
+            source,
+        }
+    };
+    let exists = admin
+        .client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+        .await
+        .map_err(failed("looking up the role"))?
+        .is_some();
+    let limit = wanted
+        .spec
+        .connection_limit
+        .unwrap_or(DEFAULT_CONNECTION_LIMIT);
+    let quoted = quote_identifier(role);
+    let attributes =
+        format!("LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {limit}");
+    let password = if !exists || rotate {
+        Some(new_password())
+    } else {
+        None
+    };
+    // The password travels only inside this statement: never logged, never in errors
+    // (tokio-postgres reports the server's message, which does not echo it).
+    let statement = match (&password, exists) {
+        (Some(password), false) => format!(
+            "CREATE ROLE {quoted} {attributes} PASSWORD {}",
+            quote_literal(password)
+        ),
+        (Some(password), true) => format!(
+            "ALTER ROLE {quoted} {attributes} PASSWORD {}",
+            quote_literal(password)
+        ),
+        (None, _) => format!("ALTER ROLE {quoted} {attributes}"),
+    };
+    admin
+        .client
+        .batch_execute(&statement)
+        .await
+        .map_err(failed(if exists {
+            "updating the role"
+        } else {
+            "creating the role"
+        }))?;
+
+    let schema = quote_identifier(&wanted.schema);
+    let owner = quote_identifier(&admin.role);
+    let mut statements = vec![format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}"
+    )];
+    statements.extend(grants(
+        role,
+        &wanted.schema,
+        &admin.role,
+        wanted.spec.access,
+    ));
+    statements.push(format!("ALTER ROLE {quoted} SET search_path = {schema}"));
+    // A role must not reach another cell's data through `public` either.
+    statements.push(format!(
+        "REVOKE ALL ON DATABASE {} FROM {quoted}",
+        quote_identifier(&admin.database)
+    ));
+    statements.push(format!(
+        "GRANT CONNECT ON DATABASE {} TO {quoted}",
+        quote_identifier(&admin.database)
+    ));
+    for statement in statements {
+        admin
+            .client
+            .batch_execute(&statement)
+            .await
+            .map_err(failed("granting the schema"))?;
+    }
+    Ok(Provisioned {
+        role: role.clone(),
+        schema: wanted.schema.clone(),
+        password,
+    })
+}
+
+/// Removes what [`provision`] made, as far as asked: the schema and its data with
+/// `drop_schema`, the role (after handing what it owns to the admin) with `drop_role`.
+/// Fine when either is already gone.
+pub async fn deprovision(
+    admin: &Admin,
+    wanted: &Wanted<'_>,
+    drop_role: bool,
+    drop_schema: bool,
+) -> Result<(), DatabaseError> {
+    let role = &wanted.role;
+    let failed = |action: &'static str| {
+        move |source| DatabaseError::Statement {
+            action,
+            role: role.clone(),
+            source,
+        }
+    };
+    if drop_schema {
+        admin
+            .client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                quote_identifier(&wanted.schema)
+            ))
+            .await
+            .map_err(failed("dropping the schema"))?;
+    }
+    if drop_role {
+        let exists = admin
+            .client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+            .await
+            .map_err(failed("looking up the role"))?
+            .is_some();
+        if exists {
+            let quoted = quote_identifier(role);
+            let owner = quote_identifier(&admin.role);
+            admin
+                .client
+                .batch_execute(&format!(
+                    "REASSIGN OWNED BY {quoted} TO {owner}; DROP OWNED BY {quoted}; DROP ROLE {quoted}"
+                ))
+                .await
+                .map_err(failed("dropping the role"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a cell's connections go, besides its role and password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    /// `sslmode` clients use: `disable`, `require`, `verify-full`, …
+    pub sslmode: String,
+    /// Supavisor in transaction mode (port 6543), with its project ref: `DATABASE_URL`
+    /// then goes through it as `role.projectref`.
+    pub pooler: Option<Pooler>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pooler {
+    pub host: String,
+    pub port: u16,
+    pub project_ref: String,
+}
+
+/// The variables of a cell's database Secret: `DATABASE_URL` (through the pooler when
+/// there is one), `DIRECT_URL` and libpq's `PG*`.
+pub fn secret_data(endpoint: &Endpoint, role: &str, password: &str) -> BTreeMap<String, String> {
+    let url = |user: &str, host: &str, port: u16| {
+        format!(
+            "postgresql://{}:{}@{host}:{port}/{}?sslmode={}",
+            percent(user),
+            percent(password),
+            percent(&endpoint.database),
+            endpoint.sslmode
+        )
+    };
+    let direct = url(role, &endpoint.host, endpoint.port);
+    let pooled = match &endpoint.pooler {
+        Some(pooler) => url(
+            &format!("{role}.{}", pooler.project_ref),
+            &pooler.host,
+            pooler.port,
+        ),
+        None => direct.clone(),
+    };
+    BTreeMap::from([
+        ("DATABASE_URL".into(), pooled),
+        ("DIRECT_URL".into(), direct),
+        ("PGHOST".into(), endpoint.host.clone()),
+        ("PGPORT".into(), endpoint.port.to_string()),
+        ("PGUSER".into(), role.to_owned()),
+        ("PGPASSWORD".into(), password.to_owned()),
+        ("PGDATABASE".into(), endpoint.database.clone()),
+        ("PGSSLMODE".into(), endpoint.sslmode.clone()),
+    ])
+}
+
+/// Percent-encodes everything but unreserved characters, for the parts of a URL.
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_quoted_never_interpolated() {
+        assert_eq!(quote_identifier("visits"), "\"visits\"");
+        assert_eq!(
+            quote_identifier("a\"; DROP ROLE x; --"),
+            "\"a\"\"; DROP ROLE x; --\""
+        );
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("back\\slash"), "E'back\\\\slash'");
+    }
+
+    #[test]
+    fn roles_are_stable_per_cell_and_distinct_between_cells() {
+        let a = role_name("apps", "visits");
+        assert_eq!(a, role_name("apps", "visits"));
+        assert_ne!(a, role_name("apps", "visits2"));
+        assert_ne!(role_name("a", "b/c"), role_name("a/b", "c"));
+        assert!(a.starts_with(ROLE_PREFIX) && a.len() == ROLE_PREFIX.len() + 20);
+    }
+
+    #[test]
+    fn passwords_are_long_and_fresh() {
+        let (a, b) = (new_password(), new_password());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_secret_goes_through_the_pooler_when_there_is_one() {
+        let mut endpoint = Endpoint {
+            host: "db.abc.supabase.co".into(),
+            port: 5432,
+            database: "postgres".into(),
+            sslmode: "require".into(),
+            pooler: None,
+        };
+        let direct = secret_data(&endpoint, "cbs_1", "p@ss/word");
+        assert_eq!(
+            direct["DATABASE_URL"],
+            "postgresql://cbs_1:p%40ss%2Fword@db.abc.supabase.co:5432/postgres?sslmode=require"
+        );
+        assert_eq!(direct["DATABASE_URL"], direct["DIRECT_URL"]);
+        endpoint.pooler = Some(Pooler {
+            host: "aws-0-eu-central-1.pooler.supabase.com".into(),
+            port: 6543,
+            project_ref: "abc".into(),
+        });
+        let pooled = secret_data(&endpoint, "cbs_1", "pw");
+        assert_eq!(
+            pooled["DATABASE_URL"],
+            "postgresql://cbs_1.abc:pw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres?sslmode=require"
+        );
+        assert_eq!(pooled["PGUSER"], "cbs_1");
+        assert_eq!(pooled["PGPORT"], "5432");
+        let keys: Vec<&str> = pooled.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "DATABASE_URL",
+                "DIRECT_URL",
+                "PGDATABASE",
+                "PGHOST",
+                "PGPASSWORD",
+                "PGPORT",
+                "PGSSLMODE",
+                "PGUSER"
+            ]
+        );
+    }
+}
