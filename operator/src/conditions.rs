@@ -35,6 +35,12 @@ pub mod reasons {
     pub const ROLLING_OUT: &str = "RollingOut";
     /// CellPool Progressing=False: the rollout is complete.
     pub const ROLLED_OUT: &str = "RolledOut";
+    /// DatabaseReady=True: the role, schema and Secret match the spec.
+    pub const DATABASE_READY: &str = "DatabaseReady";
+    /// DatabaseReady=False: the admin database cannot be reached or refused a statement.
+    pub const DATABASE_UNAVAILABLE: &str = "DatabaseUnavailable";
+    /// DatabaseReady=False: the operator was given no admin database.
+    pub const DATABASE_NOT_CONFIGURED: &str = "DatabaseNotConfigured";
     /// Any type, False: the spec breaks a rule the CRD schema cannot state.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Scheduled=False: another Cell on the same bus already serves the service.

@@ -16,6 +16,7 @@ use kube::Client;
 
 use crate::backoff::{Attempts, Backoff};
 use crate::conditions::{Clock, SystemClock};
+use crate::database::Databases;
 use crate::metrics::Metrics;
 use crate::names::FIELD_MANAGER;
 use crate::observed::{CellObject, ObservedCell, ObservedPool, PoolObject, Watched};
@@ -212,6 +213,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub timing: Timing,
+    /// The admin database Cells' roles are made in.
+    pub databases: Databases,
     /// Failures in a row per object, for the error backoff.
     pub failures: Attempts,
     /// Not-Ready checks in a row per Cell, for the readiness backoff.
@@ -253,6 +256,7 @@ impl Context {
             failures: Attempts::new(timing.error_backoff),
             waits: Attempts::new(timing.ready_backoff),
             timing,
+            databases: Databases::none(),
             judged: Mutex::default(),
             judged_pools: Mutex::default(),
             assignment_locks: Mutex::default(),
@@ -264,6 +268,12 @@ impl Context {
         self.failures = Attempts::new(timing.error_backoff);
         self.waits = Attempts::new(timing.ready_backoff);
         self.timing = timing;
+        self
+    }
+
+    /// The same context provisioning Cells' databases through `databases`.
+    pub fn with_databases(mut self, databases: Databases) -> Self {
+        self.databases = databases;
         self
     }
 

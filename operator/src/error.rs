@@ -68,6 +68,13 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("database of Cell {cell}")]
+    Database {
+        cell: String,
+        #[source]
+        source: cellbus_control::database::DatabaseError,
+    },
+
     #[error("lost the leader lease; another replica reconciles now")]
     LostLease,
 
@@ -93,6 +100,7 @@ impl Error {
             Self::Kube { .. } => "kube_api",
             Self::Listen { .. } => "listen",
             Self::LostLease => "lost_lease",
+            Self::Database { .. } => "database",
             Self::Runtime { .. } => "runtime",
             Self::Nats(_) => "nats",
             Self::InvalidSpec { .. } => "invalid_spec",

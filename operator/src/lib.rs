@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod crdgen;
+pub mod database;
 mod error;
 pub mod http;
 pub mod leader;

@@ -14,6 +14,7 @@ use kube::{Api, Client};
 
 use crate::context::{Buses, Context};
 use crate::controller::{self, error_policy};
+use crate::database::Databases;
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::names;
@@ -35,6 +36,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub nats: NatsCredentials,
 
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
     /// Address of /healthz and /metrics.
     #[arg(long, env = "CELLBUS_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     pub metrics_address: SocketAddr,
@@ -46,6 +50,41 @@ pub struct RunArgs {
     /// This replica's name in the Lease; the pod name, else the host name.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+}
+
+/// Where the operator provisions Cells' databases (Supabase or plain PostgreSQL). The
+/// Helm chart fills these from the Secret its values name.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct DatabaseArgs {
+    /// Admin connection URL (direct, port 5432): `postgres://user:password@host:5432/db`.
+    /// Without it, Cells with spec.database report DatabaseReady=False.
+    #[arg(
+        long = "database-url",
+        env = "CELLBUS_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub url: Option<String>,
+    /// Host of the connection pooler (Supavisor, transaction mode) that cells'
+    /// DATABASE_URL goes through.
+    #[arg(long = "database-pooler-host", env = "CELLBUS_DATABASE_POOLER_HOST")]
+    pub pooler_host: Option<String>,
+    /// Port of the pooler.
+    #[arg(
+        long = "database-pooler-port",
+        env = "CELLBUS_DATABASE_POOLER_PORT",
+        default_value_t = 6543
+    )]
+    pub pooler_port: u16,
+    /// Supabase project ref: pooler user names are `role.projectref`.
+    #[arg(long = "database-project-ref", env = "CELLBUS_DATABASE_PROJECT_REF")]
+    pub project_ref: Option<String>,
+    /// sslmode written into cells' connection settings.
+    #[arg(
+        long = "database-sslmode",
+        env = "CELLBUS_DATABASE_SSLMODE",
+        default_value = "require"
+    )]
+    pub sslmode: String,
 }
 
 /// Runs the operator until SIGTERM or Ctrl-C, or until it loses the leader Lease (it then
@@ -174,14 +213,17 @@ async fn controllers(
     if let Some(url) = &args.operator_nats_url {
         routes.insert(config.nats_url.clone(), url.clone());
     }
-    let context = Arc::new(Context::new(
-        client.clone(),
-        config.clone(),
-        Buses::new(args.nats.clone(), routes),
-        cell_stores,
-        pool_stores,
-        metrics,
-    ));
+    let context = Arc::new(
+        Context::new(
+            client.clone(),
+            config.clone(),
+            Buses::new(args.nats.clone(), routes),
+            cell_stores,
+            pool_stores,
+            metrics,
+        )
+        .with_databases(Databases::new(args.database.clone())),
+    );
 
     let mut runs = Vec::new();
     for cells in cell_controllers {

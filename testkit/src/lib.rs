@@ -32,6 +32,8 @@ pub enum HarnessError {
     },
     #[error("{what} failed: {output}")]
     Command { what: String, output: String },
+    #[error("the server was given by URL, not started by the test, so it cannot be stopped")]
+    NotOwned,
     #[error("{server} did not become ready within {seconds} s; its log:\n{log}")]
     NotReady {
         server: &'static str,

@@ -23,6 +23,9 @@ pub struct Postgres {
 struct Own {
     pg_ctl: PathBuf,
     data: PathBuf,
+    /// The server options it was started with (its port among them).
+    options: String,
+    log: PathBuf,
     as_root: bool,
     _dir: TempDir,
 }
@@ -136,6 +139,8 @@ impl Postgres {
                     own: Some(Own {
                         pg_ctl,
                         data,
+                        options,
+                        log,
                         as_root,
                         _dir: dir,
                     }),
@@ -155,6 +160,33 @@ impl Postgres {
     /// Connection URL of the `postgres` superuser.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Stops the server at once (as a crash would); [`Postgres::start_again`] brings it
+    /// back on the same port and data. Only for a server of the test's own.
+    pub fn stop(&self) -> Result<(), HarnessError> {
+        let own = self.own.as_ref().ok_or(HarnessError::NotOwned)?;
+        let output = run_as(own.as_root, &own.pg_ctl)
+            .arg("-D")
+            .arg(&own.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .map_err(HarnessError::io("running pg_ctl stop"))?;
+        check("pg_ctl stop", &output)
+    }
+
+    /// Starts a stopped server again.
+    pub fn start_again(&self) -> Result<(), HarnessError> {
+        let own = self.own.as_ref().ok_or(HarnessError::NotOwned)?;
+        let output = run_as(own.as_root, &own.pg_ctl)
+            .arg("-D")
+            .arg(&own.data)
+            .args(["-o", &own.options, "-w", "-t", "30", "-l"])
+            .arg(&own.log)
+            .arg("start")
+            .output()
+            .map_err(HarnessError::io("running pg_ctl start"))?;
+        check("pg_ctl start", &output)
     }
 }
 

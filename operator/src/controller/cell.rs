@@ -82,7 +82,10 @@ struct Observation {
     conditions: Vec<NewCondition>,
     stream: Option<String>,
     durable: Vec<DurableVerbStatus>,
+    database_secret: Option<String>,
     ready: bool,
+    /// A failure to report in the conditions and then retry with backoff.
+    retry: Option<Error>,
 }
 
 async fn apply(
@@ -178,9 +181,13 @@ async fn apply(
         subjects,
         stream: observation.stream,
         durable: observation.durable,
+        database_secret: observation.database_secret,
         ..next_status(&cell, conditions, ctx)
     };
     update_status(object, &cell, &status, ctx).await?;
+    if let Some(error) = observation.retry {
+        return Err(error);
+    }
     if observation.ready {
         ctx.waits.succeeded(&cell.key());
         Ok(Action::requeue(ctx.timing.resync))
@@ -198,6 +205,26 @@ async fn observe(
     ctx: &Context,
 ) -> Result<Observation, Error> {
     let module = module_condition(spec, bus).await?;
+    let (database, database_secret, retry) = match &spec.database {
+        None => (None, None, None),
+        Some(wanted) => match crate::database::reconcile(ctx, cell, spec, wanted).await {
+            Ok(condition) => {
+                let secret = (condition.status == Status::True)
+                    .then(|| crate::database::secret_name(cell.name()));
+                (Some(condition), secret, None)
+            }
+            Err(error) => (
+                Some(NewCondition::new(
+                    types::DATABASE_READY,
+                    Status::False,
+                    reasons::DATABASE_UNAVAILABLE,
+                    cellbus_contracts::error_chain(&error),
+                )),
+                cell.status.database_secret.clone(),
+                Some(error),
+            ),
+        },
+    };
 
     let (stream_condition, stream) = match builders::stream_config(spec)? {
         None => (
@@ -253,11 +280,16 @@ async fn observe(
         ready = NewCondition::new(types::READY, Status::False, module.reason, &module.message);
     }
     let is_ready = ready.status == Status::True;
+    let mut conditions = vec![module, stream_condition];
+    conditions.extend(database);
+    conditions.push(ready);
     Ok(Observation {
-        conditions: vec![module, stream_condition, ready],
+        conditions,
         stream,
         durable,
+        database_secret,
         ready: is_ready,
+        retry,
     })
 }
 
@@ -446,6 +478,9 @@ async fn cleanup(cell: &Arc<ObservedCell>, ctx: &Context) -> Result<(), Error> {
         write_assignment(ctx, pool, Some(cell)).await?;
     }
     if let Ok(spec) = &cell.spec {
+        if let Some(database) = &spec.database {
+            crate::database::cleanup(ctx, cell, spec, database).await?;
+        }
         let retain = spec
             .stream
             .as_ref()

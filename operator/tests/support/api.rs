@@ -178,6 +178,7 @@ pub fn object_for(call: &Call) -> Value {
         Some("events") => ("events.k8s.io/v1", "Event"),
         Some("deployments") => ("apps/v1", "Deployment"),
         Some("services") => ("v1", "Service"),
+        Some("secrets") => ("v1", "Secret"),
         Some("serviceaccounts") => ("v1", "ServiceAccount"),
         Some("poddisruptionbudgets") => ("policy/v1", "PodDisruptionBudget"),
         Some("leases") => ("coordination.k8s.io/v1", "Lease"),

@@ -1,0 +1,350 @@
+//! A Cell with `spec.database` through the Cell controller, against a mock API server
+//! and a real PostgreSQL: its Secret written once, an unchanged Cell writing nothing, a
+//! lost Secret and a changed `rotate` giving a new password, an unreachable admin
+//! database reported and retried until it returns, `Delete` dropping the role, and no
+//! password in the logs.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cellbus_control::database::role_name;
+use cellbus_operator::context::Context;
+use cellbus_operator::controller::{cell, error_policy};
+use cellbus_operator::database::Databases;
+use cellbus_operator::observed::CellObject;
+use cellbus_operator::run::DatabaseArgs;
+use cellbus_testkit::{NatsServer, Postgres};
+use kube::runtime::controller::Action;
+use serde_json::{json, Value};
+use support::api::{mock_client, not_found, object_for, ApiServer};
+use support::*;
+use tokio_postgres::NoTls;
+
+const SECRET: &str = "/api/v1/namespaces/apps/secrets/visits-db";
+
+/// Everything the code under test logs, to look for passwords in.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn context_with_database(
+    client: kube::Client,
+    nats: &NatsServer,
+    url: &str,
+) -> (Arc<Context>, Caches) {
+    let (ctx, caches) = context(client, nats.url());
+    let ctx = Arc::try_unwrap(ctx)
+        .ok()
+        .expect("a fresh context")
+        .with_databases(Databases::new(DatabaseArgs {
+            url: Some(url.to_owned()),
+            sslmode: "disable".into(),
+            ..DatabaseArgs::default()
+        }));
+    (Arc::new(ctx), caches)
+}
+
+fn visits(database: Value) -> CellObject {
+    let mut spec = echo_spec("visits", &format!("sha256:{}", "e".repeat(64)));
+    spec["database"] = database;
+    with_finalizer(cell("visits", spec, 10))
+}
+
+/// The password in a Secret body as the client sent it (data is base64).
+fn password_of(secret: &Value) -> String {
+    let encoded = secret["data"]["PGPASSWORD"].as_str().unwrap();
+    String::from_utf8(base64_decode(encoded)).unwrap()
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
+    bytes
+        .chunks(4)
+        .flat_map(|chunk| {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
+            let bytes = n.to_be_bytes();
+            bytes[1..chunk.len()].to_vec()
+        })
+        .collect()
+}
+
+async fn login(url: &str, role: &str, password: &str) -> Result<(), String> {
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.user(role).password(password);
+    match config.connect(NoTls).await {
+        Ok((_, connection)) => {
+            drop(connection);
+            Ok(())
+        }
+        Err(error) => Err(error
+            .as_db_error()
+            .map_or_else(|| error.to_string(), |db| db.message().to_owned())),
+    }
+}
+
+/// Runs a reconcile, answering a GET of the Secret with `live` (404 when `None`), and
+/// returns the Secret it applied, if any, and whether it wrote the status.
+async fn reconcile_once(
+    object: &CellObject,
+    ctx: &Arc<Context>,
+    api: &mut ApiServer,
+    live: Option<&Value>,
+) -> (
+    Option<Value>,
+    Option<Value>,
+    Result<Action, cellbus_operator::Error>,
+) {
+    let mut task = tokio::spawn(cell::reconcile(Arc::new(object.clone()), ctx.clone()));
+    let mut applied = None;
+    let mut status = None;
+    let outcome = loop {
+        tokio::select! {
+            done = &mut task => break done.unwrap(),
+            call = api.next(|call| match (call.method.as_str(), live) {
+                ("GET", Some(live)) => (200, live.clone()),
+                ("GET", None) => not_found(),
+                _ => (if call.method == "POST" { 201 } else { 200 }, object_for(call)),
+            }) => {
+                if call.path == SECRET && call.method == "PATCH" {
+                    assert_eq!(call.field_manager(), Some("cellbus-operator"));
+                    applied = Some(call.body.clone());
+                } else if call.path.ends_with("/status") {
+                    status = Some(call.body["status"].clone());
+                }
+            }
+        }
+    };
+    (applied, status, outcome)
+}
+
+#[tokio::test]
+async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_never_logged() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let nats = NatsServer::start();
+    let postgres = Postgres::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context_with_database(client, &nats, postgres.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    let object = visits(json!({"access": "readWrite"}));
+    caches.apply(&object);
+    let role = role_name(NAMESPACE, "visits");
+
+    // New: role, schema and Secret; DatabaseReady=True naming them.
+    let (secret, status, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
+    outcome.unwrap();
+    let secret = secret.expect("the Secret was applied");
+    let status = status.expect("the status was written");
+    assert_eq!(secret["metadata"]["labels"]["cellbus.io/cell"], "visits");
+    assert_eq!(secret["metadata"]["annotations"]["cellbus.io/rotate"], "");
+    assert!(
+        secret["metadata"].get("ownerReferences").is_none(),
+        "a retained role's Secret must outlive its Cell"
+    );
+    let keys: Vec<&str> = secret["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "DATABASE_URL",
+            "DIRECT_URL",
+            "PGDATABASE",
+            "PGHOST",
+            "PGPASSWORD",
+            "PGPORT",
+            "PGSSLMODE",
+            "PGUSER"
+        ]
+    );
+    let first = password_of(&secret);
+    login(postgres.url(), &role, &first).await.unwrap();
+    let (ready, reason, message) = condition(&status, "DatabaseReady");
+    assert_eq!((ready.as_str(), reason.as_str()), ("True", "DatabaseReady"));
+    assert!(
+        message.contains("credentials in Secret visits-db"),
+        "{message}"
+    );
+    assert_eq!(status["databaseSecret"], "visits-db");
+
+    // Unchanged: the Secret is read, nothing is written.
+    let object = with_status(object, &status);
+    caches.apply(&object);
+    let (applied, written, outcome) = reconcile_once(&object, &ctx, &mut api, Some(&secret)).await;
+    outcome.unwrap();
+    assert!(
+        applied.is_none() && written.is_none(),
+        "an unchanged Cell wrote"
+    );
+
+    // Lost Secret: a new password, the old one no longer works.
+    let (applied, _, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
+    outcome.unwrap();
+    let lost = applied.expect("a lost Secret is written again");
+    let second = password_of(&lost);
+    assert_ne!(first, second);
+    assert!(login(postgres.url(), &role, &first)
+        .await
+        .unwrap_err()
+        .contains("password authentication failed"));
+    login(postgres.url(), &role, &second).await.unwrap();
+
+    // rotate changed: a new password again, the Secret remembers the trigger.
+    let mut rotated = visits(json!({"access": "readWrite", "rotate": "2026-11-22"}));
+    rotated.metadata.generation = Some(2);
+    let rotated = with_status(rotated, &status);
+    caches.apply(&rotated);
+    let (applied, _, outcome) = reconcile_once(&rotated, &ctx, &mut api, Some(&lost)).await;
+    outcome.unwrap();
+    let applied = applied.expect("a rotation writes the Secret");
+    assert_eq!(
+        applied["metadata"]["annotations"]["cellbus.io/rotate"],
+        "2026-11-22"
+    );
+    let third = password_of(&applied);
+    assert!(login(postgres.url(), &role, &second).await.is_err());
+    login(postgres.url(), &role, &third).await.unwrap();
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("database credentials written"),
+        "the logs were not captured"
+    );
+    for password in [&first, &second, &third] {
+        assert!(
+            !logs.contains(password.as_str()),
+            "a password is in the logs"
+        );
+    }
+    let admin_password = postgres
+        .url()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap();
+    assert!(
+        !logs.contains(admin_password),
+        "the admin password is in the logs"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_admin_database_is_reported_retried_and_recovered_from() {
+    let nats = NatsServer::start();
+    let postgres = Postgres::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context_with_database(client, &nats, postgres.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    let object = visits(json!({"access": "readOnly"}));
+    caches.apply(&object);
+
+    postgres.stop().unwrap();
+    let (secret, status, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
+    assert!(secret.is_none());
+    let error = outcome.unwrap_err();
+    assert!(
+        matches!(error, cellbus_operator::Error::Database { .. }),
+        "{error}"
+    );
+    let status = status.expect("the failure is in the status");
+    let (ready, reason, message) = condition(&status, "DatabaseReady");
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "DatabaseUnavailable")
+    );
+    assert!(
+        message.contains("connecting to the admin database at 127.0.0.1:"),
+        "{message}"
+    );
+    let object = Arc::new(with_status(object, &status));
+    caches.apply(&object);
+    let mut delays = vec![error_policy(object.clone(), &error, ctx.clone())];
+    let (_, again, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
+    assert!(again.is_none(), "the same failure wrote the status again");
+    delays.push(error_policy(
+        object.clone(),
+        &outcome.unwrap_err(),
+        ctx.clone(),
+    ));
+    assert_eq!(
+        delays,
+        [5, 10].map(|s| Action::requeue(Duration::from_secs(s)))
+    );
+
+    postgres.start_again().unwrap();
+    let (secret, status, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
+    outcome.unwrap();
+    assert!(secret.is_some());
+    assert_eq!(condition(&status.unwrap(), "DatabaseReady").0, "True");
+}
+
+#[tokio::test]
+async fn deleting_a_cell_with_policy_delete_drops_its_role() {
+    let nats = NatsServer::start();
+    let postgres = Postgres::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context_with_database(client, &nats, postgres.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    let object = visits(json!({"access": "ddl", "deletionPolicy": "Delete", "dropSchema": true}));
+    caches.apply(&object);
+    let (secret, status, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
+    outcome.unwrap();
+    let secret = secret.unwrap();
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Cell");
+    let role = role_name(NAMESPACE, "visits");
+    login(postgres.url(), &role, &password_of(&secret))
+        .await
+        .unwrap();
+
+    let object = deleting(with_status(object, &status.unwrap()));
+    caches.apply(&object);
+    let (_, _, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
+    assert_eq!(outcome.unwrap(), Action::await_change());
+    let (admin, connection) = tokio_postgres::connect(postgres.url(), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let role_left = admin
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .unwrap();
+    assert!(role_left.is_none());
+    let schema_left = admin
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = 'visits'", &[])
+        .await
+        .unwrap();
+    assert!(schema_left.is_none());
+}
