@@ -228,12 +228,7 @@ pub async fn provision(
             source,
         }
     };
-    let exists = admin
-        .client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
-        .await
-        .map_err(failed("looking up the role"))?
-        .is_some();
+    let exists = role_exists(admin, role).await?;
     let limit = wanted
         .spec
         .connection_limit
@@ -304,6 +299,19 @@ pub async fn provision(
     })
 }
 
+async fn role_exists(admin: &Admin, role: &str) -> Result<bool, DatabaseError> {
+    admin
+        .client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .map(|row| row.is_some())
+        .map_err(|source| DatabaseError::Statement {
+            action: "looking up the role",
+            role: role.to_owned(),
+            source,
+        })
+}
+
 /// Removes what [`provision`] made, as far as asked: the schema and its data with
 /// `drop_schema`, the role (after handing what it owns to the admin) with `drop_role`.
 /// Fine when either is already gone.
@@ -331,24 +339,16 @@ pub async fn deprovision(
             .await
             .map_err(failed("dropping the schema"))?;
     }
-    if drop_role {
-        let exists = admin
+    if drop_role && role_exists(admin, role).await? {
+        let quoted = quote_identifier(role);
+        let owner = quote_identifier(&admin.role);
+        admin
             .client
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+            .batch_execute(&format!(
+                "REASSIGN OWNED BY {quoted} TO {owner}; DROP OWNED BY {quoted}; DROP ROLE {quoted}"
+            ))
             .await
-            .map_err(failed("looking up the role"))?
-            .is_some();
-        if exists {
-            let quoted = quote_identifier(role);
-            let owner = quote_identifier(&admin.role);
-            admin
-                .client
-                .batch_execute(&format!(
-                    "REASSIGN OWNED BY {quoted} TO {owner}; DROP OWNED BY {quoted}; DROP ROLE {quoted}"
-                ))
-                .await
-                .map_err(failed("dropping the role"))?;
-        }
+            .map_err(failed("dropping the role"))?;
     }
     Ok(())
 }

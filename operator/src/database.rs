@@ -52,6 +52,18 @@ impl Databases {
         Self::new(DatabaseArgs::default())
     }
 
+    /// The admin connection, made now if there is none or the last one dropped.
+    async fn admin(
+        &self,
+        url: &str,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<Admin>>, database::DatabaseError> {
+        let mut admin = self.admin.lock().await;
+        if admin.as_ref().is_none_or(Admin::is_closed) {
+            *admin = Some(Admin::connect(url).await?);
+        }
+        Ok(admin)
+    }
+
     /// Where cells connect: the admin URL's host, port and database, the pooler if any.
     fn endpoint(&self, admin_url: &str, database: &str) -> Result<Endpoint, Error> {
         let config: tokio_postgres::Config = admin_url.parse().map_err(|_| Error::Database {
@@ -147,11 +159,8 @@ pub async fn reconcile(
         cell: cell.key(),
         source,
     };
-    let mut admin = ctx.databases.admin.lock().await;
-    if admin.as_ref().is_none_or(Admin::is_closed) {
-        *admin = Some(Admin::connect(admin_url).await.map_err(failed)?);
-    }
-    let admin = admin.as_ref().expect("connected above");
+    let admin = ctx.databases.admin(admin_url).await.map_err(failed)?;
+    let admin = admin.as_ref().expect("connected by Databases::admin");
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), cell.namespace());
     let name = secret_name(cell.name());
@@ -229,11 +238,8 @@ pub async fn cleanup(
         cell: cell.key(),
         source,
     };
-    let mut admin = ctx.databases.admin.lock().await;
-    if admin.as_ref().is_none_or(Admin::is_closed) {
-        *admin = Some(Admin::connect(admin_url).await.map_err(failed)?);
-    }
-    let admin = admin.as_ref().expect("connected above");
+    let admin = ctx.databases.admin(admin_url).await.map_err(failed)?;
+    let admin = admin.as_ref().expect("connected by Databases::admin");
     database::deprovision(
         admin,
         &wanted(cell, spec, database),
