@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -216,30 +217,37 @@ async fn no_durable_request_is_lost_across_runtime_kills_and_a_nats_restart() {
         .collect();
     let unreplied = ids.iter().filter(|id| !replied.contains(id)).count();
 
-    println!("durable chaos: {REQUESTS} requests");
+    // Written to stderr directly, not through println!, so the counts show in the test
+    // run's output even when the test passes.
+    let mut report: Vec<String> = Vec::new();
+    report.push(format!("durable chaos: {REQUESTS} requests"));
     for event in &events {
-        println!("  {event}");
+        report.push(format!("  {event}"));
     }
-    println!(
+    report.push(format!(
         "  published in {:.1} s, stream drained after {:.1} s",
         published.as_secs_f64(),
         drained.as_secs_f64()
-    );
-    println!("  processed exactly once: {once}");
-    println!(
+    ));
+    report.push(format!("  processed exactly once: {once}"));
+    report.push(format!(
         "  processed more than once (work done, acknowledgement lost): {} requests, {} extra runs",
         duplicated.len(),
         duplicated.iter().map(|n| n - 1).sum::<u32>()
-    );
-    println!("  dead-lettered: {}", dead.len());
+    ));
+    report.push(format!("  dead-lettered: {}", dead.len()));
     for letter in letters.iter().take(5) {
-        println!(
+        report.push(format!(
             "    {}: {}",
             letter.request["id"], letter.error.error.message
-        );
+        ));
     }
-    println!("  lost: {}", lost.len());
-    println!("  replies the caller never saw (sent while it was reconnecting): {unreplied}");
+    report.push(format!("  lost: {}", lost.len()));
+    report.push(format!(
+        "  replies the caller never saw (sent while it was reconnecting): {unreplied}"
+    ));
+
+    let _ = std::io::stderr().write_all(format!("{}\n", report.join("\n")).as_bytes());
 
     assert!(lost.is_empty(), "lost requests: {lost:?}");
     assert_eq!(
