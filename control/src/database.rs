@@ -221,13 +221,7 @@ pub async fn provision(
     rotate: bool,
 ) -> Result<Provisioned, DatabaseError> {
     let role = &wanted.role;
-    let failed = |action: &'static str| {
-        move |source| DatabaseError::Statement {
-            action,
-            role: role.clone(),
-            source,
-        }
-    };
+    let failed = |action| statement_failed(role, action);
     let exists = role_exists(admin, role).await?;
     let limit = wanted
         .spec
@@ -299,17 +293,25 @@ pub async fn provision(
     })
 }
 
+/// The error of a statement about `role` that failed while `action`.
+fn statement_failed<'a>(
+    role: &'a str,
+    action: &'static str,
+) -> impl FnOnce(tokio_postgres::Error) -> DatabaseError + 'a {
+    move |source| DatabaseError::Statement {
+        action,
+        role: role.to_owned(),
+        source,
+    }
+}
+
 async fn role_exists(admin: &Admin, role: &str) -> Result<bool, DatabaseError> {
     admin
         .client
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
         .await
         .map(|row| row.is_some())
-        .map_err(|source| DatabaseError::Statement {
-            action: "looking up the role",
-            role: role.to_owned(),
-            source,
-        })
+        .map_err(statement_failed(role, "looking up the role"))
 }
 
 /// Removes what [`provision`] made, as far as asked: the schema and its data with
@@ -322,13 +324,7 @@ pub async fn deprovision(
     drop_schema: bool,
 ) -> Result<(), DatabaseError> {
     let role = &wanted.role;
-    let failed = |action: &'static str| {
-        move |source| DatabaseError::Statement {
-            action,
-            role: role.clone(),
-            source,
-        }
-    };
+    let failed = |action| statement_failed(role, action);
     if drop_schema {
         admin
             .client

@@ -14,7 +14,7 @@ use cellbus_operator::observed::{CellObject, PoolObject};
 use cellbus_operator::Error;
 use cellbus_runtime::bench::ECHO_WASM;
 use cellbus_runtime::server::Identity;
-use cellbus_runtime::{EngineArgs, Node};
+use cellbus_runtime::Node;
 use cellbus_testkit::NatsServer;
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
@@ -27,6 +27,16 @@ const MANAGER: &str = "cellbus-operator";
 
 fn digest() -> String {
     cellbus_control::digest_of(ECHO_WASM)
+}
+
+/// A Cell spec whose verb `append` is durable, with `stream`.
+fn ledger_spec(stream: Value) -> Value {
+    json!({
+        "service": "ledger",
+        "verbs": [{"name": "append", "delivery": "durable"}],
+        "module": {"digest": digest()},
+        "stream": stream,
+    })
 }
 
 /// Runs one reconcile of a Cell in the background; the test plays the API server.
@@ -107,17 +117,7 @@ async fn push_echo(nats: &NatsServer) {
 
 /// A runtime pod of pool `apps/wasm`, in this process.
 async fn runtime(nats: &NatsServer) -> (Node, cellbus_runtime::server::PoolServer) {
-    let cache = tempfile::tempdir().unwrap();
-    let node = Node::start(
-        &NatsArgs::url(nats.url()),
-        &EngineArgs {
-            cache_dir: cache.keep(),
-            ..EngineArgs::default()
-        },
-        "runtime",
-    )
-    .await
-    .unwrap();
+    let node = support::runtime_node(nats).await;
     let server = node.serve_pool(Identity {
         namespace: NAMESPACE.into(),
         pool: "wasm".into(),
@@ -317,12 +317,7 @@ async fn a_deleted_cell_leaves_the_assignment_loses_its_stream_and_is_released()
     let (client, mut api) = mock_client();
     let (ctx, mut caches) = context(client, nats.url());
     caches.apply(&pool("wasm", wasm_pool()));
-    let durable = json!({
-        "service": "ledger",
-        "verbs": [{"name": "append", "delivery": "durable"}],
-        "module": {"digest": digest()},
-        "stream": {},
-    });
+    let durable = ledger_spec(json!({}));
     let ledger = with_finalizer(cell("ledger", durable, 20));
     let echo = with_finalizer(cell("echo", echo_spec("echo", &digest()), 10));
     caches.apply(&ledger);
@@ -379,12 +374,7 @@ async fn a_retained_stream_outlives_its_cell() {
     let (client, mut api) = mock_client();
     let (ctx, mut caches) = context(client, nats.url());
     caches.apply(&pool("wasm", wasm_pool()));
-    let durable = json!({
-        "service": "ledger",
-        "verbs": [{"name": "append", "delivery": "durable"}],
-        "module": {"digest": digest()},
-        "stream": {"deletionPolicy": "Retain"},
-    });
+    let durable = ledger_spec(json!({"deletionPolicy": "Retain"}));
     let ledger = with_finalizer(cell("ledger", durable, 20));
     caches.apply(&ledger);
     let task = reconcile_cell(&ledger, &ctx);

@@ -6,27 +6,18 @@ use std::time::Duration;
 use cellbus_contracts::assignment::PoolAssignment;
 use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
 use cellbus_contracts::status::{status_key, PodStatus};
-use cellbus_control::NatsArgs;
 use cellbus_operator::conditions::{reasons, Status};
 use cellbus_operator::readiness::cell_ready;
 use cellbus_runtime::bench::ECHO_WASM;
 use cellbus_runtime::server::Identity;
-use cellbus_runtime::{EngineArgs, Node};
+use cellbus_runtime::Node;
 use cellbus_testkit::NatsServer;
+
+mod support;
 use serde_json::json;
 
 async fn serve(nats: &NatsServer, digest: &str) -> (Node, async_nats::Client) {
-    let cache = tempfile::tempdir().unwrap();
-    let node = Node::start(
-        &NatsArgs::url(nats.url()),
-        &EngineArgs {
-            cache_dir: cache.keep(),
-            ..EngineArgs::default()
-        },
-        "runtime",
-    )
-    .await
-    .unwrap();
+    let node = support::runtime_node(nats).await;
     cellbus_control::push_module(&node.shared.buckets.modules, ECHO_WASM)
         .await
         .unwrap();

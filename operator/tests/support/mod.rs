@@ -214,3 +214,19 @@ pub fn condition(status: &Value, type_: &str) -> (String, String, String) {
     let text = |key: &str| found[key].as_str().unwrap_or_default().to_owned();
     (text("status"), text("reason"), text("message"))
 }
+
+/// A runtime process's node (engine, NATS connection, buckets) on `nats`, in this
+/// process, with a code cache of its own.
+pub async fn runtime_node(nats: &cellbus_testkit::NatsServer) -> cellbus_runtime::Node {
+    let cache = tempfile::tempdir().unwrap();
+    cellbus_runtime::Node::start(
+        &cellbus_control::NatsArgs::url(nats.url()),
+        &cellbus_runtime::EngineArgs {
+            cache_dir: cache.keep(),
+            ..cellbus_runtime::EngineArgs::default()
+        },
+        "runtime",
+    )
+    .await
+    .unwrap()
+}
