@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 
 use cellbus_contracts::resources::{DatabaseAccess, DatabaseSpec};
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use crate::pgtls;
 
 /// Connections a role may hold when its Cell sets no limit.
 pub const DEFAULT_CONNECTION_LIMIT: u32 = 5;
@@ -31,6 +33,17 @@ pub enum DatabaseError {
     },
     #[error("the admin URL is not a PostgreSQL URL: {0}")]
     Url(String),
+    #[error("reading the admin URL")]
+    AdminUrl {
+        #[source]
+        source: pgtls::TlsError,
+    },
+    #[error("setting up TLS to the admin database at {location}")]
+    Tls {
+        location: String,
+        #[source]
+        source: pgtls::TlsError,
+    },
     #[error("{action} for role {role}")]
     Statement {
         action: &'static str,
@@ -46,29 +59,28 @@ pub struct Admin {
     /// The role the admin connection runs as, owner of the cells' schemas.
     pub role: String,
     pub database: String,
-    _connection: tokio::task::JoinHandle<()>,
 }
 
 impl Admin {
-    /// Connects with the admin URL (`postgres://user:password@host:5432/db`).
+    /// Connects with the admin URL (`postgres://user:password@host:5432/db`), with TLS as
+    /// its `sslmode` and `sslrootcert` say (libpq's meanings; `prefer` when it says none).
     pub async fn connect(url: &str) -> Result<Self, DatabaseError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| DatabaseError::Url(redact(&e.to_string())))?;
+        let (config, mode, root_cert) =
+            pgtls::parse_url(url).map_err(|source| DatabaseError::AdminUrl { source })?;
         let location = location(&config);
-        let (client, connection) =
-            config
-                .connect(NoTls)
-                .await
-                .map_err(|source| DatabaseError::Connect {
+        let client = pgtls::connect(&config, mode, root_cert.as_deref())
+            .await
+            .map_err(|error| match error {
+                pgtls::ConnectError::Tls { source } => DatabaseError::Tls {
                     location: location.clone(),
                     source,
-                })?;
-        let task = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "the admin database connection ended");
-            }
-        });
+                },
+                pgtls::ConnectError::Connect { source, .. }
+                | pgtls::ConnectError::Cancel { source } => DatabaseError::Connect {
+                    location: location.clone(),
+                    source,
+                },
+            })?;
         let row = client
             .query_one("SELECT current_user::text, current_database()::text", &[])
             .await
@@ -77,7 +89,6 @@ impl Admin {
             client,
             role: row.get(0),
             database: row.get(1),
-            _connection: task,
         })
     }
 
@@ -88,7 +99,7 @@ impl Admin {
 }
 
 /// `host:port/database` of a connection config, for messages.
-fn location(config: &tokio_postgres::Config) -> String {
+pub(crate) fn location(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()
         .first()
@@ -103,7 +114,7 @@ fn location(config: &tokio_postgres::Config) -> String {
 }
 
 /// An error text with anything after `password=` blanked, in case a parser quotes it.
-fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     match text.find("password") {
         Some(at) => format!("{}password=…", &text[..at]),
         None => text.to_owned(),
@@ -235,17 +246,17 @@ pub async fn provision(
     } else {
         None
     };
-    // The password travels only inside this statement: never logged, never in errors
-    // (tokio-postgres reports the server's message, which does not echo it).
-    let statement = match (&password, exists) {
-        (Some(password), false) => format!(
-            "CREATE ROLE {quoted} {attributes} PASSWORD {}",
-            quote_literal(password)
-        ),
-        (Some(password), true) => format!(
-            "ALTER ROLE {quoted} {attributes} PASSWORD {}",
-            quote_literal(password)
-        ),
+    // The statement carries the password's SCRAM-SHA-256 verifier, as `psql`'s
+    // `\password` does, never the password: statements end up in client debug logs, the
+    // server's log (`log_statement`) and pg_stat_statements.
+    let verifier = password.as_deref().map(|password| {
+        quote_literal(&postgres_protocol::password::scram_sha_256(
+            password.as_bytes(),
+        ))
+    });
+    let statement = match (&verifier, exists) {
+        (Some(verifier), false) => format!("CREATE ROLE {quoted} {attributes} PASSWORD {verifier}"),
+        (Some(verifier), true) => format!("ALTER ROLE {quoted} {attributes} PASSWORD {verifier}"),
         (None, _) => format!("ALTER ROLE {quoted} {attributes}"),
     };
     admin
@@ -360,6 +371,36 @@ pub struct Endpoint {
     /// Supavisor in transaction mode (port 6543), with its project ref: `DATABASE_URL`
     /// then goes through it as `role.projectref`.
     pub pooler: Option<Pooler>,
+}
+
+impl Endpoint {
+    /// Cells reach the server the admin URL names (its host, port and database), through
+    /// `pooler` when there is one, with the admin URL's `sslmode` unless `sslmode` is given.
+    pub fn of_admin(
+        admin_url: &str,
+        admin: &Admin,
+        sslmode: Option<&str>,
+        pooler: Option<Pooler>,
+    ) -> Result<Self, DatabaseError> {
+        let (config, mode, _) =
+            pgtls::parse_url(admin_url).map_err(|source| DatabaseError::AdminUrl { source })?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(tokio_postgres::config::Host::Unix(_)) => {
+                return Err(DatabaseError::Url(
+                    "it names a Unix socket, and cells connect over TCP".into(),
+                ))
+            }
+            None => "localhost".into(),
+        };
+        Ok(Self {
+            host,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            database: admin.database.clone(),
+            sslmode: sslmode.map_or_else(|| mode.as_str().to_owned(), str::to_owned),
+            pooler,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

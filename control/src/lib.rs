@@ -9,6 +9,7 @@ mod connect;
 pub mod database;
 pub mod durable;
 pub mod manifests;
+pub mod pgtls;
 mod store;
 mod streams;
 
