@@ -32,7 +32,9 @@ fn instantiate_and_call(c: &mut Criterion) {
     .unwrap();
     let assignment = PoolAssignment::new("bench", "bench", &pool, [("echo", &spec)]).unwrap();
     let (component, _) = executor.component(&digest, ECHO_WASM).unwrap();
-    let cell = executor.prepare(&assignment.cells[0], &component).unwrap();
+    let cell = executor
+        .prepare(&assignment.cells[0], &component, None)
+        .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod call;
 pub mod cell;
+pub mod db;
 pub mod durable;
 pub mod http;
 pub mod metrics;
@@ -22,6 +23,8 @@ use std::sync::Arc;
 
 use cellbus_control::NatsArgs;
 
+use crate::db::secrets::KubernetesSecrets;
+use crate::db::{Databases, SecretSource};
 use crate::metrics::Metrics;
 use crate::server::{Identity, PoolServer, Shared};
 use crate::wasm::{EngineSettings, Executor, ExecutorError};
@@ -115,6 +118,7 @@ impl Node {
                 executor,
                 metrics,
                 http,
+                databases: Arc::new(Databases::new(secrets_from_environment())),
                 max_payload: engine.max_payload,
             },
         })
@@ -123,6 +127,18 @@ impl Node {
     /// Starts serving the pool `identity` names.
     pub fn serve_pool(&self, identity: Identity) -> PoolServer {
         PoolServer::start(self.shared.clone(), identity)
+    }
+}
+
+/// In a pod, the Kubernetes API (cells' database Secrets are read with the pod's service
+/// account); elsewhere, nothing until a caller sets a source (`cellbus up` does).
+fn secrets_from_environment() -> Option<Arc<dyn SecretSource>> {
+    match KubernetesSecrets::in_cluster() {
+        Ok(found) => found.map(|source| Arc::new(source) as Arc<dyn SecretSource>),
+        Err(why) => {
+            tracing::warn!(%why, "database Secrets cannot be read; cells with a database will not load");
+            None
+        }
     }
 }
 

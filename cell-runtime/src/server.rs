@@ -28,6 +28,7 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn, Instrument};
 
 use crate::cell::LoadedCell;
+use crate::db::Databases;
 use crate::durable::DurableWorkers;
 use crate::metrics::Metrics;
 use crate::modules;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub executor: Arc<Executor>,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
+    /// Connection pools of the cells with a database.
+    pub databases: Arc<Databases>,
     /// Largest request body accepted.
     pub max_payload: usize,
 }
@@ -368,8 +371,12 @@ impl Inner {
                 .await
                 .map_err(|e| format!("compiling: {e}"))?
                 .map_err(|e| e.to_string())?;
+        let database = spec
+            .database_secret
+            .as_deref()
+            .map(|secret| self.shared.databases.pool(&self.identity.namespace, secret));
         let code = executor
-            .prepare(spec, &compiled.0)
+            .prepare(spec, &compiled.0, database)
             .map_err(|e| e.to_string())?;
         LoadedCell::new(spec.clone(), code).map_err(|e| e.to_string())
     }

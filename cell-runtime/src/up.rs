@@ -8,15 +8,20 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cellbus_contracts::assignment::PoolAssignment;
+use cellbus_contracts::assignment::{database_secret_name, PoolAssignment};
 use cellbus_contracts::manifest::{select_pool, Object};
 use cellbus_contracts::resources::{CellPoolSpec, CellSpec, Delivery};
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::subject;
+use cellbus_control::database::{Admin, Endpoint, Wanted};
 use cellbus_control::NatsArgs;
 use tempfile::TempDir;
+
+use crate::db::secrets::{LocalSecrets, DATABASE_URL_KEY};
+use crate::db::Databases;
 
 use crate::server::{Identity, PoolServer};
 use crate::{EngineArgs, Node};
@@ -33,12 +38,26 @@ pub struct UpArgs {
     /// NATS to use instead of starting a private server.
     #[arg(long = "nats-url", env = "NATS_URL")]
     pub nats_url: Option<String>,
+    /// Admin connection URL of a PostgreSQL (`postgres://user:password@host:5432/db`):
+    /// Cells with `spec.database` get a role and schema there, as the operator makes them.
+    #[arg(
+        long = "database-url",
+        env = "CELLBUS_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
+    #[error("provisioning the database of Cell {cell}")]
+    Database {
+        cell: String,
+        #[source]
+        source: cellbus_control::database::DatabaseError,
+    },
     #[error(transparent)]
     Load(#[from] cellbus_control::manifests::LoadError),
     #[error("{count} problem(s) in the manifests:\n{list}")]
@@ -115,9 +134,14 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
             (local.url.clone(), Some(local))
         }
     };
-    let node = Node::start(&NatsArgs::url(&nats_url), &args.engine, "cellbus up").await?;
+    let mut node = Node::start(&NatsArgs::url(&nats_url), &args.engine, "cellbus up").await?;
     let modules = local_modules(&args.dir)?;
     let mut report = Vec::new();
+    if let Some(admin_url) = &args.database_url {
+        let secrets = Arc::new(LocalSecrets::default());
+        provision_databases(admin_url, &cells, &secrets, &mut report).await?;
+        node.shared.databases = Arc::new(Databases::new(Some(secrets)));
+    }
     for (_, name, cell) in &cells {
         let Some(digest) = &cell.module.digest else {
             continue;
@@ -215,6 +239,55 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
         report,
         _nats: local,
     })
+}
+
+/// Gives every Cell with `spec.database` its role and schema, as the operator does, with a
+/// fresh password each time (local mode keeps no Secret to find the old one in), and hands
+/// the credentials to the runtime in memory.
+async fn provision_databases(
+    admin_url: &str,
+    cells: &[(String, String, CellSpec)],
+    secrets: &LocalSecrets,
+    report: &mut Vec<String>,
+) -> Result<(), UpError> {
+    let mut admin = None;
+    for (namespace, name, spec) in cells {
+        let Some(database) = &spec.database else {
+            continue;
+        };
+        let failed = |source| UpError::Database {
+            cell: name.clone(),
+            source,
+        };
+        if admin.is_none() {
+            admin = Some(Admin::connect(admin_url).await.map_err(failed)?);
+        }
+        let admin = admin.as_ref().expect("connected above");
+        let wanted = Wanted {
+            role: cellbus_control::database::role_name(namespace, name),
+            schema: spec.database_schema().unwrap_or_default(),
+            spec: database,
+        };
+        let provisioned = cellbus_control::database::provision(admin, &wanted, true)
+            .await
+            .map_err(failed)?;
+        let password = provisioned
+            .password
+            .as_deref()
+            .expect("a rotated role has a new password");
+        let endpoint = Endpoint::of_admin(admin_url, admin, None, None).map_err(failed)?;
+        let data = cellbus_control::database::secret_data(&endpoint, &provisioned.role, password);
+        secrets.insert(
+            namespace,
+            &database_secret_name(name),
+            data[DATABASE_URL_KEY].clone(),
+        );
+        report.push(format!(
+            "database Cell {name}: role {} on schema {} ({:?})",
+            provisioned.role, provisioned.schema, database.access
+        ));
+    }
+    Ok(())
 }
 
 async fn wait_until_settled(server: &PoolServer, cells: usize) {

@@ -22,18 +22,19 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::db::CellDatabase;
 use crate::metrics::Metrics;
 
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../contracts/wit",
-        world: "cell",
+        world: "runtime",
         imports: { default: async },
         exports: { default: async },
     });
 }
 
-use bindings::cellbus::cell::{call, log, types};
+use bindings::cellbus::cell::{call, db, log, types};
 
 /// How often the epoch advances; deadlines are whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -62,6 +63,8 @@ pub enum LoadError {
     Export(String),
     #[error("limits: {0}")]
     Limits(String),
+    #[error("{0}")]
+    Database(String),
 }
 
 /// The process-wide executor.
@@ -137,6 +140,8 @@ impl Executor {
         log::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
             .map_err(|e| ExecutorError(format!("{e:#}")))?;
         call::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
+            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+        db::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
             .map_err(|e| ExecutorError(format!("{e:#}")))?;
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| ExecutorError(format!("{e:#}")))?;
@@ -214,11 +219,13 @@ impl Executor {
     }
 
     /// Prepares a cell: checks the component's imports against the cell's capabilities
-    /// and links it.
+    /// and links it. `database` is the cell's connection pool when its Cell has a
+    /// database, or why it cannot have one.
     pub fn prepare(
         &self,
         cell: &AssignedCell,
         component: &Component,
+        database: Option<Result<Arc<CellDatabase>, String>>,
     ) -> Result<WasmCell, LoadError> {
         let imports: Vec<String> = component
             .component_type()
@@ -228,11 +235,18 @@ impl Executor {
         for import in &imports {
             check_capability(import, cell)?;
         }
+        let imports_db = imports.iter().any(|i| interface_of(i) == DB_INTERFACE);
+        let database = match database {
+            Some(Ok(pool)) => Some(pool),
+            Some(Err(why)) if imports_db => return Err(LoadError::Database(why)),
+            Some(Err(_)) | None => None,
+        };
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = bindings::CellPre::new(pre).map_err(|e| LoadError::Export(format!("{e:#}")))?;
+        let pre =
+            bindings::RuntimePre::new(pre).map_err(|e| LoadError::Export(format!("{e:#}")))?;
         let memory = match &cell.limits.memory {
             Some(text) => Some(
                 quantity::memory_bytes(text)
@@ -248,6 +262,7 @@ impl Executor {
             fuel: cell.limits.fuel,
             uses_wasi: imports.iter().any(|i| i.starts_with("wasi:")),
             calls: Arc::new(cell.capabilities.call.clone()),
+            database,
         })
     }
 
@@ -268,6 +283,7 @@ impl Executor {
                 wasi: cell.uses_wasi.then(locked_down_wasi),
                 table: ResourceTable::new(),
                 calls: cell.calls.clone(),
+                database: cell.database.clone(),
                 context,
             },
         );
@@ -372,14 +388,14 @@ fn check_capability(import: &str, cell: &AssignedCell) -> Result<(), LoadError> 
             why: why.to_owned(),
         })
     };
-    let interface = import.split('@').next().unwrap_or(import);
-    match interface {
+    match interface_of(import) {
         "cellbus:cell/types" => Ok(()),
         "cellbus:cell/log" if cell.capabilities.log => Ok(()),
         "cellbus:cell/log" => refuse("which needs spec.capabilities.log: true"),
         "cellbus:cell/call" if !cell.capabilities.call.is_empty() => Ok(()),
         "cellbus:cell/call" => refuse("which needs subjects in spec.capabilities.call"),
-        "cellbus:cell/db" => refuse("database access for cells is not available in this runtime"),
+        DB_INTERFACE if cell.database_secret.is_some() => Ok(()),
+        DB_INTERFACE => refuse("which needs spec.database"),
         i if i.starts_with("wasi:clocks/") && !cell.capabilities.clocks => {
             refuse("which needs spec.capabilities.clocks: true")
         }
@@ -391,6 +407,13 @@ fn check_capability(import: &str, cell: &AssignedCell) -> Result<(), LoadError> 
     }
 }
 
+const DB_INTERFACE: &str = "cellbus:cell/db";
+
+/// An import's interface without its version.
+fn interface_of(import: &str) -> &str {
+    import.split('@').next().unwrap_or(import)
+}
+
 /// WASI for a cell: no files, no environment, no inherited stdio, and sockets that refuse
 /// every address (the interfaces link so that language runtimes importing them load).
 fn locked_down_wasi() -> WasiCtx {
@@ -399,11 +422,12 @@ fn locked_down_wasi() -> WasiCtx {
 
 /// A loaded wasm cell, ready to instantiate.
 pub struct WasmCell {
-    pre: bindings::CellPre<Host>,
+    pre: bindings::RuntimePre<Host>,
     memory: Option<usize>,
     fuel: Option<u64>,
     uses_wasi: bool,
     calls: Arc<Vec<String>>,
+    database: Option<Arc<CellDatabase>>,
 }
 
 /// What a request's host calls need: who is asking, until when, and the bus.
@@ -423,6 +447,7 @@ pub struct Host {
     wasi: Option<WasiCtx>,
     table: ResourceTable,
     calls: Arc<Vec<String>>,
+    database: Option<Arc<CellDatabase>>,
     context: CallContext,
 }
 
@@ -501,7 +526,33 @@ impl call::Host for Host {
     }
 }
 
+impl db::Host for Host {
+    async fn query(&mut self, sql: String, params: String) -> Result<String, types::CellError> {
+        self.database()?
+            .query(&sql, &params, self.context.deadline)
+            .await
+            .map_err(to_cell_error)
+    }
+
+    async fn execute(&mut self, sql: String, params: String) -> Result<u64, types::CellError> {
+        self.database()?
+            .execute(&sql, &params, self.context.deadline)
+            .await
+            .map_err(to_cell_error)
+    }
+}
+
 impl Host {
+    /// The cell's pool; a component only links `db` when its Cell has one.
+    fn database(&self) -> Result<Arc<CellDatabase>, types::CellError> {
+        self.database.clone().ok_or_else(|| {
+            to_cell_error(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "the cell has no database; give its Cell spec.database",
+            ))
+        })
+    }
+
     /// A request to another service on behalf of the cell: only to subjects it was
     /// granted, within what is left of its own deadline, in its conversation.
     async fn call(

@@ -1,5 +1,6 @@
 //! The `cellbus` command line end to end: `up` on the examples (cells in WAT, C and
-//! Python), `call` against them, `module push`, and `bench` printing both sides.
+//! Python, one with its own PostgreSQL schema), `call` against them, `module push`, and
+//! `bench` printing both sides.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use cellbus_runtime::bench::{self, BenchArgs};
 use cellbus_runtime::EngineArgs;
-use cellbus_testkit::NatsServer;
+use cellbus_testkit::{NatsServer, Postgres};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -34,21 +35,25 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `cellbus up DIR` running, with the lines it printed up to `ready`.
+/// `cellbus up DIR` running, with the lines it printed up to `ready`; its logs go to
+/// `logs`.
 struct Up {
     child: Child,
     url: String,
     lines: Vec<String>,
+    logs: tempfile::NamedTempFile,
 }
 
 impl Up {
-    fn start(dir: &str, cache: &Path) -> Self {
+    fn start(dir: &str, cache: &Path, env: &[(&str, &str)]) -> Self {
+        let logs = tempfile::NamedTempFile::new().unwrap();
         let mut child = cellbus()
             .args(["up", dir])
             .env("CELLBUS_CACHE_DIR", cache)
             .env("PATH", path_with_venv())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(logs.reopen().unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -77,7 +82,16 @@ impl Up {
             .expect("up prints its NATS URL")
             .to_owned();
         std::thread::spawn(move || while receive.recv().is_ok() {});
-        Self { child, url, lines }
+        Self {
+            child,
+            url,
+            lines,
+            logs,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.logs.path()).unwrap()
     }
 
     /// Ctrl-C, as a person would stop it.
@@ -99,15 +113,61 @@ fn path_with_venv() -> String {
     )
 }
 
+/// Runs of 64 hex digits (the length of the passwords `cellbus up` makes) in `text`,
+/// other than module digests.
+fn secrets_in(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut run = String::new();
+    let mut before = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() >= 64 && !before.ends_with("sha256:") {
+            found.push(run.clone());
+        }
+        before.push_str(&run);
+        before.push(c);
+        if before.len() > 16 {
+            before.drain(..before.len() - 16);
+        }
+        run.clear();
+    }
+    found
+}
+
+#[test]
+fn secrets_in_finds_passwords_but_not_digests() {
+    let password = "ab".repeat(32);
+    assert_eq!(
+        secrets_in(&format!(
+            "x postgresql://r:{password}@h/db sha256:{password}"
+        )),
+        vec![password]
+    );
+    assert!(secrets_in("sha256:abcd 0123").is_empty());
+}
+
 #[test]
 fn up_serves_the_examples_in_wat_c_and_python_and_call_reaches_them() {
     let cache = tempfile::tempdir().unwrap();
-    let up = Up::start("examples", cache.path());
+    let postgres = Postgres::start();
+    // The database client's statements are logged too: where a password would show.
+    let up = Up::start(
+        "examples",
+        cache.path(),
+        &[
+            ("CELLBUS_DATABASE_URL", postgres.url()),
+            ("RUST_LOG", "info,tokio_postgres=debug"),
+        ],
+    );
     for subject in [
         "cbs.echo.say",
         "cbs.greeter.hello",
         "cbs.caller.relay",
         "cbs.ledger.append",
+        "cbs.visits.hit",
     ] {
         assert!(
             up.lines
@@ -156,12 +216,76 @@ fn up_serves_the_examples_in_wat_c_and_python_and_call_reaches_them() {
         text(&ledger.stderr)
     );
 
+    // A Python cell counting in its own table: made on the first visit, then updated.
+    assert!(
+        up.lines.iter().any(
+            |l| l.starts_with("database Cell visits: role cbs_") && l.contains("schema visits")
+        ),
+        "{:?}",
+        up.lines
+    );
+    for (payload, count) in [(r#"{"page":"/"}"#, 1), (r#"{"page":"/"}"#, 2), ("null", 3)] {
+        let visit = call(&up.url, &["visits.hit", payload]);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&visit.stdout).ok(),
+            Some(serde_json::json!({ "count": count })),
+            "{}",
+            text(&visit.stderr)
+        );
+    }
+    let elsewhere = call(&up.url, &["visits.hit", r#"{"page":"/about"}"#]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&elsewhere.stdout).ok(),
+        Some(serde_json::json!({ "count": 1 })),
+        "{}",
+        text(&elsewhere.stderr)
+    );
+
     let refused = call(&up.url, &["echo.say", r#"{"txt":1}"#]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused.stderr).starts_with("error schema_violation:"));
 
+    let logs = up.logs();
+    let printed = up.lines.join("\n");
     let status = up.interrupt();
     assert!(status.success(), "up exits cleanly on Ctrl-C: {status}");
+    assert!(
+        logs.contains("CREATE ROLE"),
+        "the database client's statements were not logged: {logs}"
+    );
+    let admin_password = postgres
+        .url()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap();
+    for output in [&logs, &printed] {
+        assert!(
+            !output.contains(admin_password),
+            "the admin password is in the output"
+        );
+        assert_eq!(
+            secrets_in(output),
+            Vec::<String>::new(),
+            "a password is in the output"
+        );
+    }
+}
+
+#[test]
+fn up_without_a_database_says_what_a_cell_with_one_needs() {
+    let cache = tempfile::tempdir().unwrap();
+    let up = Up::start("examples/visits", cache.path(), &[]);
+    let failed = up
+        .lines
+        .iter()
+        .find(|l| l.starts_with("failed  Cell visits:"))
+        .unwrap_or_else(|| panic!("{:?}", up.lines));
+    assert!(failed.contains("CELLBUS_DATABASE_URL"), "{failed}");
+    let status = up.interrupt();
+    assert!(status.success(), "{status}");
 }
 
 #[test]

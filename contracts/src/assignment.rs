@@ -16,6 +16,11 @@ pub const ASSIGNMENTS_BUCKET: &str = "cbs-assignments";
 /// JetStream object store bucket of modules, named by digest.
 pub const MODULES_BUCKET: &str = "cbs-modules";
 
+/// The Secret holding the database credentials of the Cell `cell`.
+pub fn database_secret_name(cell: &str) -> String {
+    format!("{cell}-db")
+}
+
 /// The KV key of a pool's assignment.
 pub fn assignment_key(namespace: &str, pool: &str) -> String {
     format!("{namespace}.{pool}")
@@ -119,7 +124,7 @@ impl AssignedCell {
                 .transpose()?,
             env: spec.env.clone(),
             capabilities: spec.capabilities.clone(),
-            database_secret: spec.database.as_ref().map(|_| format!("{name}-db")),
+            database_secret: spec.database.as_ref().map(|_| database_secret_name(name)),
         })
     }
 }

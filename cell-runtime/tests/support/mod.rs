@@ -220,12 +220,17 @@ pub fn echo_wasm() -> Vec<u8> {
 
 /// A component of the `cell` world from a core module in WAT.
 pub fn component(wat: &str) -> Vec<u8> {
+    component_of("cell", wat)
+}
+
+/// A component of `world` from a core module in WAT.
+pub fn component_of(world: &str, wat: &str) -> Vec<u8> {
     let mut module = wat::parse_str(wat).unwrap();
     let mut resolve = wit_parser::Resolve::new();
     let (package, _) = resolve
         .push_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts/wit"))
         .unwrap();
-    let world = resolve.select_world(&[package], Some("cell")).unwrap();
+    let world = resolve.select_world(&[package], Some(world)).unwrap();
     wit_component::embed_component_metadata(
         &mut module,
         &resolve,
@@ -319,6 +324,22 @@ pub fn calling_cell(service: &str, verb: &str, payload: &str) -> Vec<u8> {
         escape(payload)
     );
     component(&cell_wat(imports, "", &body, &data))
+}
+
+/// A cell of the `cell-with-db` world whose verb `sql` runs its payload, a JSON string
+/// without escapes, as a query through `db` (with no parameters) and replies with the rows
+/// or the error `db` returned.
+pub fn sql_cell() -> Vec<u8> {
+    let imports =
+        r#"(import "cellbus:cell/db@0.1.0" "query" (func $query (param i32 i32 i32 i32 i32)))"#;
+    // The payload is `"SQL"`: the text between the quotes is the statement.
+    let body = "(call $query
+      (i32.add (local.get 2) (i32.const 1)) (i32.sub (local.get 3) (i32.const 2))
+      (i32.const 1024) (i32.const 2)
+      (i32.const 64))
+    (i32.const 64)";
+    let data = r#"(data (i32.const 1024) "[]")"#;
+    component_of("cell-with-db", &cell_wat(imports, "", body, data))
 }
 
 /// Every dead letter stored so far.

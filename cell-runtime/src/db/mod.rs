@@ -1,0 +1,421 @@
+//! Database access for cells: the host side of the `db` interface. A cell whose Cell has
+//! `spec.database` reaches its own schema through a small connection pool, shared by the
+//! versions of the cell a pod runs, with the credentials of the Secret the operator (or
+//! `cellbus up`) made for it.
+//!
+//! The credentials are read when the first connection is opened, and again when the
+//! database refuses them (the password was rotated). They are held only inside the
+//! connection settings: never logged, never put in an error, a metric or an envelope.
+
+pub mod secrets;
+pub mod values;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use cellbus_contracts::wire::{ErrorBody, ErrorCode};
+use serde_json::json;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+use tracing::{debug, warn};
+
+pub use secrets::{SecretSource, SourceError};
+
+/// Connections one pod holds at most for one cell. A role's connection limit (5 unless
+/// the Cell sets `database.connectionLimit`) covers all pods of the pool, so a pool of
+/// two pods needs a limit of at least 2 × this (the pooler, when there is one, holds the
+/// server connections instead and the limit covers it).
+pub const POOL_SIZE: usize = 4;
+
+/// The pools of one runtime process, by Secret: two versions of a cell (an update in
+/// flight) share one.
+pub struct Databases {
+    source: Option<Arc<dyn SecretSource>>,
+    pools: Mutex<HashMap<(String, String), Weak<CellDatabase>>>,
+}
+
+impl Databases {
+    /// `source` reads the Secrets; without one, cells with a database do not load.
+    pub fn new(source: Option<Arc<dyn SecretSource>>) -> Self {
+        Self {
+            source,
+            pools: Mutex::default(),
+        }
+    }
+
+    /// The pool of the Secret `secret` in `namespace`, made when first asked for.
+    pub fn pool(&self, namespace: &str, secret: &str) -> Result<Arc<CellDatabase>, String> {
+        let Some(source) = &self.source else {
+            return Err(format!(
+                "the cell has a database, but this runtime has no way to read its Secret \
+                 {namespace}/{secret} (it reads Secrets through the Kubernetes API in a \
+                 pod, and from `cellbus up` when CELLBUS_DATABASE_URL is set)"
+            ));
+        };
+        let key = (namespace.to_owned(), secret.to_owned());
+        let mut pools = self.pools.lock().expect("pools lock");
+        if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
+            return Ok(pool);
+        }
+        pools.retain(|_, pool| pool.strong_count() > 0);
+        let pool = Arc::new(CellDatabase::new(
+            source.clone(),
+            namespace.to_owned(),
+            secret.to_owned(),
+        ));
+        pools.insert(key, Arc::downgrade(&pool));
+        Ok(pool)
+    }
+}
+
+/// One cell's connections.
+pub struct CellDatabase {
+    source: Arc<dyn SecretSource>,
+    namespace: String,
+    secret: String,
+    /// Connection settings from the Secret's DATABASE_URL, once read.
+    settings: tokio::sync::Mutex<Option<Arc<Settings>>>,
+    idle: Mutex<Vec<Client>>,
+    slots: Semaphore,
+}
+
+/// Where and how to connect. No `Debug`: it holds the password.
+struct Settings {
+    config: tokio_postgres::Config,
+    tls: cellbus_control::pgtls::SslMode,
+    root_cert: Option<std::path::PathBuf>,
+}
+
+impl CellDatabase {
+    fn new(source: Arc<dyn SecretSource>, namespace: String, secret: String) -> Self {
+        Self {
+            source,
+            namespace,
+            secret,
+            settings: tokio::sync::Mutex::new(None),
+            idle: Mutex::default(),
+            slots: Semaphore::new(POOL_SIZE),
+        }
+    }
+
+    /// Runs a query; rows come back as a JSON array of objects.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &str,
+        deadline: Instant,
+    ) -> Result<String, ErrorBody> {
+        let values = values::parse_params(params).map_err(bad_request)?;
+        match self.run(Statement::Query, sql, &values, deadline).await? {
+            Done::Rows(rows) => Ok(rows.to_string()),
+            Done::Count(_) => unreachable!("a query returns rows"),
+        }
+    }
+
+    /// Runs a statement; returns the number of rows it touched.
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: &str,
+        deadline: Instant,
+    ) -> Result<u64, ErrorBody> {
+        let values = values::parse_params(params).map_err(bad_request)?;
+        match self.run(Statement::Execute, sql, &values, deadline).await? {
+            Done::Count(count) => Ok(count),
+            Done::Rows(_) => unreachable!("an execute returns a count"),
+        }
+    }
+
+    /// Runs one statement on a pooled connection within the request's deadline. A
+    /// connection whose statement timed out is cancelled on the server and dropped, never
+    /// reused.
+    async fn run(
+        &self,
+        kind: Statement,
+        sql: &str,
+        values: &[serde_json::Value],
+        deadline: Instant,
+    ) -> Result<Done, ErrorBody> {
+        let remaining = || deadline.saturating_duration_since(Instant::now());
+        let mut lease = match tokio::time::timeout(remaining(), self.lease()).await {
+            Ok(lease) => lease?,
+            Err(_) => return Err(no_time("waiting for a database connection")),
+        };
+        let client = lease.client.as_ref().expect("a lease holds a client");
+        let outcome = tokio::time::timeout(remaining(), perform(client, kind, sql, values)).await;
+        match outcome {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(Failure::Value(error))) => Err(bad_request(error)),
+            Ok(Err(Failure::Database(error))) => {
+                if client.is_closed() {
+                    lease.discard();
+                }
+                Err(from_database(&error))
+            }
+            Err(_) => {
+                let client = lease.discard().expect("a lease holds a client");
+                // The server keeps running a statement whose client went away until it
+                // next writes to the socket; cancelling frees its locks now.
+                let token = client.cancel_token();
+                let settings = self.settings.lock().await.clone();
+                if let Some(settings) = settings {
+                    tokio::spawn(async move {
+                        if let Err(error) = cellbus_control::pgtls::cancel(
+                            &token,
+                            settings.tls,
+                            settings.root_cert.as_deref(),
+                        )
+                        .await
+                        {
+                            debug!(error = %error, "cancelling a timed-out statement");
+                        }
+                    });
+                }
+                Err(no_time(
+                    "the statement did not finish before the request's deadline",
+                ))
+            }
+        }
+    }
+
+    async fn lease(&self) -> Result<Lease<'_>, ErrorBody> {
+        let permit =
+            self.slots.acquire().await.map_err(|_| {
+                ErrorBody::new(ErrorCode::Unavailable, "the database pool is closed")
+            })?;
+        let reused = {
+            let mut idle = self.idle.lock().expect("idle lock");
+            let mut found = None;
+            while let Some(client) = idle.pop() {
+                if !client.is_closed() {
+                    found = Some(client);
+                    break;
+                }
+            }
+            found
+        };
+        let client = match reused {
+            Some(client) => client,
+            None => self.connect().await?,
+        };
+        Ok(Lease {
+            database: self,
+            client: Some(client),
+            _permit: permit,
+        })
+    }
+
+    /// Opens a connection, reading the Secret first if needed, and again once if the
+    /// database refuses the password it holds (it was rotated).
+    async fn connect(&self) -> Result<Client, ErrorBody> {
+        let mut settings = self.settings.lock().await;
+        let mut fresh = false;
+        if settings.is_none() {
+            *settings = Some(self.read_secret().await?);
+            fresh = true;
+        }
+        loop {
+            let current = settings.clone().expect("settings were read");
+            match cellbus_control::pgtls::connect(
+                &current.config,
+                current.tls,
+                current.root_cert.as_deref(),
+            )
+            .await
+            {
+                Ok(client) => return Ok(client),
+                Err(error) if !fresh && refused_credentials(&error) => {
+                    debug!(namespace = %self.namespace, secret = %self.secret, "credentials refused; reading the Secret again");
+                    *settings = Some(self.read_secret().await?);
+                    fresh = true;
+                }
+                Err(error) => {
+                    warn!(namespace = %self.namespace, secret = %self.secret, error = %cellbus_contracts::error_chain(&error), "cannot connect to the cell's database");
+                    let mut body = ErrorBody::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "cannot connect to the cell's database: {}",
+                            cellbus_contracts::error_chain(&error)
+                        ),
+                    );
+                    if refused_credentials(&error) {
+                        body = body.with_retryable(true);
+                    }
+                    return Err(body);
+                }
+            }
+        }
+    }
+
+    async fn read_secret(&self) -> Result<Arc<Settings>, ErrorBody> {
+        let url = self
+            .source
+            .database_url(&self.namespace, &self.secret)
+            .await
+            .map_err(|error| {
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "reading the database Secret {}/{}: {}",
+                        self.namespace,
+                        self.secret,
+                        cellbus_contracts::error_chain(&error)
+                    ),
+                )
+            })?;
+        let Some(url) = url else {
+            return Err(ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the database Secret {}/{} does not exist yet (the operator makes it \
+                     once the database is provisioned)",
+                    self.namespace, self.secret
+                ),
+            ));
+        };
+        let (config, tls, root_cert) = cellbus_control::pgtls::parse_url(&url).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "DATABASE_URL of the Secret {}/{} cannot be used: {e}",
+                    self.namespace, self.secret
+                ),
+            )
+        })?;
+        Ok(Arc::new(Settings {
+            config,
+            tls,
+            root_cert,
+        }))
+    }
+}
+
+/// A connection taken from the pool; it goes back when dropped unless discarded.
+struct Lease<'a> {
+    database: &'a CellDatabase,
+    client: Option<Client>,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Lease<'_> {
+    fn discard(&mut self) -> Option<Client> {
+        self.client.take()
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take().filter(|c| !c.is_closed()) {
+            self.database.idle.lock().expect("idle lock").push(client);
+        }
+    }
+}
+
+enum Failure {
+    Database(tokio_postgres::Error),
+    Value(values::ValueError),
+}
+
+#[derive(Clone, Copy)]
+enum Statement {
+    Query,
+    Execute,
+}
+
+enum Done {
+    Rows(serde_json::Value),
+    Count(u64),
+}
+
+/// Prepares `sql` so its parameter and column types are known, checks the cell's values
+/// against them, and runs it.
+async fn perform(
+    client: &Client,
+    kind: Statement,
+    sql: &str,
+    values: &[serde_json::Value],
+) -> Result<Done, Failure> {
+    let statement = client.prepare(sql).await.map_err(Failure::Database)?;
+    values::check_params(statement.params(), values).map_err(Failure::Value)?;
+    let params = values::Param::list(values);
+    let params: Vec<&(dyn ToSql + Sync)> =
+        params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    match kind {
+        Statement::Query => {
+            values::check_columns(statement.columns()).map_err(Failure::Value)?;
+            let rows = client
+                .query(&statement, &params)
+                .await
+                .map_err(Failure::Database)?;
+            values::rows_to_json(&rows)
+                .map(Done::Rows)
+                .map_err(Failure::Value)
+        }
+        Statement::Execute => client
+            .execute(&statement, &params)
+            .await
+            .map(Done::Count)
+            .map_err(Failure::Database),
+    }
+}
+
+fn bad_request(error: values::ValueError) -> ErrorBody {
+    ErrorBody::new(ErrorCode::BadRequest, error.to_string())
+}
+
+fn no_time(what: &str) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Timeout, what.to_owned())
+}
+
+/// Whether the server refused the role's password (or the role is gone).
+fn refused_credentials(error: &cellbus_control::pgtls::ConnectError) -> bool {
+    matches!(
+        error.sql_state(),
+        Some(state) if *state == SqlState::INVALID_PASSWORD
+            || *state == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    )
+}
+
+/// The error envelope for a statement the database refused or could not run: the class of
+/// its SQLSTATE decides the code, and the state itself goes into the details so a cell
+/// can tell a unique violation from a syntax error.
+pub fn from_database(error: &tokio_postgres::Error) -> ErrorBody {
+    let Some(db) = error.as_db_error() else {
+        return ErrorBody::new(
+            ErrorCode::Unavailable,
+            format!("the database connection failed: {error}"),
+        )
+        .with_retryable(true);
+    };
+    let state = db.code();
+    let class = &state.code()[..2];
+    let (code, retryable) = if *state == SqlState::INSUFFICIENT_PRIVILEGE {
+        (ErrorCode::Forbidden, false)
+    } else {
+        match class {
+            // Serialization failures and deadlocks succeed when tried again.
+            "40" => (ErrorCode::Unavailable, true),
+            // Too many connections, out of memory or disk.
+            "53" | "54" => (ErrorCode::ResourceExhausted, true),
+            // The server is shutting down or cancelled the statement.
+            "57" => (ErrorCode::Unavailable, true),
+            "08" => (ErrorCode::Unavailable, true),
+            "XX" | "58" | "F0" => (ErrorCode::Internal, false),
+            // Syntax, unknown names, bad data, constraint violations: the cell's request.
+            _ => (ErrorCode::BadRequest, false),
+        }
+    };
+    let mut details = json!({ "sqlstate": state.code() });
+    if let Some(detail) = db.detail() {
+        details["detail"] = json!(detail);
+    }
+    if let Some(hint) = db.hint() {
+        details["hint"] = json!(hint);
+    }
+    ErrorBody::new(code, db.message().to_owned())
+        .with_details(details)
+        .with_retryable(retryable)
+}
