@@ -1,7 +1,7 @@
 //! What every reconcile shares: the API client, the watch caches, the NATS connections,
 //! the event recorder, metrics, the clock and the per-object backoff.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -228,6 +228,8 @@ pub struct Context {
     /// One lock per pool: its assignment is computed and written by one reconcile at a
     /// time, so an older view never overwrites a newer one.
     assignment_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The database Secrets each pool's Role was last made to list.
+    secret_access: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 impl Context {
@@ -260,6 +262,7 @@ impl Context {
             judged: Mutex::default(),
             judged_pools: Mutex::default(),
             assignment_locks: Mutex::default(),
+            secret_access: Mutex::default(),
         }
     }
 
@@ -308,6 +311,22 @@ impl Context {
             .entry(key.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// The Secrets `pool`'s Role was last made to list, if this process made it.
+    pub fn secret_access(&self, pool: &str) -> Option<BTreeSet<String>> {
+        self.secret_access
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pool)
+            .cloned()
+    }
+
+    pub fn set_secret_access(&self, pool: &str, secrets: BTreeSet<String>) {
+        self.secret_access
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pool.to_owned(), secrets);
     }
 
     /// Counts one write to the Kubernetes API.

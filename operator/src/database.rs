@@ -30,7 +30,7 @@ pub const CELL_LABEL: &str = "cellbus.io/cell";
 
 /// The Secret of Cell `cell`'s database credentials.
 pub fn secret_name(cell: &str) -> String {
-    format!("{cell}-db")
+    cellbus_contracts::assignment::database_secret_name(cell)
 }
 
 /// The admin side, connected on first use and again after the connection drops.
@@ -65,15 +65,7 @@ impl Databases {
     }
 
     /// Where cells connect: the admin URL's host, port and database, the pooler if any.
-    fn endpoint(&self, admin_url: &str, database: &str) -> Result<Endpoint, Error> {
-        let config: tokio_postgres::Config = admin_url.parse().map_err(|_| Error::Database {
-            cell: String::new(),
-            source: database::DatabaseError::Url("the admin URL does not parse".into()),
-        })?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            _ => "localhost".into(),
-        };
+    fn endpoint(&self, admin_url: &str, admin: &database::Admin) -> Result<Endpoint, Error> {
         let pooler = match (&self.args.pooler_host, &self.args.project_ref) {
             (Some(host), Some(project_ref)) => Some(Pooler {
                 host: host.clone(),
@@ -82,12 +74,11 @@ impl Databases {
             }),
             _ => None,
         };
-        Ok(Endpoint {
-            host,
-            port: config.get_ports().first().copied().unwrap_or(5432),
-            database: database.to_owned(),
-            sslmode: self.args.sslmode.clone(),
-            pooler,
+        Endpoint::of_admin(admin_url, admin, Some(&self.args.sslmode), pooler).map_err(|source| {
+            Error::Database {
+                cell: String::new(),
+                source,
+            }
         })
     }
 }
@@ -188,7 +179,7 @@ pub async fn reconcile(
         .await
         .map_err(failed)?;
     if let Some(password) = &provisioned.password {
-        let endpoint = ctx.databases.endpoint(admin_url, &admin.database)?;
+        let endpoint = ctx.databases.endpoint(admin_url, admin)?;
         let data = database::secret_data(&endpoint, &provisioned.role, password);
         let secret = database_secret(cell, database, data);
         secrets

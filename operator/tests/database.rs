@@ -24,6 +24,9 @@ use support::*;
 use tokio_postgres::NoTls;
 
 const SECRET: &str = "/api/v1/namespaces/apps/secrets/visits-db";
+const ROLE: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/apps/roles/cellbus-wasm";
+const ROLE_BINDING: &str =
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/apps/rolebindings/cellbus-wasm";
 
 /// Everything the code under test logs, to look for passwords in.
 #[derive(Clone, Default)]
@@ -104,45 +107,68 @@ async fn login(url: &str, role: &str, password: &str) -> Result<(), String> {
     }
 }
 
-/// Runs a reconcile, answering a GET of the Secret with `live` (404 when `None`), and
-/// returns the Secret it applied, if any, and whether it wrote the status.
+/// What one reconcile did.
+struct Reconciled {
+    /// The Secret it applied.
+    secret: Option<Value>,
+    /// The status it wrote.
+    status: Option<Value>,
+    /// The pool's Role and RoleBinding it applied.
+    access: Vec<Value>,
+    /// The paths it read.
+    reads: Vec<String>,
+    outcome: Result<Action, cellbus_operator::Error>,
+}
+
+/// Runs a reconcile, answering a GET of the Secret with `live` (404 when `None`) and of
+/// anything else with 404.
 async fn reconcile_once(
     object: &CellObject,
     ctx: &Arc<Context>,
     api: &mut ApiServer,
     live: Option<&Value>,
-) -> (
-    Option<Value>,
-    Option<Value>,
-    Result<Action, cellbus_operator::Error>,
-) {
+) -> Reconciled {
     let mut task = tokio::spawn(cell::reconcile(Arc::new(object.clone()), ctx.clone()));
-    let mut applied = None;
-    let mut status = None;
+    let (mut secret, mut status, mut access, mut reads) = (None, None, Vec::new(), Vec::new());
     let outcome = loop {
         tokio::select! {
             done = &mut task => break done.unwrap(),
             call = api.next(|call| match (call.method.as_str(), live) {
-                ("GET", Some(live)) => (200, live.clone()),
-                ("GET", None) => not_found(),
+                ("GET", Some(live)) if call.path == SECRET => (200, live.clone()),
+                ("GET", _) => not_found(),
                 _ => (if call.method == "POST" { 201 } else { 200 }, object_for(call)),
             }) => {
-                if call.path == SECRET && call.method == "PATCH" {
+                if call.method == "GET" {
+                    reads.push(call.path.clone());
+                }
+                if call.method == "PATCH" && call.path == SECRET {
                     assert_eq!(call.field_manager(), Some("cellbus-operator"));
-                    applied = Some(call.body.clone());
+                    secret = Some(call.body.clone());
+                } else if call.method == "PATCH" && [ROLE, ROLE_BINDING].contains(&call.path.as_str()) {
+                    assert_eq!(call.field_manager(), Some("cellbus-operator"));
+                    access.push(call.body.clone());
                 } else if call.path.ends_with("/status") {
                     status = Some(call.body["status"].clone());
                 }
             }
         }
     };
-    (applied, status, outcome)
+    Reconciled {
+        secret,
+        status,
+        access,
+        reads,
+        outcome,
+    }
 }
 
 #[tokio::test]
 async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_never_logged() {
     let logs = Logs::default();
     let writer = logs.clone();
+    // The PostgreSQL client logs through `log`, which the operator's subscriber bridges
+    // (its statements are where a password would show).
+    tracing_log::LogTracer::init().expect("the only logger of this test binary");
     let _guard = tracing::subscriber::set_default(
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
@@ -158,11 +184,26 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
     caches.apply(&object);
     let role = role_name(NAMESPACE, "visits");
 
-    // New: role, schema and Secret; DatabaseReady=True naming them.
-    let (secret, status, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
-    outcome.unwrap();
-    let secret = secret.expect("the Secret was applied");
-    let status = status.expect("the status was written");
+    // New: role, schema and Secret; DatabaseReady=True naming them; the pool's pods may
+    // read that Secret and no other.
+    let first_pass = reconcile_once(&object, &ctx, &mut api, None).await;
+    first_pass.outcome.unwrap();
+    let secret = first_pass.secret.expect("the Secret was applied");
+    let status = first_pass.status.expect("the status was written");
+    let [role_object, binding] = &first_pass.access[..] else {
+        panic!(
+            "expected the pool's Role and RoleBinding: {:?}",
+            first_pass.access
+        );
+    };
+    assert_eq!(
+        role_object["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["visits-db"]}])
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "cellbus-wasm", "namespace": "apps"}])
+    );
     assert_eq!(secret["metadata"]["labels"]["cellbus.io/cell"], "visits");
     assert_eq!(secret["metadata"]["annotations"]["cellbus.io/rotate"], "");
     assert!(
@@ -201,17 +242,17 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
     // Unchanged: the Secret is read, nothing is written.
     let object = with_status(object, &status);
     caches.apply(&object);
-    let (applied, written, outcome) = reconcile_once(&object, &ctx, &mut api, Some(&secret)).await;
-    outcome.unwrap();
+    let unchanged = reconcile_once(&object, &ctx, &mut api, Some(&secret)).await;
+    unchanged.outcome.unwrap();
     assert!(
-        applied.is_none() && written.is_none(),
+        unchanged.secret.is_none() && unchanged.status.is_none() && unchanged.access.is_empty(),
         "an unchanged Cell wrote"
     );
 
     // Lost Secret: a new password, the old one no longer works.
-    let (applied, _, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
-    outcome.unwrap();
-    let lost = applied.expect("a lost Secret is written again");
+    let lost = reconcile_once(&object, &ctx, &mut api, None).await;
+    lost.outcome.unwrap();
+    let lost = lost.secret.expect("a lost Secret is written again");
     let second = password_of(&lost);
     assert_ne!(first, second);
     assert!(login(postgres.url(), &role, &first)
@@ -225,9 +266,9 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
     rotated.metadata.generation = Some(2);
     let rotated = with_status(rotated, &status);
     caches.apply(&rotated);
-    let (applied, _, outcome) = reconcile_once(&rotated, &ctx, &mut api, Some(&lost)).await;
-    outcome.unwrap();
-    let applied = applied.expect("a rotation writes the Secret");
+    let applied = reconcile_once(&rotated, &ctx, &mut api, Some(&lost)).await;
+    applied.outcome.unwrap();
+    let applied = applied.secret.expect("a rotation writes the Secret");
     assert_eq!(
         applied["metadata"]["annotations"]["cellbus.io/rotate"],
         "2026-11-22"
@@ -240,6 +281,10 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
     assert!(
         logs.contains("database credentials written"),
         "the logs were not captured"
+    );
+    assert!(
+        logs.contains("CREATE ROLE"),
+        "the database client's statements were not captured"
     );
     for password in [&first, &second, &third] {
         assert!(
@@ -272,14 +317,14 @@ async fn an_unreachable_admin_database_is_reported_retried_and_recovered_from() 
     caches.apply(&object);
 
     postgres.stop().unwrap();
-    let (secret, status, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
-    assert!(secret.is_none());
-    let error = outcome.unwrap_err();
+    let failed = reconcile_once(&object, &ctx, &mut api, None).await;
+    assert!(failed.secret.is_none());
+    let error = failed.outcome.unwrap_err();
     assert!(
         matches!(error, cellbus_operator::Error::Database { .. }),
         "{error}"
     );
-    let status = status.expect("the failure is in the status");
+    let status = failed.status.expect("the failure is in the status");
     let (ready, reason, message) = condition(&status, "DatabaseReady");
     assert_eq!(
         (ready.as_str(), reason.as_str()),
@@ -292,11 +337,14 @@ async fn an_unreachable_admin_database_is_reported_retried_and_recovered_from() 
     let object = Arc::new(with_status(object, &status));
     caches.apply(&object);
     let mut delays = vec![error_policy(object.clone(), &error, ctx.clone())];
-    let (_, again, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
-    assert!(again.is_none(), "the same failure wrote the status again");
+    let again = reconcile_once(&object, &ctx, &mut api, None).await;
+    assert!(
+        again.status.is_none(),
+        "the same failure wrote the status again"
+    );
     delays.push(error_policy(
         object.clone(),
-        &outcome.unwrap_err(),
+        &again.outcome.unwrap_err(),
         ctx.clone(),
     ));
     assert_eq!(
@@ -305,10 +353,13 @@ async fn an_unreachable_admin_database_is_reported_retried_and_recovered_from() 
     );
 
     postgres.start_again().unwrap();
-    let (secret, status, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
-    outcome.unwrap();
-    assert!(secret.is_some());
-    assert_eq!(condition(&status.unwrap(), "DatabaseReady").0, "True");
+    let recovered = reconcile_once(&object, &ctx, &mut api, None).await;
+    recovered.outcome.unwrap();
+    assert!(recovered.secret.is_some());
+    assert_eq!(
+        condition(&recovered.status.unwrap(), "DatabaseReady").0,
+        "True"
+    );
 }
 
 #[tokio::test]
@@ -320,19 +371,26 @@ async fn deleting_a_cell_with_policy_delete_drops_its_role() {
     caches.apply(&pool("wasm", wasm_pool()));
     let object = visits(json!({"access": "ddl", "deletionPolicy": "Delete", "dropSchema": true}));
     caches.apply(&object);
-    let (secret, status, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
-    outcome.unwrap();
-    let secret = secret.unwrap();
+    let created = reconcile_once(&object, &ctx, &mut api, None).await;
+    created.outcome.unwrap();
+    let secret = created.secret.unwrap();
     assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Cell");
     let role = role_name(NAMESPACE, "visits");
     login(postgres.url(), &role, &password_of(&secret))
         .await
         .unwrap();
 
-    let object = deleting(with_status(object, &status.unwrap()));
+    let object = deleting(with_status(object, &created.status.unwrap()));
     caches.apply(&object);
-    let (_, _, outcome) = reconcile_once(&object, &ctx, &mut api, None).await;
-    assert_eq!(outcome.unwrap(), Action::await_change());
+    let deleted = reconcile_once(&object, &ctx, &mut api, None).await;
+    assert_eq!(deleted.outcome.unwrap(), Action::await_change());
+    // The pool's pods lose their access with the Cell: its Role and RoleBinding are
+    // looked up to be deleted (the mock answers that they are gone already).
+    assert!(
+        deleted.reads.iter().any(|p| p == ROLE) && deleted.reads.iter().any(|p| p == ROLE_BINDING),
+        "{:?}",
+        deleted.reads
+    );
     let (admin, connection) = tokio_postgres::connect(postgres.url(), NoTls)
         .await
         .unwrap();

@@ -1,6 +1,8 @@
 //! The Kubernetes objects of a CellPool: the runtime pods (`cellbus serve`) and what they
 //! need around them.
 
+use std::collections::BTreeSet;
+
 use cellbus_contracts::resources::{CellPool, Os};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -10,6 +12,7 @@ use k8s_openapi::api::core::v1::{
     ServiceSpec, Toleration, Volume, VolumeMount, WindowsSecurityContextOptions,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -71,8 +74,9 @@ fn selector(pool: &CellPool) -> LabelSelector {
     }
 }
 
-/// The ServiceAccount a pool's pods run as. It is granted nothing: the runtime talks to
-/// NATS only, never to the Kubernetes API, so its token is not even mounted.
+/// The ServiceAccount a pool's pods run as. It is granted one thing, by
+/// [`secret_reader_role`]: reading the database Secrets of the pool's own cells. The token
+/// is mounted by the pod spec, not for every pod of the account.
 pub fn service_account(pool: &CellPool) -> ServiceAccount {
     ServiceAccount {
         metadata: child_metadata(pool),
@@ -225,7 +229,9 @@ pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
             name: os.as_str().into(),
         }),
         service_account_name: Some(names::child_name(&pool.name_any())),
-        automount_service_account_token: Some(false),
+        // The runtime reads its cells' database Secrets with this token (kubelet rotates
+        // it); the account can read nothing else.
+        automount_service_account_token: Some(true),
         // The runtime reads NATS_* variables; service links would add NATS_SERVICE_HOST,
         // NATS_PORT and the like for a Service named `nats` in the namespace.
         enable_service_links: Some(false),
@@ -308,6 +314,44 @@ pub fn windows_toleration() -> Toleration {
 
 /// Long enough for the longest request the pool allows to finish after SIGTERM, when the
 /// runtime stops taking new requests and drains.
+/// The Role that lets a pool's pods read the database Secrets of its cells and no
+/// other Secret. None when no cell of the pool has a database: a rule without
+/// `resourceNames` would grant every Secret of the namespace.
+pub fn secret_reader_role(pool: &CellPool, secrets: &BTreeSet<String>) -> Option<Role> {
+    if secrets.is_empty() {
+        return None;
+    }
+    Some(Role {
+        metadata: child_metadata(pool),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            verbs: vec!["get".into()],
+            resource_names: Some(secrets.iter().cloned().collect()),
+            ..PolicyRule::default()
+        }]),
+    })
+}
+
+/// Binds [`secret_reader_role`] to the pool's ServiceAccount.
+pub fn secret_reader_binding(pool: &CellPool) -> RoleBinding {
+    let name = names::child_name(&pool.name_any());
+    RoleBinding {
+        metadata: child_metadata(pool),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: pool.namespace(),
+            ..Subject::default()
+        }]),
+    }
+}
+
 fn termination_grace_seconds(pool: &CellPool) -> i64 {
     let deadline_ms = pool
         .spec
@@ -485,7 +529,7 @@ mod tests {
         );
         assert_eq!(pod.tolerations, None);
         assert_eq!(pod.service_account_name.as_deref(), Some("cellbus-wasm"));
-        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.automount_service_account_token, Some(true));
 
         let runtime = container(&deployment);
         assert_eq!(
@@ -811,9 +855,43 @@ mod tests {
     }
 
     #[test]
-    fn the_service_account_mounts_no_token() {
+    fn the_service_account_mounts_no_token_by_itself() {
         let account = service_account(&CellPool::test());
         assert_eq!(account.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn the_pods_may_read_the_database_secrets_of_their_cells_by_name_only() {
+        let pool = CellPool::test();
+        let secrets = BTreeSet::from(["orders-db".to_owned(), "visits-db".to_owned()]);
+        let role = secret_reader_role(&pool, &secrets).expect("a role for two secrets");
+        let rules = role.rules.expect("rules");
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].api_groups, Some(vec![String::new()]));
+        assert_eq!(rules[0].resources, Some(vec!["secrets".to_owned()]));
+        assert_eq!(rules[0].verbs, vec!["get".to_owned()]);
+        assert_eq!(
+            rules[0].resource_names,
+            Some(vec!["orders-db".to_owned(), "visits-db".to_owned()])
+        );
+        assert_eq!(role.metadata.name.as_deref(), Some("cellbus-wasm"));
+
+        let binding = secret_reader_binding(&pool);
+        assert_eq!(binding.role_ref.kind, "Role");
+        assert_eq!(binding.role_ref.name, "cellbus-wasm");
+        let subjects = binding.subjects.expect("subjects");
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, "cellbus-wasm");
+        assert_eq!(subjects[0].namespace, pool.namespace());
+    }
+
+    #[test]
+    fn no_role_is_made_without_a_secret_to_read() {
+        // A rule without resourceNames would grant every Secret of the namespace.
+        assert_eq!(
+            secret_reader_role(&CellPool::test(), &BTreeSet::new()),
+            None
+        );
     }
 
     #[test]

@@ -425,6 +425,8 @@ pub(crate) async fn write_assignment(
         pool: pool.name().to_owned(),
         source,
     })?;
+    // The pods may read the new cells' Secrets before they learn of the cells.
+    super::pool::sync_secret_access(ctx, pool, &assignment).await?;
     let bus = ctx.buses.get(bus(pool_spec, &ctx.config)).await?;
     if cellbus_control::write_assignment(&bus.buckets.assignments, &assignment).await? {
         tracing::info!(

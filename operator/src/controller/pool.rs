@@ -2,11 +2,14 @@
 //! PodDisruptionBudget, applied only when the live object lacks something we want; the
 //! pool's assignment; and a status read off the Deployment.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use cellbus_contracts::assignment::PoolAssignment;
 use cellbus_contracts::resources::{CellPoolStatus, PoolCells};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -206,6 +209,46 @@ impl Rollout {
         };
         [progressing, degraded, ready]
     }
+}
+
+/// Keeps the pool's Role listing exactly the database Secrets of the cells in
+/// `assignment`, bound to the pool's ServiceAccount; without such cells, neither exists.
+/// What was last applied is remembered, so an unchanged set costs no request.
+pub(crate) async fn sync_secret_access(
+    ctx: &Context,
+    pool: &ObservedPool,
+    assignment: &PoolAssignment,
+) -> Result<(), Error> {
+    let Some(typed) = pool.typed() else {
+        return Ok(());
+    };
+    let secrets: BTreeSet<String> = assignment
+        .cells
+        .iter()
+        .filter_map(|cell| cell.database_secret.clone())
+        .collect();
+    let key = pool.key();
+    if ctx
+        .secret_access(&key)
+        .is_some_and(|applied| applied == secrets)
+        || (secrets.is_empty() && ctx.secret_access(&key).is_none())
+    {
+        return Ok(());
+    }
+    let namespace = pool.namespace();
+    match builders::secret_reader_role(&typed, &secrets) {
+        Some(role) => {
+            apply_child(ctx, namespace, &role).await?;
+            apply_child(ctx, namespace, &builders::secret_reader_binding(&typed)).await?;
+        }
+        None => {
+            let name = names::child_name(pool.name());
+            delete_child::<RoleBinding>(ctx, namespace, &name).await?;
+            delete_child::<Role>(ctx, namespace, &name).await?;
+        }
+    }
+    ctx.set_secret_access(&key, secrets);
+    Ok(())
 }
 
 /// Applies `desired` with server-side apply unless the live object already holds every

@@ -182,6 +182,8 @@ pub fn object_for(call: &Call) -> Value {
         Some("serviceaccounts") => ("v1", "ServiceAccount"),
         Some("poddisruptionbudgets") => ("policy/v1", "PodDisruptionBudget"),
         Some("leases") => ("coordination.k8s.io/v1", "Lease"),
+        Some("roles") => ("rbac.authorization.k8s.io/v1", "Role"),
+        Some("rolebindings") => ("rbac.authorization.k8s.io/v1", "RoleBinding"),
         _ => ("v1", "Unknown"),
     };
     object["apiVersion"] = json!(api_version);
