@@ -241,6 +241,29 @@ async fn each_cell_reaches_its_own_schema_with_the_access_it_was_granted() {
         .expect_err("a point cannot be returned as JSON");
     assert_eq!(unsupported.code, ErrorCode::BadRequest);
     assert!(unsupported.message.contains("p::text"), "{unsupported:?}");
+    // One statement per call, and none that would leave a transaction or a setting on a
+    // pooled connection for the cell's next request.
+    assert_refused(
+        sql(&bus, "alpha", "SELECT 1; DROP TABLE notes").await,
+        ErrorCode::BadRequest,
+        "42601",
+    );
+    for session in ["/* hold it */ BEGIN", "set search_path to beta"] {
+        let refused = sql(&bus, "alpha", session)
+            .await
+            .expect_err("a session statement is refused");
+        assert_eq!(refused.code, ErrorCode::BadRequest, "{refused:?}");
+        assert!(
+            refused.message.contains("not available to cells"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        sql(&bus, "alpha", "SELECT count(*)::int AS n FROM notes")
+            .await
+            .unwrap(),
+        json!([{"n": 1}])
+    );
 
     // A component importing `db` without spec.database does not load.
     let gamma = server

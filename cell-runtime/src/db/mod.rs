@@ -8,6 +8,7 @@
 //! connection settings: never logged, never put in an error, a metric or an envelope.
 
 pub mod secrets;
+pub mod statement;
 pub mod values;
 
 use std::collections::HashMap;
@@ -139,6 +140,9 @@ impl CellDatabase {
         values: &[serde_json::Value],
         deadline: Instant,
     ) -> Result<Done, ErrorBody> {
+        if let Some(refusal) = statement::refusal(sql) {
+            return Err(ErrorBody::new(ErrorCode::BadRequest, refusal));
+        }
         let remaining = || deadline.saturating_duration_since(Instant::now());
         let mut lease = match tokio::time::timeout(remaining(), self.lease()).await {
             Ok(lease) => lease?,
