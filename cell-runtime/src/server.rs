@@ -371,10 +371,11 @@ impl Inner {
                 .await
                 .map_err(|e| format!("compiling: {e}"))?
                 .map_err(|e| e.to_string())?;
-        let database = spec
-            .database_secret
-            .as_deref()
-            .map(|secret| self.shared.databases.pool(&self.identity.namespace, secret));
+        let database = spec.database.as_ref().map(|database| {
+            self.shared
+                .databases
+                .pool(&self.identity.namespace, database)
+        });
         let code = executor
             .prepare(spec, &compiled.0, database)
             .map_err(|e| e.to_string())?;

@@ -394,7 +394,7 @@ fn check_capability(import: &str, cell: &AssignedCell) -> Result<(), LoadError> 
         "cellbus:cell/log" => refuse("which needs spec.capabilities.log: true"),
         "cellbus:cell/call" if !cell.capabilities.call.is_empty() => Ok(()),
         "cellbus:cell/call" => refuse("which needs subjects in spec.capabilities.call"),
-        DB_INTERFACE if cell.database_secret.is_some() => Ok(()),
+        DB_INTERFACE if cell.database.is_some() => Ok(()),
         DB_INTERFACE => refuse("which needs spec.database"),
         i if i.starts_with("wasi:clocks/") && !cell.capabilities.clocks => {
             refuse("which needs spec.capabilities.clocks: true")

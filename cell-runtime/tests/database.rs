@@ -9,6 +9,7 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use cellbus_contracts::assignment::MAX_DATABASE_CONNECTIONS_PER_POD;
 use cellbus_contracts::resources::DatabaseSpec;
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::wire::{ErrorBody, ErrorCode};
@@ -403,9 +404,10 @@ async fn requests_beyond_the_pools_connections_wait_their_turn_within_their_dead
         .deploy(&[sql_cell("alpha", Some("readOnly"), 1500)])
         .await;
 
-    // More sleepers than the pool has connections: the last ones wait for one and time
-    // out instead of queueing past their deadline.
-    let waiting: Vec<_> = (0..cellbus_runtime::db::POOL_SIZE + 2)
+    // More sleepers than the pool has connections (one pod, the default limit of 5: the
+    // most a pod opens): the last ones wait for one and time out instead of queueing past
+    // their deadline.
+    let waiting: Vec<_> = (0..MAX_DATABASE_CONNECTIONS_PER_POD + 2)
         .map(|_| bus.spawn_call("alpha", "sql", json!("SELECT pg_sleep(1)")))
         .collect();
     let mut codes = Vec::new();

@@ -173,7 +173,10 @@ fn assignments_are_ordered_and_resolve_limits_against_the_pool() {
     assert_eq!(first.service, "echo");
     assert_eq!(first.limits.memory.as_deref(), Some("16Mi"));
     assert_eq!(first.limits.timeout_ms, Some(5_000));
-    assert_eq!(first.database_secret.as_deref(), Some("echo-db"));
+    assert_eq!(
+        first.database.as_ref().map(|d| d.secret.as_str()),
+        Some("echo-db")
+    );
     assert_eq!(first.stream, None);
     assert_eq!(second.stream.as_deref(), Some("CBS_LEDGER"));
 

@@ -15,8 +15,7 @@ use tokio_postgres::Client;
 
 use crate::pgtls;
 
-/// Connections a role may hold when its Cell sets no limit.
-pub const DEFAULT_CONNECTION_LIMIT: u32 = 5;
+pub use cellbus_contracts::resources::DEFAULT_CONNECTION_LIMIT;
 /// Prefix of every role the operator makes, so they are easy to find and never collide
 /// with people's roles.
 pub const ROLE_PREFIX: &str = "cbs_";
@@ -234,10 +233,7 @@ pub async fn provision(
     let role = &wanted.role;
     let failed = |action| statement_failed(role, action);
     let exists = role_exists(admin, role).await?;
-    let limit = wanted
-        .spec
-        .connection_limit
-        .unwrap_or(DEFAULT_CONNECTION_LIMIT);
+    let limit = wanted.spec.role_connection_limit();
     let quoted = quote_identifier(role);
     let attributes =
         format!("LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {limit}");

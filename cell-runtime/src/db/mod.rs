@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use cellbus_contracts::assignment::AssignedDatabase;
 use cellbus_contracts::wire::{ErrorBody, ErrorCode};
 use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -24,12 +25,6 @@ use tokio_postgres::Client;
 use tracing::{debug, warn};
 
 pub use secrets::{SecretSource, SourceError};
-
-/// Connections one pod holds at most for one cell. A role's connection limit (5 unless
-/// the Cell sets `database.connectionLimit`) covers all pods of the pool, so a pool of
-/// two pods needs a limit of at least 2 × this (the pooler, when there is one, holds the
-/// server connections instead and the limit covers it).
-pub const POOL_SIZE: usize = 4;
 
 /// The pools of one runtime process, by Secret: two versions of a cell (an update in
 /// flight) share one.
@@ -47,8 +42,15 @@ impl Databases {
         }
     }
 
-    /// The pool of the Secret `secret` in `namespace`, made when first asked for.
-    pub fn pool(&self, namespace: &str, secret: &str) -> Result<Arc<CellDatabase>, String> {
+    /// The pool of the cell's database Secret in `namespace`, made when first asked for
+    /// with as many connections as the assignment says (a role's connection limit covers
+    /// all pods of the pool; the operator shares it among them).
+    pub fn pool(
+        &self,
+        namespace: &str,
+        database: &AssignedDatabase,
+    ) -> Result<Arc<CellDatabase>, String> {
+        let secret = database.secret.as_str();
         let Some(source) = &self.source else {
             return Err(format!(
                 "the cell has a database, but this runtime has no way to read its Secret \
@@ -66,6 +68,7 @@ impl Databases {
             source.clone(),
             namespace.to_owned(),
             secret.to_owned(),
+            database.connections,
         ));
         pools.insert(key, Arc::downgrade(&pool));
         Ok(pool)
@@ -91,14 +94,19 @@ struct Settings {
 }
 
 impl CellDatabase {
-    fn new(source: Arc<dyn SecretSource>, namespace: String, secret: String) -> Self {
+    fn new(
+        source: Arc<dyn SecretSource>,
+        namespace: String,
+        secret: String,
+        connections: u32,
+    ) -> Self {
         Self {
             source,
             namespace,
             secret,
             settings: tokio::sync::Mutex::new(None),
             idle: Mutex::default(),
-            slots: Semaphore::new(POOL_SIZE),
+            slots: Semaphore::new(usize::try_from(connections.max(1)).unwrap_or(1)),
         }
     }
 

@@ -279,6 +279,16 @@ pub struct DatabaseSpec {
     pub rotate: Option<String>,
 }
 
+/// Connections a cell's role may hold when its Cell sets no `connectionLimit`.
+pub const DEFAULT_CONNECTION_LIMIT: u32 = 5;
+
+impl DatabaseSpec {
+    /// Connections the role may hold: the spec's limit, or the default.
+    pub fn role_connection_limit(&self) -> u32 {
+        self.connection_limit.unwrap_or(DEFAULT_CONNECTION_LIMIT)
+    }
+}
+
 /// Privileges of a cell's database role on its schema.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -225,7 +225,7 @@ pub(crate) async fn sync_secret_access(
     let secrets: BTreeSet<String> = assignment
         .cells
         .iter()
-        .filter_map(|cell| cell.database_secret.clone())
+        .filter_map(|cell| cell.database.as_ref().map(|db| db.secret.clone()))
         .collect();
     let key = pool.key();
     if ctx
