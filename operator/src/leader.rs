@@ -572,6 +572,15 @@ mod tests {
                 (&method, path),
                 "unexpected request"
             );
+            let access = crate::rbac::Access::of_request(
+                received.method.as_str(),
+                &received.path,
+                &received.query,
+            );
+            assert!(
+                access.as_ref().is_some_and(crate::rbac::Access::is_granted),
+                "{access:?} is not granted by rbac::RULES (the chart's Role)"
+            );
             received
         }
 

@@ -19,6 +19,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod observed;
+pub mod rbac;
 pub mod readiness;
 pub mod render;
 pub mod run;

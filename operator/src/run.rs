@@ -148,7 +148,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 }
 
 /// Builds and runs both controllers over every watched namespace until `shutdown`.
-async fn controllers(
+pub async fn controllers(
     client: Client,
     args: &RunArgs,
     metrics: Arc<Metrics>,

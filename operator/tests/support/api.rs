@@ -52,6 +52,20 @@ async fn read(request: Request<Body>) -> Call {
             (key.to_owned(), value.to_owned())
         })
         .collect();
+    // What the chart grants the operator (generated from rbac::RULES) must cover it.
+    let access = cellbus_operator::rbac::Access::of_request(
+        &method,
+        uri.path(),
+        uri.query().unwrap_or_default(),
+    );
+    assert!(
+        access
+            .as_ref()
+            .is_some_and(cellbus_operator::rbac::Access::is_granted),
+        "{method} {uri}: {access:?} is not granted by rbac::RULES, from which the Helm \
+         chart's RBAC is generated; add it there and run {}",
+        cellbus_operator::crdgen::REGENERATE
+    );
     let bytes = request.into_body().collect_bytes().await.unwrap();
     let body = if bytes.is_empty() {
         Value::Null
@@ -126,13 +140,22 @@ impl ApiServer {
     /// Answers every request with [`forgetful`] until the client is dropped, recording
     /// them all.
     pub fn serve_all(self) -> Arc<Mutex<Vec<Call>>> {
+        self.serve_with(forgetful)
+    }
+
+    /// Answers every request as `respond` says until the client is dropped, recording
+    /// them all.
+    pub fn serve_with(
+        self,
+        respond: impl Fn(&Call) -> (u16, Value) + Send + 'static,
+    ) -> Arc<Mutex<Vec<Call>>> {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let log = calls.clone();
         let mut handle = self.handle;
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let call = read(request).await;
-                let (status, body) = forgetful(&call);
+                let (status, body) = respond(&call);
                 send.send_response(response(status, &body));
                 log.lock().unwrap().push(call);
             }
