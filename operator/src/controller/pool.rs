@@ -147,8 +147,19 @@ impl Rollout {
         let updated = status.updated_replicas.unwrap_or(0);
         let seen = status.observed_generation.unwrap_or(0);
         let generation = deployment.metadata.generation.unwrap_or(0);
-        let rolling =
-            seen < generation || updated < wanted || status.replicas.unwrap_or(0) > wanted;
+        // The Deployment controller says `NewReplicaSetAvailable` once every new pod is
+        // available, and `ProgressDeadlineExceeded` when it gave up waiting; until then
+        // new pods may exist (updated == wanted) and still be starting, which is
+        // progress, not degradation (GitOps tools fail a sync on Degraded).
+        let deployment_progressing = status.conditions.iter().flatten().any(|c| {
+            c.type_.as_deref() == Some("Progressing")
+                && c.status.as_deref() == Some("True")
+                && c.reason.as_deref() != Some("NewReplicaSetAvailable")
+        });
+        let rolling = seen < generation
+            || updated < wanted
+            || status.replicas.unwrap_or(0) > wanted
+            || deployment_progressing;
         Self {
             wanted,
             ready,
@@ -414,5 +425,61 @@ mod tests {
             &json!({"spec": {"replicas": 2, "containers": [{"image": "b"}, {"image": "c"}]}}),
             &desired
         ));
+    }
+
+    use super::{Deployment, Rollout};
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+    use rstest::rstest;
+
+    fn deployment(ready: i32, updated: i32, progressing: Option<(&str, &str)>) -> Deployment {
+        let mut deployment = Deployment::default();
+        deployment.metadata.name = Some("cellbus-wasm".into());
+        deployment.metadata.generation = Some(1);
+        deployment.status = Some(DeploymentStatus {
+            observed_generation: Some(1),
+            replicas: Some(updated),
+            ready_replicas: Some(ready),
+            updated_replicas: Some(updated),
+            conditions: progressing.map(|(status, reason)| {
+                vec![DeploymentCondition {
+                    type_: Some("Progressing".into()),
+                    status: Some(status.into()),
+                    reason: Some(reason.into()),
+                    ..DeploymentCondition::default()
+                }]
+            }),
+            ..DeploymentStatus::default()
+        });
+        deployment
+    }
+
+    fn statuses(deployment: &Deployment) -> [(String, String); 3] {
+        Rollout::of(deployment, 2)
+            .conditions(deployment)
+            .map(|c| (c.type_.to_owned(), c.status.as_str().to_owned()))
+    }
+
+    #[rstest]
+    #[case::new_pods_still_starting(0, 2, Some(("True", "ReplicaSetUpdated")), ["True", "False", "False"])]
+    #[case::all_ready(2, 2, Some(("True", "NewReplicaSetAvailable")), ["False", "False", "True"])]
+    #[case::a_pod_lost_after_the_rollout(1, 2, Some(("True", "NewReplicaSetAvailable")), ["False", "True", "False"])]
+    #[case::the_rollout_gave_up(1, 2, Some(("False", "ProgressDeadlineExceeded")), ["False", "True", "False"])]
+    #[case::older_pods_being_replaced(1, 1, None, ["True", "False", "False"])]
+    #[case::no_progress_condition_yet(0, 2, None, ["False", "True", "False"])]
+    fn a_pool_is_degraded_only_when_its_rollout_is_over_and_pods_are_missing(
+        #[case] ready: i32,
+        #[case] updated: i32,
+        #[case] progressing: Option<(&str, &str)>,
+        #[case] expected: [&str; 3],
+    ) {
+        let [progressing, degraded, ready] = statuses(&deployment(ready, updated, progressing));
+        assert_eq!(
+            [progressing, degraded, ready],
+            [
+                ("Progressing".to_owned(), expected[0].to_owned()),
+                ("Degraded".to_owned(), expected[1].to_owned()),
+                ("Ready".to_owned(), expected[2].to_owned()),
+            ]
+        );
     }
 }
