@@ -6,8 +6,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use cellbus_contracts::assignment::MAX_DATABASE_CONNECTIONS_PER_POD;
 use cellbus_contracts::resources::DatabaseSpec;
@@ -16,28 +15,15 @@ use cellbus_contracts::wire::{ErrorBody, ErrorCode};
 use cellbus_control::database::{self, Admin, Endpoint, Wanted};
 use cellbus_runtime::db::secrets::{LocalSecrets, DATABASE_URL_KEY};
 use cellbus_runtime::db::Databases;
-use cellbus_testkit::Postgres;
+use cellbus_testkit::{CapturedLogs, Postgres};
 use serde_json::{json, Value};
 use support::*;
 
 /// Everything the runtime logs in this test binary, at every level.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
+fn logs() -> &'static CapturedLogs {
+    static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
     LOGS.get_or_init(|| {
-        let logs = Logs::default();
+        let logs = CapturedLogs::default();
         let writer = logs.clone();
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
@@ -49,7 +35,7 @@ fn logs() -> &'static Logs {
 }
 
 fn assert_not_logged(password: &str) {
-    let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned();
+    let text = logs().text();
     assert!(
         text.contains("CREATE ROLE"),
         "the database client's statements were not captured"

@@ -6,8 +6,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cellbus_control::database::role_name;
@@ -16,7 +15,7 @@ use cellbus_operator::controller::{cell, error_policy};
 use cellbus_operator::database::Databases;
 use cellbus_operator::observed::CellObject;
 use cellbus_operator::run::DatabaseArgs;
-use cellbus_testkit::{NatsServer, Postgres};
+use cellbus_testkit::{CapturedLogs, NatsServer, Postgres};
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 use support::api::{mock_client, not_found, object_for, ApiServer};
@@ -27,20 +26,6 @@ const SECRET: &str = "/api/v1/namespaces/apps/secrets/visits-db";
 const ROLE: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/apps/roles/cellbus-wasm";
 const ROLE_BINDING: &str =
     "/apis/rbac.authorization.k8s.io/v1/namespaces/apps/rolebindings/cellbus-wasm";
-
-/// Everything the code under test logs, to look for passwords in.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn context_with_database(
     client: kube::Client,
@@ -164,7 +149,7 @@ async fn reconcile_once(
 
 #[tokio::test]
 async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_never_logged() {
-    let logs = Logs::default();
+    let logs = CapturedLogs::default();
     let writer = logs.clone();
     // The PostgreSQL client logs through `log`, which the operator's subscriber bridges
     // (its statements are where a password would show).
@@ -277,7 +262,7 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
     assert!(login(postgres.url(), &role, &second).await.is_err());
     login(postgres.url(), &role, &third).await.unwrap();
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("database credentials written"),
         "the logs were not captured"
@@ -292,16 +277,8 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
             "a password is in the logs"
         );
     }
-    let admin_password = postgres
-        .url()
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap();
     assert!(
-        !logs.contains(admin_password),
+        !logs.contains(postgres.password()),
         "the admin password is in the logs"
     );
 }

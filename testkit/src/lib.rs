@@ -6,9 +6,11 @@
 
 #![forbid(unsafe_code)]
 
+mod logs;
 mod nats;
 mod postgres;
 
+pub use logs::CapturedLogs;
 pub use nats::NatsServer;
 pub use postgres::Postgres;
 

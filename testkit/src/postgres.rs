@@ -199,6 +199,18 @@ impl Postgres {
         &self.url
     }
 
+    /// The password in [`Postgres::url`], for tests that make sure it is never logged.
+    pub fn password(&self) -> &str {
+        let url = self.url();
+        let credentials = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .map_or("", |(credentials, _)| credentials);
+        credentials
+            .split_once(':')
+            .map_or("", |(_, password)| password)
+    }
+
     /// The PEM file of the CA that signed the server's certificate, for a server started
     /// with [`Postgres::start_with_tls`].
     pub fn ca_cert(&self) -> Option<&Path> {
