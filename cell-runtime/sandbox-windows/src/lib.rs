@@ -1,0 +1,23 @@
+//! The Windows sandbox of process cells: one Job Object per cell, holding its memory,
+//! process and CPU limits, with every process of the cell started inside it.
+//!
+//! [`JobPolicy`] turns the Kubernetes quantities of a Cell's limits into the raw values of
+//! the job's information classes ([`JobLimits`]), and [`command_line`] quotes arguments the
+//! way Windows splits them; both are plain code, tested on any platform. [`Job`] makes the
+//! system calls and exists only on Windows. The crate builds with Rust 1.63 and depends on
+//! `windows-sys` alone, so Debian's mingw toolchain can build it for the Wine check.
+#![deny(unsafe_code)]
+
+pub mod cmdline;
+pub mod policy;
+
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod job;
+
+pub use cmdline::{command_line, CommandLineError};
+#[cfg(windows)]
+pub use job::{logical_processors, Accounting, InfoClass, Job, JobError, Process};
+pub use policy::{
+    cpu_rate, CpuRateLimit, ExtendedLimits, Field, JobLimits, JobPolicy, PolicyError,
+};
