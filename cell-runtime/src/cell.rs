@@ -14,7 +14,14 @@ use jsonschema::Validator;
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::process::ProcessCell;
 use crate::wasm::{CallContext, Executor, WasmCell};
+
+/// What runs a cell's requests.
+pub enum CellCode {
+    Wasm(WasmCell),
+    Process(ProcessCell),
+}
 
 /// Deadline of a request when neither the verb, the cell, the pool nor the caller sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,7 +43,7 @@ pub struct LoadedCell {
     pub loaded_at: Timestamp,
     verbs: HashMap<String, Verb>,
     permits: Arc<Semaphore>,
-    code: WasmCell,
+    code: CellCode,
     default_timeout: Duration,
 }
 
@@ -50,7 +57,7 @@ pub struct SchemaError {
 }
 
 impl LoadedCell {
-    pub fn new(spec: AssignedCell, code: WasmCell) -> Result<Self, SchemaError> {
+    pub fn new(spec: AssignedCell, code: CellCode) -> Result<Self, SchemaError> {
         let compile = |verb: &str, which, schema: &Option<serde_json::Map<String, Value>>| {
             schema
                 .as_ref()
@@ -210,17 +217,21 @@ impl LoadedCell {
             deadline: Instant::now() + timeout,
             client,
         };
-        let payload = request.payload.to_string();
-        let output = executor
-            .invoke(&self.code, &request.verb, &payload, context)
-            .await?;
-
-        let output: Value = serde_json::from_str(&output).map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::CellFailed,
-                format!("the cell's output is not JSON: {e}"),
-            )
-        })?;
+        let output = match &self.code {
+            CellCode::Wasm(code) => {
+                let payload = request.payload.to_string();
+                let output = executor
+                    .invoke(code, &request.verb, &payload, context)
+                    .await?;
+                serde_json::from_str(&output).map_err(|e| {
+                    ErrorBody::new(
+                        ErrorCode::CellFailed,
+                        format!("the cell's output is not JSON: {e}"),
+                    )
+                })?
+            }
+            CellCode::Process(code) => code.invoke(request, context.deadline).await?,
+        };
         if let Some(schema) = &verb.output {
             let violations = schema_violations(schema, &output);
             if !violations.is_empty() {

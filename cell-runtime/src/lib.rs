@@ -11,6 +11,7 @@ pub mod durable;
 pub mod http;
 pub mod metrics;
 pub mod modules;
+pub mod process;
 pub mod serve;
 pub mod server;
 pub mod up;
@@ -120,6 +121,7 @@ impl Node {
                 http,
                 databases: Arc::new(Databases::new(secrets_from_environment())),
                 max_payload: engine.max_payload,
+                processes: process::ProcessSettings::new(engine.max_payload, &engine.cache_dir),
             },
         })
     }
@@ -142,28 +144,5 @@ fn secrets_from_environment() -> Option<Arc<dyn SecretSource>> {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM (on Windows: Ctrl-C, or the console closing or the system
-/// shutting down, which is how a Windows container is stopped).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(windows)]
-    {
-        let mut close = tokio::signal::windows::ctrl_close().expect("installing a close handler");
-        let mut shutdown =
-            tokio::signal::windows::ctrl_shutdown().expect("installing a shutdown handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = close.recv() => {}
-            _ = shutdown.recv() => {}
-        }
-    }
-}
+/// Waits for Ctrl-C or SIGTERM; see [`cellbus_control::shutdown_signal`].
+pub use cellbus_control::shutdown_signal;

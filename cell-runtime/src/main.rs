@@ -45,6 +45,16 @@ enum Command {
     },
     /// Measure request/reply through the runtime against raw NATS, side by side.
     Bench(bench::BenchArgs),
+    /// Run PROGRAM confined as a process cell (the runtime starts each process cell this
+    /// way; not meant to be run by hand).
+    #[command(hide = true)]
+    Sandbox {
+        #[command(flatten)]
+        limits: cellbus_runtime::process::SandboxLimits,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Check Cell and CellPool manifests as a cluster would judge them.
     Check {
         /// Manifest files or directories (walked for .yaml and .yml files).
@@ -66,6 +76,10 @@ enum ModuleCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Before any thread exists: the sandbox blocks signals for the whole process.
+    if let Command::Sandbox { limits, command } = &args.command {
+        return cellbus_runtime::process::sandbox::run(limits, command);
+    }
     // Servers log what they do; one-shot commands only what went wrong.
     let default = match args.command {
         Command::Serve(_) | Command::Up(_) => "info",
@@ -119,6 +133,7 @@ async fn run(command: Command) -> ExitCode {
                 .map(|r| print!("{}", r.table(&args))),
         ),
         Command::Check { paths } => check(&paths),
+        Command::Sandbox { .. } => unreachable!("the sandbox runs before the async runtime"),
     }
 }
 

@@ -27,11 +27,12 @@ use jiff::Timestamp;
 use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn, Instrument};
 
-use crate::cell::LoadedCell;
+use crate::cell::{CellCode, LoadedCell};
 use crate::db::Databases;
 use crate::durable::DurableWorkers;
 use crate::metrics::Metrics;
 use crate::modules;
+use crate::process::{self, ProcessCell, ProcessSettings};
 use crate::wasm::Executor;
 
 /// How soon a cell that failed to load is tried again.
@@ -59,6 +60,8 @@ pub struct Shared {
     pub databases: Arc<Databases>,
     /// Largest request body accepted.
     pub max_payload: usize,
+    /// How process cells are started.
+    pub processes: ProcessSettings,
 }
 
 /// A running pool server; dropping it does not stop it, [`PoolServer::shutdown`] does.
@@ -199,6 +202,8 @@ impl PoolServer {
                 "requests still running after the shutdown grace period"
             );
         }
+        // Process cells stop with their last reference.
+        self.inner.cells.write().expect("cells lock").clear();
     }
 }
 
@@ -355,11 +360,41 @@ impl Inner {
 
     /// Fetches, verifies and prepares one cell; the error is the reason to report.
     async fn load(&self, spec: &AssignedCell, runtime: Runtime) -> Result<LoadedCell, String> {
-        if runtime != Runtime::Wasm {
-            return Err(format!(
-                "{} cells are not served by this runtime build",
-                runtime.as_str()
-            ));
+        match runtime {
+            Runtime::Wasm => {}
+            Runtime::Process => {
+                let command = match &spec.module.command {
+                    Some(command) => command.clone(),
+                    // An executable from cbs-modules (or its URL), run only once its bytes
+                    // match the digest.
+                    None => {
+                        let (digest, bytes) = modules::fetch(&self.shared, &spec.module)
+                            .await
+                            .map_err(|e| cellbus_contracts::error_chain(&e))?;
+                        let path = process::install_executable(
+                            &self.shared.processes.executables,
+                            &digest,
+                            &bytes,
+                        )
+                        .map_err(|e| format!("storing the executable: {e}"))?;
+                        vec![path.display().to_string()]
+                    }
+                };
+                let code = ProcessCell::new(
+                    spec,
+                    command,
+                    &self.shared.processes,
+                    self.shared.metrics.clone(),
+                )?;
+                return LoadedCell::new(spec.clone(), CellCode::Process(code))
+                    .map_err(|e| e.to_string());
+            }
+            other => {
+                return Err(format!(
+                    "{} cells are not served by this runtime build",
+                    other.as_str()
+                ))
+            }
         }
         let executor = &self.shared.executor;
         let (digest, bytes) = modules::fetch(&self.shared, &spec.module)
@@ -379,7 +414,7 @@ impl Inner {
         let code = executor
             .prepare(spec, &compiled.0, database)
             .map_err(|e| e.to_string())?;
-        LoadedCell::new(spec.clone(), code).map_err(|e| e.to_string())
+        LoadedCell::new(spec.clone(), CellCode::Wasm(code)).map_err(|e| e.to_string())
     }
 
     async fn report(&self, cells: Vec<CellLoadState>) {

@@ -286,20 +286,7 @@ fn cells_of_service(cells: &Store<CellObject>, cell: &CellObject) -> Vec<ObjectR
 /// Resolves on SIGTERM or Ctrl-C.
 fn shutdown_signal() -> futures::future::BoxFuture<'static, ()> {
     async {
-        #[cfg(unix)]
-        {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing a SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        cellbus_control::shutdown_signal().await;
         tracing::info!("shutting down");
     }
     .boxed()

@@ -63,12 +63,13 @@ impl Bus {
 
     /// Stores the cells' modules and writes the pool's assignment.
     pub async fn assign(&self, cells: &[TestCell]) {
-        for cell in cells {
+        for cell in cells.iter().filter(|c| !c.module.is_empty()) {
             cellbus_control::push_module(&self.node.shared.buckets.modules, &cell.module)
                 .await
                 .unwrap();
         }
-        let pool: CellPoolSpec = serde_json::from_value(json!({"runtime": "wasm"})).unwrap();
+        let runtime = cells.first().map_or("wasm", |cell| cell.runtime);
+        let pool: CellPoolSpec = serde_json::from_value(json!({"runtime": runtime})).unwrap();
         let assignment = PoolAssignment::new(
             NAMESPACE,
             POOL,
@@ -133,7 +134,13 @@ impl Bus {
 }
 
 pub async fn node_for(nats: &NatsServer, cache: &Path) -> Node {
-    Node::start(
+    // A root test run hands process cells to `nobody`, who must reach fetched executables.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut node = Node::start(
         &NatsArgs::url(nats.url()),
         &EngineArgs {
             cache_dir: cache.to_owned(),
@@ -144,7 +151,10 @@ pub async fn node_for(nats: &NatsServer, cache: &Path) -> Node {
         "test runtime",
     )
     .await
-    .unwrap()
+    .unwrap();
+    // The tests run in their own binary; process cells are confined by `cellbus sandbox`.
+    node.shared.processes.sandbox_program = env!("CARGO_BIN_EXE_cellbus").into();
+    node
 }
 
 /// Waits until the pool reports a state for each service (loaded or failed).
@@ -187,6 +197,8 @@ pub struct TestCell {
     pub name: String,
     pub spec: CellSpec,
     pub module: Vec<u8>,
+    /// The runtime of the pool it needs.
+    pub runtime: &'static str,
 }
 
 impl TestCell {
@@ -205,6 +217,26 @@ impl TestCell {
             name: service.to_owned(),
             spec: serde_json::from_value(spec).unwrap(),
             module,
+            runtime: "wasm",
+        }
+    }
+
+    /// A process cell running tests/process_cells/cell.py in `mode`, answering `verbs`.
+    pub fn process(service: &str, mode: &str, verbs: Value, extra: Value) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/process_cells/cell.py");
+        let mut spec = json!({
+            "service": service,
+            "verbs": verbs,
+            "module": {"command": ["python3", script, mode, marker(service)]},
+        });
+        if let (Value::Object(spec), Value::Object(extra)) = (&mut spec, extra) {
+            spec.extend(extra);
+        }
+        Self {
+            name: service.to_owned(),
+            spec: serde_json::from_value(spec).unwrap(),
+            module: Vec::new(),
+            runtime: "process",
         }
     }
 
@@ -366,4 +398,30 @@ pub async fn dead_letters(js: &jetstream::Context) -> Vec<DeadLetter> {
             return letters;
         }
     }
+}
+
+/// The word that marks every process a test process cell of `service` starts, unique to
+/// this test run.
+pub fn marker(service: &str) -> String {
+    format!("cellbus-test-{}-{service}", std::process::id())
+}
+
+/// Processes whose command line holds `marker`.
+pub fn processes_marked(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == marker.as_bytes())
+        {
+            found.push(pid);
+        }
+    }
+    found
 }

@@ -1,0 +1,566 @@
+//! Process cells: a program speaking JSON lines on stdin and stdout (see [`protocol`]),
+//! run inside an OS sandbox ([`sandbox`]). One process per cell per pod serves several
+//! requests at once, up to the cell's in-flight limit, replies matched to requests by id.
+//!
+//! A process that exits, closes its stdout or writes a line that is not a reply is
+//! stopped, every request it held is answered `cell_failed`, and it is started again
+//! after a backoff that doubles from 100 ms to 30 s (reset once it has run for 30 s);
+//! requests arriving in the meantime wait for it within their deadline. A request that
+//! outlives its deadline is answered `timeout` and the process is killed: a process that
+//! ignores a request may be stuck on it, and nothing else can stop it. Stopping always
+//! takes the cell's whole process group, so its children go with it.
+
+pub mod protocol;
+// The OS sandbox is system calls (fork/exec hooks, rlimits, prctl, signals): the one place
+// the runtime uses `unsafe`, each block with its reason.
+#[allow(unsafe_code)]
+pub mod sandbox;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cellbus_contracts::assignment::AssignedCell;
+use cellbus_contracts::wire::{ErrorBody, ErrorCode, Request};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{ChildStdin, ChildStdout, Command};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use protocol::{parse_reply, request_line};
+pub use sandbox::SandboxLimits;
+
+/// The first restart waits this long; each further one twice as long.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait before a restart.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A process that ran this long before it stopped starts over from the first backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+/// How long a process that closed its stdout has to exit before it is stopped.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
+/// Longest stderr line logged as one; a longer one is logged in pieces.
+const MAX_LOG_LINE: usize = 4096;
+
+/// How this runtime starts process cells.
+#[derive(Clone, Debug)]
+pub struct ProcessSettings {
+    /// The `cellbus` executable, whose `sandbox` command confines each process.
+    pub sandbox_program: PathBuf,
+    /// Longest reply line accepted; a longer one stops the process.
+    pub max_line: usize,
+    /// Where executables fetched by digest are stored to be run.
+    pub executables: PathBuf,
+}
+
+impl ProcessSettings {
+    /// Settings for a runtime whose largest request is `max_payload` bytes, storing
+    /// executables under `cache_dir`, confining processes with the running `cellbus`.
+    pub fn new(max_payload: usize, cache_dir: &std::path::Path) -> Self {
+        Self {
+            sandbox_program: std::env::current_exe().unwrap_or_else(|_| "cellbus".into()),
+            // A reply the runtime could not send on anyway, plus room for the envelope.
+            max_line: max_payload + (64 << 10),
+            executables: cache_dir.join("bin"),
+        }
+    }
+}
+
+/// Stores `bytes` (whose digest is `digest`, already checked) as an executable file and
+/// returns its path. Written to a temporary file and renamed, so a process never runs a
+/// half-written file.
+pub fn install_executable(
+    dir: &std::path::Path,
+    digest: &str,
+    bytes: &[u8],
+) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(digest.replace(':', "-"));
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o755))?;
+    }
+    file.persist(&path).map_err(|e| e.error)?;
+    Ok(path)
+}
+
+/// A process cell: its program, its limits, and the process serving it now.
+pub struct ProcessCell {
+    supervisor: Arc<Supervisor>,
+}
+
+struct Supervisor {
+    service: String,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    limits: SandboxLimits,
+    settings: ProcessSettings,
+    metrics: Arc<Metrics>,
+    slot: tokio::sync::Mutex<Slot>,
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Slot {
+    running: Option<Arc<Running>>,
+    /// Stops in a row, each without a healthy run before it.
+    failures: u32,
+    next_start: Option<Instant>,
+}
+
+/// One started process.
+struct Running {
+    /// The sandbox process the cell runs under.
+    pid: u32,
+    started: Instant,
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    pending: Mutex<HashMap<Uuid, Pending>>,
+    stopped: AtomicBool,
+}
+
+struct Pending {
+    correlation_id: Uuid,
+    reply: oneshot::Sender<Result<Value, ErrorBody>>,
+}
+
+impl ProcessCell {
+    /// A cell running `command` (a program and its arguments); nothing starts until its
+    /// first request.
+    pub fn new(
+        spec: &AssignedCell,
+        command: Vec<String>,
+        settings: &ProcessSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        if command.is_empty() {
+            return Err("spec.module.command is empty: it needs at least the program".into());
+        }
+        let limits = SandboxLimits::of(&spec.limits)?;
+        Ok(Self {
+            supervisor: Arc::new(Supervisor {
+                service: spec.service.clone(),
+                command,
+                env: spec
+                    .env
+                    .iter()
+                    .map(|var| (var.name.clone(), var.value.clone()))
+                    .collect(),
+                limits,
+                settings: settings.clone(),
+                metrics,
+                slot: tokio::sync::Mutex::new(Slot::default()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Runs `request` in the process, answering within `deadline`.
+    pub async fn invoke(&self, request: &Request, deadline: Instant) -> Result<Value, ErrorBody> {
+        self.supervisor.invoke(request, deadline).await
+    }
+
+    /// The sandbox process serving the cell now, if one runs.
+    pub async fn sandbox_pid(&self) -> Option<u32> {
+        let slot = self.supervisor.slot.lock().await;
+        slot.running
+            .as_ref()
+            .filter(|running| !running.stopped.load(Ordering::Acquire))
+            .map(|running| running.pid)
+    }
+}
+
+impl Drop for ProcessCell {
+    /// A replaced or removed cell's process stops with it.
+    fn drop(&mut self) {
+        self.supervisor.closed.store(true, Ordering::Release);
+        if let Ok(slot) = self.supervisor.slot.try_lock() {
+            if let Some(running) = &slot.running {
+                self.supervisor
+                    .stop(running, "the cell was replaced or removed");
+            }
+        } else {
+            // A start is in progress; it sees `closed` and stops what it started.
+        }
+    }
+}
+
+impl Supervisor {
+    async fn invoke(
+        self: &Arc<Self>,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Value, ErrorBody> {
+        let running = self.running(deadline).await?;
+        let id = Uuid::new_v4();
+        let (reply, answer) = oneshot::channel();
+        running.pending.lock().expect("pending lock").insert(
+            id,
+            Pending {
+                correlation_id: request.reply_correlation_id(),
+                reply,
+            },
+        );
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let line = request_line(request, id, remaining.as_millis() as u64);
+        let written = tokio::time::timeout_at(deadline.into(), async {
+            let mut stdin = running.stdin.lock().await;
+            stdin.write_all(&line).await?;
+            stdin.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                self.stop(&running, &format!("its stdin is closed ({error})"));
+            }
+            Err(_) => {
+                self.kill_for_deadline(&running);
+            }
+        }
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(cell_failed("the process stopped")),
+            Err(_) => {
+                running.pending.lock().expect("pending lock").remove(&id);
+                self.kill_for_deadline(&running);
+                Err(ErrorBody::new(
+                    ErrorCode::Timeout,
+                    "the process did not answer before the request's deadline; it was stopped",
+                ))
+            }
+        }
+    }
+
+    /// The running process, started (after the backoff, if one is due) when there is none.
+    async fn running(self: &Arc<Self>, deadline: Instant) -> Result<Arc<Running>, ErrorBody> {
+        let mut slot = self.slot.lock().await;
+        if let Some(running) = &slot.running {
+            if !running.stopped.load(Ordering::Acquire) {
+                return Ok(running.clone());
+            }
+        }
+        if let Some(next) = slot.next_start {
+            if next > deadline {
+                return Err(ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the process stopped and is restarted in {} ms, after this request's deadline",
+                        next.saturating_duration_since(Instant::now()).as_millis()
+                    ),
+                )
+                .with_retryable(true));
+            }
+            tokio::time::sleep_until(next.into()).await;
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(
+                ErrorBody::new(ErrorCode::Unavailable, "the cell was replaced or removed")
+                    .with_retryable(true),
+            );
+        }
+        match self.start() {
+            Ok(running) => {
+                slot.running = Some(running.clone());
+                slot.next_start = None;
+                Ok(running)
+            }
+            Err(error) => {
+                slot.failures += 1;
+                slot.next_start = Some(Instant::now() + backoff(slot.failures));
+                warn!(service = %self.service, %error, "cannot start the cell's process");
+                Err(cell_failed(&format!("cannot start the process: {error}")))
+            }
+        }
+    }
+
+    fn start(self: &Arc<Self>) -> std::io::Result<Arc<Running>> {
+        let mut command = Command::new(&self.settings.sandbox_program);
+        command
+            .arg("sandbox")
+            .args(self.limits.to_args())
+            .arg("--")
+            .args(&self.command)
+            // The runtime's environment holds its credentials; a cell sees only its own.
+            .env_clear()
+            .env("PATH", sandbox::PATH)
+            .env("LANG", "C.UTF-8")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        let mut child = command.spawn()?;
+        let pid = child.id().expect("a just-started process has a pid");
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let running = Arc::new(Running {
+            pid,
+            started: Instant::now(),
+            stdin: tokio::sync::Mutex::new(stdin),
+            pending: Mutex::default(),
+            stopped: AtomicBool::new(false),
+        });
+        info!(service = %self.service, pid, command = ?self.command, "started the cell's process");
+
+        let this = self.clone();
+        let reader = running.clone();
+        tokio::spawn(async move { this.read_replies(&reader, stdout).await });
+        let this = self.clone();
+        let logger = running.clone();
+        tokio::spawn(async move { this.log_stderr(&logger, stderr).await });
+        let this = self.clone();
+        let reaped = running.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            this.exited(&reaped, status).await;
+        });
+        if self.closed.load(Ordering::Acquire) {
+            self.stop(&running, "the cell was replaced or removed");
+        }
+        Ok(running)
+    }
+
+    /// Matches reply lines to requests until the process stops writing or breaks the
+    /// protocol.
+    async fn read_replies(&self, running: &Arc<Running>, stdout: ChildStdout) {
+        let mut stdout = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            match read_line(&mut stdout, &mut line, self.settings.max_line).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // A process that is exiting closes its stdout first; give it a moment,
+                    // so its requests are answered with how it exited.
+                    tokio::time::sleep(EXIT_GRACE).await;
+                    return self.stop(running, "the process closed its stdout");
+                }
+                Err(LineTooLong) => {
+                    return self.stop(
+                        running,
+                        &format!(
+                            "the process wrote a line longer than {} bytes",
+                            self.settings.max_line
+                        ),
+                    )
+                }
+            }
+            match parse_reply(&line) {
+                Ok(reply) => {
+                    let pending = running
+                        .pending
+                        .lock()
+                        .expect("pending lock")
+                        .remove(&reply.id);
+                    match pending {
+                        Some(pending) => {
+                            let _ = pending.reply.send(reply.outcome);
+                        }
+                        // The request timed out already, or never was.
+                        None => {
+                            debug!(service = %self.service, id = %reply.id, "a reply nobody waits for")
+                        }
+                    }
+                }
+                Err(error) => return self.stop(running, &format!("the process wrote {error}")),
+            }
+        }
+    }
+
+    async fn log_stderr(&self, running: &Arc<Running>, stderr: tokio::process::ChildStderr) {
+        let mut stderr = BufReader::new(stderr);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut stderr)
+                .take(MAX_LOG_LINE as u64)
+                .read_until(b'\n', &mut line)
+                .await
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end();
+            // The requests in flight when the line was written, which is as close as a
+            // line on a shared stream gets to the request it is about.
+            let correlation: Vec<Uuid> = running
+                .pending
+                .lock()
+                .expect("pending lock")
+                .values()
+                .map(|p| p.correlation_id)
+                .collect();
+            match correlation.as_slice() {
+                [one] => {
+                    info!(target: "cell", service = %self.service, correlation_id = %one, "{text}")
+                }
+                many => info!(target: "cell", service = %self.service, in_flight = ?many, "{text}"),
+            }
+        }
+    }
+
+    /// The process is gone: answer what it held, count it, and set the backoff.
+    async fn exited(
+        &self,
+        running: &Arc<Running>,
+        status: std::io::Result<std::process::ExitStatus>,
+    ) {
+        let how = match &status {
+            Ok(status) => describe_exit(*status),
+            Err(error) => format!("could not be waited for: {error}"),
+        };
+        let expected = self.closed.load(Ordering::Acquire);
+        if !expected {
+            warn!(service = %self.service, pid = running.pid, "the cell's process {how}");
+        }
+        self.fail_pending(running, &format!("the process {how}"));
+        running.stopped.store(true, Ordering::Release);
+        let mut slot = self.slot.lock().await;
+        if slot
+            .running
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, running))
+        {
+            slot.running = None;
+        }
+        if running.started.elapsed() >= HEALTHY_RUN {
+            slot.failures = 0;
+        }
+        slot.failures += 1;
+        slot.next_start = Some(Instant::now() + backoff(slot.failures));
+    }
+
+    /// Stops the process for `why`: its requests are answered `cell_failed` now, and the
+    /// whole process group is killed.
+    fn stop(&self, running: &Arc<Running>, why: &str) {
+        if running.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if !self.closed.load(Ordering::Acquire) {
+            warn!(service = %self.service, pid = running.pid, "stopping the cell's process: {why}");
+            self.metrics
+                .sandbox_kills
+                .with_label_values(&["protocol"])
+                .inc();
+        }
+        self.fail_pending(running, why);
+        sandbox::stop(running.pid);
+    }
+
+    fn kill_for_deadline(&self, running: &Arc<Running>) {
+        if running.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        self.metrics
+            .sandbox_kills
+            .with_label_values(&["deadline"])
+            .inc();
+        self.stop(
+            running,
+            "a request's deadline passed while the process held it",
+        );
+    }
+
+    fn fail_pending(&self, running: &Arc<Running>, why: &str) {
+        let pending: Vec<Pending> = running
+            .pending
+            .lock()
+            .expect("pending lock")
+            .drain()
+            .map(|(_, pending)| pending)
+            .collect();
+        for pending in pending {
+            let _ = pending.reply.send(Err(cell_failed(why)));
+        }
+    }
+}
+
+/// The wait before restart number `failures`.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
+}
+
+fn cell_failed(why: &str) -> ErrorBody {
+    ErrorBody::new(ErrorCode::CellFailed, why.to_owned())
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("was killed by signal {signal}");
+        }
+    }
+    match status.code() {
+        // The sandbox reports a cell killed by a signal as 128 + the signal, as shells do.
+        Some(code) if code > 128 => format!("was killed by signal {}", code - 128),
+        Some(code) => format!("exited with status {code}"),
+        None => "exited".to_owned(),
+    }
+}
+
+struct LineTooLong;
+
+/// Reads one line into `line` (without its newline), refusing lines over `max` bytes
+/// before reading them whole. `Ok(false)` at the end of the stream.
+async fn read_line(
+    reader: &mut BufReader<ChildStdout>,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> Result<bool, LineTooLong> {
+    line.clear();
+    loop {
+        let available = match reader.fill_buf().await {
+            Ok(available) => available,
+            Err(_) => return Ok(false),
+        };
+        if available.is_empty() {
+            return Ok(false);
+        }
+        let (taken, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                line.extend_from_slice(&available[..at]);
+                (at + 1, true)
+            }
+            None => {
+                line.extend_from_slice(available);
+                (available.len(), false)
+            }
+        };
+        reader.consume(taken);
+        if line.len() > max {
+            return Err(LineTooLong);
+        }
+        if done {
+            return Ok(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_from_100_ms_to_30_s() {
+        let waits: Vec<u128> = (1..=12).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000]
+        );
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}

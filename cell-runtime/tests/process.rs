@@ -1,0 +1,284 @@
+//! Process cells through the bus, as real processes in the Linux sandbox: JSON lines in
+//! and out with several requests in flight, typed errors, and hostile processes — garbage,
+//! a 100 MB line, a closed stdout, silence, an instant exit, a CPU spinner, a memory hog,
+//! a fork bomb (in tests/process_fork_bomb.rs, alone: its processes count against every
+//! cell of the same user), a grandchild left behind, an attempt to leave the process group — each
+//! contained with a typed error while another cell keeps serving, and no process of a
+//! cell outliving its runtime.
+
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cellbus_contracts::wire::ErrorCode;
+use serde_json::{json, Value};
+use support::*;
+
+fn verbs(timeout_ms: u32) -> Value {
+    json!(["echo", "sleep", "fail", "log", "escape", "env", "go"]
+        .iter()
+        .map(|name| json!({"name": name, "timeoutMs": timeout_ms}))
+        .collect::<Vec<_>>())
+}
+
+/// The runtime's logs (the cells' stderr among them) in the test's output.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
+}
+
+fn well_behaved(service: &str) -> TestCell {
+    TestCell::process(
+        service,
+        "well-behaved",
+        verbs(5000),
+        json!({"env": [{"name": "GREETING", "value": "hello"}]}),
+    )
+}
+
+fn hostile(service: &str, mode: &str, extra: Value) -> TestCell {
+    TestCell::process(service, mode, verbs(2000), extra)
+}
+
+/// Waits until `condition` holds, for at most `seconds`.
+async fn eventually(seconds: u64, what: &str, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while !condition() {
+        assert!(
+            Instant::now() < until,
+            "{what} did not happen in {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_cell_answers_many_requests_at_once_matched_by_id() {
+    logs();
+    let bus = Bus::start().await;
+    let server = bus.deploy(&[well_behaved("lines")]).await;
+
+    assert_eq!(
+        bus.call("lines", "echo", json!({"a": 1})).await.unwrap(),
+        json!({"a": 1})
+    );
+    // Slow ones first: the replies come back in another order than the requests.
+    let calls: Vec<_> = (0..8)
+        .map(|i| bus.spawn_call("lines", "sleep", json!({"ms": 400 - i * 50, "i": i})))
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let payload = call.await.unwrap().into_result().unwrap();
+        assert_eq!(payload["i"], json!(i));
+    }
+    // A cell's own error keeps its code and details.
+    let error = bus.call("lines", "fail", json!({})).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::BadRequest);
+    assert_eq!(error.details, Some(json!({"why": "asked"})));
+    // Only the Cell's environment: none of the runtime's.
+    let env = bus.call("lines", "env", json!({})).await.unwrap();
+    assert_eq!(env["GREETING"], json!("hello"));
+    assert!(
+        env.get("NATS_URL").is_none() && env.get("HOME").is_none(),
+        "{env}"
+    );
+    // The sandbox refuses to let it leave its process group.
+    assert_eq!(
+        bus.call("lines", "escape", json!({})).await.unwrap(),
+        json!({"escaped": false})
+    );
+    bus.call("lines", "log", json!({})).await.unwrap();
+
+    server.shutdown().await;
+    eventually(10, "the process stopping with its pool", || {
+        processes_marked(&marker("lines")).is_empty()
+    })
+    .await;
+}
+
+/// Each hostile cell is answered with the code it earns, while `lines` keeps answering,
+/// and is started again afterwards.
+#[rstest::rstest]
+#[case::garbage("garbage", ErrorCode::CellFailed, "not a reply")]
+#[case::a_100_mb_line("huge-line", ErrorCode::CellFailed, "longer than")]
+#[case::closed_stdout("close-stdout", ErrorCode::CellFailed, "closed its stdout")]
+#[case::silence("silent", ErrorCode::Timeout, "deadline")]
+#[case::cpu_spinner("spin", ErrorCode::Timeout, "deadline")]
+#[case::memory_hog("memory-hog", ErrorCode::CellFailed, "exited")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_process_is_contained_with_a_typed_error(
+    #[case] mode: &str,
+    #[case] code: ErrorCode,
+    #[case] message: &str,
+) {
+    logs();
+    let bus = Bus::start().await;
+    let service = format!("h-{mode}");
+    let server = bus
+        .deploy(&[
+            well_behaved("lines"),
+            hostile(&service, mode, json!({"limits": {"memory": "256Mi"}})),
+        ])
+        .await;
+
+    let started = Instant::now();
+    let error = bus.call(&service, "go", json!({})).await.unwrap_err();
+    assert_eq!(error.code, code, "{error:?}");
+    assert!(error.message.contains(message), "{error:?}");
+    // Within the verb's 2 s deadline, plus the time to stop it.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        bus.call("lines", "echo", json!({"still": "here"}))
+            .await
+            .unwrap(),
+        json!({"still": "here"})
+    );
+    // Everything it started is gone, forks included.
+    eventually(10, "the hostile process group dying", || {
+        processes_marked(&marker(&service)).is_empty()
+    })
+    .await;
+    // It is started again for the next request, which it spoils again.
+    let again = bus.call(&service, "go", json!({})).await.unwrap_err();
+    assert!(
+        again.code == code || again.code == ErrorCode::Unavailable,
+        "{again:?}"
+    );
+
+    server.shutdown().await;
+    eventually(10, "every process stopping with the pool", || {
+        processes_marked(&marker(&service)).is_empty()
+            && processes_marked(&marker("lines")).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_exits_at_once_is_restarted_with_a_backoff() {
+    logs();
+    let bus = Bus::start().await;
+    let server = bus
+        .deploy(&[hostile("quitter", "exit-at-once", json!({}))])
+        .await;
+    let mut codes = Vec::new();
+    let started = Instant::now();
+    for _ in 0..6 {
+        codes.push(bus.call("quitter", "go", json!({})).await.unwrap_err().code);
+    }
+    assert!(
+        codes
+            .iter()
+            .all(|c| *c == ErrorCode::CellFailed || *c == ErrorCode::Unavailable),
+        "{codes:?}"
+    );
+    // The backoff (100 ms, 200 ms, …) keeps it from being restarted in a tight loop.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grandchild_goes_with_its_cell() {
+    logs();
+    let bus = Bus::start().await;
+    let server = bus
+        .deploy(&[hostile("parent", "grandchild", json!({}))])
+        .await;
+    assert_eq!(
+        bus.call("parent", "go", json!({})).await.unwrap(),
+        json!({"left": "a grandchild"})
+    );
+    let mark = marker("parent");
+    assert!(!processes_marked(&mark).is_empty(), "the grandchild runs");
+    server.shutdown().await;
+    eventually(10, "the grandchild stopping with its cell", || {
+        processes_marked(&mark).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executable_fetched_by_digest_runs_once_verified() {
+    logs();
+    let bus = Bus::start().await;
+    let script = [
+        "#!/usr/bin/env python3",
+        "import json, sys",
+        "for line in sys.stdin:",
+        "    request = json.loads(line)",
+        "    reply = {'id': request['id'], 'ok': True, 'payload': {'from': 'cbs-modules'}}",
+        "    print(json.dumps(reply), flush=True)",
+        "",
+    ]
+    .join("\n");
+    let mut fetched = TestCell::new(
+        "fetched",
+        json!([{"name": "go"}]),
+        script.into_bytes(),
+        json!({}),
+    );
+    fetched.runtime = "process";
+    let server = bus.deploy(&[fetched]).await;
+    assert_eq!(
+        bus.call("fetched", "go", json!({})).await.unwrap(),
+        json!({"from": "cbs-modules"})
+    );
+    server.shutdown().await;
+}
+
+/// The runtime killed outright: the sandbox sees its parent die and takes the whole
+/// process group with it.
+#[test]
+fn no_process_of_a_cell_outlives_a_killed_runtime() {
+    let mark = format!("cellbus-test-{}-orphan", std::process::id());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/process_cells/cell.py");
+    // A stand-in for the runtime: a shell that starts the sandbox and is then SIGKILLed.
+    let mut runtime = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<&0; {} sandbox -- python3 {script} grandchild {mark} <&3 & wait",
+            env!("CARGO_BIN_EXE_cellbus")
+        ))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = runtime.stdin.as_mut().unwrap();
+        writeln!(
+            stdin,
+            r#"{{"id":"2f1d7a4e-9c1b-4a51-8f6e-0d7c3b2a1e90","service":"p","verb":"go","sentAt":"2026-12-01T00:00:00Z","payload":{{}}}}"#
+        )
+        .unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    // The sandbox, the cell and its grandchild.
+    while processes_marked(&mark).len() < 3 {
+        assert!(
+            Instant::now() < until,
+            "the cell and its grandchild did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    runtime.kill().unwrap();
+    runtime.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !processes_marked(&mark).is_empty() {
+        assert!(
+            Instant::now() < until,
+            "processes outlived the runtime: {:?}",
+            processes_marked(&mark)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
