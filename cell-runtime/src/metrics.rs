@@ -3,7 +3,7 @@
 use cellbus_contracts::wire::Reply;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry,
+    IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
@@ -26,6 +26,9 @@ pub struct Metrics {
     pub compile_seconds: Histogram,
     /// Requests whose sandbox was stopped, by reason (deadline, fuel, memory, trap, error).
     pub sandbox_kills: IntCounterVec,
+    /// 1 when process cells get cgroup limits (the runtime's cgroup is delegated), 0 when
+    /// they run with rlimits alone; unset until the first process cell starts.
+    pub process_cgroup_limits: IntGauge,
     /// Durable requests waiting or handed out and not yet settled, by service and verb.
     pub durable_pending: IntGaugeVec,
     /// Durable requests delivered again, by service and verb.
@@ -94,6 +97,11 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            process_cgroup_limits: IntGauge::new(
+                "process_cgroup_limits",
+                "Whether process cells run in cgroup leaves with memory, cpu and pids limits.",
+            )
+            .expect("valid metric"),
             durable_pending: IntGaugeVec::new(
                 Opts::new(
                     "durable_pending",
@@ -130,6 +138,7 @@ impl Metrics {
             Box::new(metrics.module_cache_hits.clone()),
             Box::new(metrics.compile_seconds.clone()),
             Box::new(metrics.sandbox_kills.clone()),
+            Box::new(metrics.process_cgroup_limits.clone()),
             Box::new(metrics.durable_pending.clone()),
             Box::new(metrics.durable_redeliveries.clone()),
             Box::new(metrics.dead_letters.clone()),

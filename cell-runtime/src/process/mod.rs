@@ -146,6 +146,7 @@ impl ProcessCell {
             return Err("spec.module.command is empty: it needs at least the program".into());
         }
         let limits = SandboxLimits::of(&spec.limits)?;
+        report_cgroup_limits(&metrics);
         Ok(Self {
             supervisor: Arc::new(Supervisor {
                 service: spec.service.clone(),
@@ -484,6 +485,26 @@ impl Supervisor {
             let _ = pending.reply.send(Err(cell_failed(why)));
         }
     }
+}
+
+/// Says once per runtime, in the log and the metric `process_cgroup_limits`, whether
+/// process cells get cgroup limits. Leaves per cell are not made yet, so for now this
+/// says why not, or that the cgroup is delegated but unused.
+fn report_cgroup_limits(metrics: &Metrics) {
+    static REPORTED: std::sync::Once = std::sync::Once::new();
+    REPORTED.call_once(|| {
+        metrics.process_cgroup_limits.set(0);
+        match sandbox::cgroup_delegation() {
+            Ok(dir) => warn!(
+                cgroup = %dir.display(),
+                "process cells run with rlimits only: this runtime does not make cgroup leaves yet, though its cgroup is delegated"
+            ),
+            Err(why) => warn!(
+                %why,
+                "process cells run with rlimits only, without cgroup memory, cpu and pids limits"
+            ),
+        }
+    });
 }
 
 /// The wait before restart number `failures`.

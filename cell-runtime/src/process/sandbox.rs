@@ -140,24 +140,34 @@ pub fn stop(sandbox: u32) {
 }
 
 /// Where this process could make cgroup leaves for its cells, or why it cannot: its cgroup
-/// v2 directory must be writable and offer the memory, cpu and pids controllers.
+/// v2 directory must offer the memory, cpu and pids controllers and be writable.
 pub fn cgroup_delegation() -> Result<PathBuf, String> {
     let membership = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+    delegation_in(&membership, std::path::Path::new("/sys/fs/cgroup"))
+}
+
+/// [`cgroup_delegation`] for a process whose /proc/self/cgroup reads `membership`, with
+/// the cgroup v2 hierarchy mounted at `root`.
+fn delegation_in(membership: &str, root: &std::path::Path) -> Result<PathBuf, String> {
     let relative = membership
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
-        .ok_or("no cgroup v2 membership (a v1 or hybrid hierarchy)")?;
-    let dir = PathBuf::from("/sys/fs/cgroup").join(relative.trim_start_matches('/'));
-    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers"))
-        .map_err(|e| format!("reading {}/cgroup.controllers: {e}", dir.display()))?;
+        .ok_or("no cgroup v2 membership (a v1 hierarchy)")?;
+    let dir = root.join(relative.trim_start_matches('/'));
+    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).map_err(|e| {
+        format!(
+            "{} is not a cgroup v2 directory (a hybrid hierarchy?): {e}",
+            dir.display()
+        )
+    })?;
     let missing: Vec<&str> = ["memory", "cpu", "pids"]
         .into_iter()
         .filter(|wanted| !controllers.split_whitespace().any(|c| c == *wanted))
         .collect();
     if !missing.is_empty() {
         return Err(format!(
-            "{} lacks the controllers {}",
+            "{} does not offer the controllers {}",
             dir.display(),
             missing.join(", ")
         ));
@@ -443,6 +453,30 @@ mod linux {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delegated_cgroup_needs_v2_the_three_controllers_and_write_access() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("kubepods/pod1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let v2 = "0::/kubepods/pod1\n";
+
+        let v1 = delegation_in("4:memory:/x\n1:cpu:/\n", root.path()).unwrap_err();
+        assert!(v1.contains("no cgroup v2"), "{v1}");
+        let hybrid = delegation_in(v2, root.path()).unwrap_err();
+        assert!(hybrid.contains("not a cgroup v2 directory"), "{hybrid}");
+        std::fs::write(dir.join("cgroup.controllers"), "cpuset cpu io memory\n").unwrap();
+        let missing = delegation_in(v2, root.path()).unwrap_err();
+        assert!(
+            missing.ends_with("does not offer the controllers pids"),
+            "{missing}"
+        );
+        std::fs::write(dir.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let unwritable = delegation_in(v2, root.path()).unwrap_err();
+        assert!(unwritable.contains("is not writable"), "{unwritable}");
+        std::fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
+        assert_eq!(delegation_in(v2, root.path()).unwrap(), dir);
+    }
 
     #[test]
     fn limits_come_from_the_cell_and_become_flags() {
