@@ -236,6 +236,34 @@ async fn an_executable_fetched_by_digest_runs_once_verified() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_written_with_the_python_sdk_answers() {
+    logs();
+    let bus = Bus::start().await;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut cell = TestCell::process(
+        "greeter",
+        "well-behaved",
+        json!([{"name": "hello"}]),
+        json!({"env": [{"name": "PYTHONPATH", "value": format!("{root}/sdk/python")}]}),
+    );
+    cell.spec.module.command = Some(vec![
+        "python3".into(),
+        format!("{root}/cell-runtime/tests/process_cells/sdk_cell.py"),
+    ]);
+    let server = bus.deploy(&[cell]).await;
+    assert_eq!(
+        bus.call("greeter", "hello", json!({"name": "Ada"}))
+            .await
+            .unwrap(),
+        json!({"greeting": "Hello, Ada!", "verb": "hello"})
+    );
+    let refused = bus.call("greeter", "hello", json!({})).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::BadRequest);
+    assert_eq!(refused.details, Some(json!({"field": "name"})));
+    server.shutdown().await;
+}
+
 /// The runtime killed outright: the sandbox sees its parent die and takes the whole
 /// process group with it.
 #[test]
