@@ -21,6 +21,8 @@ use crate::wasm::{CallContext, Executor, WasmCell};
 pub enum CellCode {
     Wasm(WasmCell),
     Process(ProcessCell),
+    #[cfg(feature = "python")]
+    Python(Arc<crate::python::PythonCell>),
 }
 
 /// Deadline of a request when neither the verb, the cell, the pool nor the caller sets one.
@@ -231,6 +233,11 @@ impl LoadedCell {
                 })?
             }
             CellCode::Process(code) => code.invoke(request, context.deadline).await?,
+            #[cfg(feature = "python")]
+            CellCode::Python(code) => {
+                code.invoke(&request.verb, &request.payload, context.deadline)
+                    .await?
+            }
         };
         if let Some(schema) = &verb.output {
             let violations = schema_violations(schema, &output);

@@ -12,6 +12,11 @@ pub mod http;
 pub mod metrics;
 pub mod modules;
 pub mod process;
+// Raising an exception in a running thread (a request past its deadline) is a CPython C
+// call; that one block is the module's only `unsafe`.
+#[cfg(feature = "python")]
+#[allow(unsafe_code)]
+pub mod python;
 pub mod serve;
 pub mod server;
 pub mod up;

@@ -389,11 +389,23 @@ impl Inner {
                 return LoadedCell::new(spec.clone(), CellCode::Process(code))
                     .map_err(|e| e.to_string());
             }
-            other => {
-                return Err(format!(
-                    "{} cells are not served by this runtime build",
-                    other.as_str()
-                ))
+            #[cfg(feature = "python")]
+            Runtime::Python => {
+                let (digest, bytes) = modules::fetch(&self.shared, &spec.module)
+                    .await
+                    .map_err(|e| cellbus_contracts::error_chain(&e))?;
+                let service = spec.service.clone();
+                let code = tokio::task::spawn_blocking(move || {
+                    crate::python::PythonCell::load(&service, &digest, &bytes)
+                })
+                .await
+                .map_err(|e| format!("loading the Python module: {e}"))??;
+                return LoadedCell::new(spec.clone(), CellCode::Python(Arc::new(code)))
+                    .map_err(|e| e.to_string());
+            }
+            #[cfg(not(feature = "python"))]
+            Runtime::Python => {
+                return Err("python cells need a runtime built with the `python` feature".into())
             }
         }
         let executor = &self.shared.executor;

@@ -311,7 +311,7 @@ fn local_modules(dir: &Path) -> Result<HashMap<String, PathBuf>, UpError> {
             let path = entry.path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "wasm") {
+            } else if path.extension().is_some_and(|e| e == "wasm" || e == "py") {
                 let bytes = std::fs::read(&path).map_err(|source| UpError::Read {
                     path: path.clone(),
                     source,

@@ -1,0 +1,235 @@
+//! Python cells (pool runtime `python`, cargo feature `python`): CPython embedded with
+//! pyo3. A cell is a Python module, stored in `cbs-modules` by digest like a wasm module,
+//! that defines `handle(verb, payload)`: `payload` is the request's JSON as Python values,
+//! the return value is the reply's payload. `raise cellbus.CellError(code, message,
+//! details=None, retryable=None)` answers with that error; any other exception is
+//! `cell_failed`, its traceback logged.
+//!
+//! Concurrency and isolation: one interpreter per runtime process, so Python code of all
+//! the pool's cells runs one bytecode at a time under the GIL (I/O and C extensions
+//! release it); each request runs on a blocking thread. Cells of a python pool share that
+//! interpreter (its `sys.modules`, its memory): a python pool is one trust domain and
+//! hosts only python cells; cells that must not see each other go to separate pools. A
+//! request past its deadline gets `TimeoutError` raised in its thread at the next
+//! bytecode (a call blocked in C, such as `time.sleep`, notices when it returns) and is
+//! answered `timeout`.
+
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cellbus_contracts::wire::{ErrorBody, ErrorCode};
+use pyo3::prelude::*;
+use pyo3::types::PyModule;
+use serde_json::Value;
+use tracing::warn;
+
+/// The `cellbus` module cells import, defined once per interpreter.
+const CELLBUS_MODULE: &str = r#"
+CODES = frozenset({"bad_request", "schema_violation", "unknown_verb", "unavailable",
+    "timeout", "resource_exhausted", "cell_failed", "forbidden", "internal"})
+
+class CellError(Exception):
+    """An error reply: `code` is one of CODES; `details` any JSON value."""
+    def __init__(self, code, message, details=None, retryable=None):
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}; use one of {sorted(CODES)}")
+        super().__init__(message)
+        self.code, self.message, self.details, self.retryable = code, message, details, retryable
+"#;
+
+/// A loaded Python cell.
+pub struct PythonCell {
+    service: String,
+    handle: Py<PyAny>,
+}
+
+impl PythonCell {
+    /// Runs `source` (the module's bytes, already checked against their digest) as the
+    /// module of `service` and finds its `handle`.
+    pub fn load(service: &str, digest: &str, source: &[u8]) -> Result<Self, String> {
+        let code = CString::new(source)
+            .map_err(|_| "the module is not Python source: it holds a NUL byte".to_owned())?;
+        let short = digest.trim_start_matches("sha256:");
+        let short = &short[..short.len().min(12)];
+        let name = format!("cellbus_cell_{}_{short}", service.replace('-', "_"));
+        let file = CString::new(format!("<cell {service} {digest}>")).expect("no NUL");
+        let module_name = CString::new(name.clone()).expect("no NUL");
+        Python::attach(|py| {
+            install_cellbus_module(py).map_err(|e| describe(py, &e))?;
+            let module = PyModule::from_code(py, &code, &file, &module_name)
+                .map_err(|e| format!("running the module: {}", describe(py, &e)))?;
+            // Kept by us, not by sys.modules: a replaced version goes when it is dropped.
+            py.import("sys")
+                .and_then(|sys| sys.getattr("modules"))
+                .and_then(|modules| modules.del_item(&name))
+                .map_err(|e| describe(py, &e))?;
+            let handle = module
+                .getattr("handle")
+                .map_err(|_| "the module defines no `handle(verb, payload)`".to_owned())?;
+            if !handle.is_callable() {
+                return Err("`handle` is not a function".to_owned());
+            }
+            Ok(Self {
+                service: service.to_owned(),
+                handle: handle.unbind(),
+            })
+        })
+    }
+
+    /// Runs one request, answering by `deadline`.
+    pub async fn invoke(
+        self: &Arc<Self>,
+        verb: &str,
+        payload: &Value,
+        deadline: Instant,
+    ) -> Result<Value, ErrorBody> {
+        let cell = self.clone();
+        let verb = verb.to_owned();
+        let payload = payload.to_string();
+        let thread = Arc::new(std::sync::Mutex::new(None::<i64>));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let running = {
+            let thread = thread.clone();
+            let timed_out = timed_out.clone();
+            tokio::task::spawn_blocking(move || cell.call(&verb, &payload, &thread, &timed_out))
+        };
+        let watchdog = {
+            let thread = thread.clone();
+            let timed_out = timed_out.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline.into()).await;
+                interrupt(&thread, &timed_out);
+            })
+        };
+        let outcome = running.await;
+        watchdog.abort();
+        outcome.unwrap_or_else(|e| Err(internal(format!("the Python call failed: {e}"))))
+    }
+
+    fn call(
+        &self,
+        verb: &str,
+        payload: &str,
+        thread: &std::sync::Mutex<Option<i64>>,
+        timed_out: &AtomicBool,
+    ) -> Result<Value, ErrorBody> {
+        Python::attach(|py| {
+            let ident = py
+                .import("threading")
+                .and_then(|threading| threading.call_method0("get_ident"))
+                .and_then(|ident| ident.extract::<i64>())
+                .map_err(|e| internal(describe(py, &e)))?;
+            *thread.lock().expect("thread lock") = Some(ident);
+            let json = py.import("json").map_err(|e| internal(describe(py, &e)))?;
+            let outcome = json
+                .call_method1("loads", (payload,))
+                .and_then(|payload| self.handle.bind(py).call1((verb, payload)))
+                .and_then(|result| json.call_method1("dumps", (result,)))
+                .and_then(|text| text.extract::<String>());
+            // No interruption may land after this point.
+            *thread.lock().expect("thread lock") = None;
+            match outcome {
+                Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                    ErrorBody::new(ErrorCode::CellFailed, format!("the reply is not JSON: {e}"))
+                }),
+                Err(error) => Err(self.error_reply(py, &error, timed_out)),
+            }
+        })
+    }
+
+    fn error_reply(&self, py: Python<'_>, error: &PyErr, timed_out: &AtomicBool) -> ErrorBody {
+        if timed_out.load(Ordering::Acquire)
+            && error.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
+        {
+            return ErrorBody::new(
+                ErrorCode::Timeout,
+                "the cell did not return before the request's deadline",
+            );
+        }
+        if let Some(body) = cell_error(py, error) {
+            return body;
+        }
+        warn!(target: "cell", service = %self.service, "{}", traceback(py, error));
+        ErrorBody::new(ErrorCode::CellFailed, describe(py, error))
+    }
+}
+
+/// Raises TimeoutError in the thread running the request, if it still runs Python.
+fn interrupt(thread: &std::sync::Mutex<Option<i64>>, timed_out: &AtomicBool) {
+    Python::attach(|py| {
+        let Some(ident) = *thread.lock().expect("thread lock") else {
+            return;
+        };
+        timed_out.store(true, Ordering::Release);
+        let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
+        // SAFETY: called holding the GIL, with a thread id CPython gave us and a borrowed
+        // exception type that outlives the call.
+        unsafe {
+            pyo3::ffi::PyThreadState_SetAsyncExc(ident as _, exception.as_ptr());
+        }
+    });
+}
+
+/// Makes `import cellbus` give cells `CellError`.
+fn install_cellbus_module(py: Python<'_>) -> PyResult<()> {
+    let modules = py.import("sys")?.getattr("modules")?;
+    if modules.contains("cellbus")? {
+        return Ok(());
+    }
+    let code = CString::new(CELLBUS_MODULE).expect("no NUL");
+    let module = PyModule::from_code(py, &code, c"<cellbus>", c"cellbus")?;
+    modules.set_item("cellbus", module)
+}
+
+/// The error body of a `cellbus.CellError`, if `error` is one.
+fn cell_error(py: Python<'_>, error: &PyErr) -> Option<ErrorBody> {
+    let class = py.import("cellbus").ok()?.getattr("CellError").ok()?;
+    let value = error.value(py);
+    if !value.is_instance(&class).ok()? {
+        return None;
+    }
+    let code: String = value.getattr("code").ok()?.extract().ok()?;
+    let message: String = value.getattr("message").ok()?.str().ok()?.to_string();
+    let code: ErrorCode = serde_json::from_value(Value::String(code)).ok()?;
+    let mut body = ErrorBody::new(code, message);
+    let json = py.import("json").ok()?;
+    let details = value.getattr("details").ok()?;
+    if !details.is_none() {
+        let text: String = json
+            .call_method1("dumps", (details,))
+            .ok()?
+            .extract()
+            .ok()?;
+        body.details = serde_json::from_str(&text).ok();
+    }
+    if let Ok(retryable) = value.getattr("retryable").and_then(|r| r.extract::<bool>()) {
+        body.retryable = retryable;
+    }
+    Some(body)
+}
+
+fn describe(py: Python<'_>, error: &PyErr) -> String {
+    let kind = error
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    format!("{kind}: {}", error.value(py))
+}
+
+fn traceback(py: Python<'_>, error: &PyErr) -> String {
+    let formatted = py.import("traceback").and_then(|tb| {
+        tb.call_method1("format_exception", (error.value(py),))
+            .and_then(|lines| lines.extract::<Vec<String>>())
+    });
+    match formatted {
+        Ok(lines) => lines.concat(),
+        Err(_) => describe(py, error),
+    }
+}
+
+fn internal(message: String) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, message)
+}
