@@ -184,13 +184,20 @@ impl Drop for ProcessCell {
     /// A replaced or removed cell's process stops with it.
     fn drop(&mut self) {
         self.supervisor.closed.store(true, Ordering::Release);
+        let why = "the cell was replaced or removed";
         if let Ok(slot) = self.supervisor.slot.try_lock() {
             if let Some(running) = &slot.running {
-                self.supervisor
-                    .stop(running, "the cell was replaced or removed");
+                self.supervisor.stop(running, why);
             }
-        } else {
-            // A start is in progress; it sees `closed` and stops what it started.
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Someone holds the slot for a moment (a start, which sees `closed` and stops
+            // what it started, or an exit being recorded): stop what runs once it is free.
+            let supervisor = self.supervisor.clone();
+            runtime.spawn(async move {
+                if let Some(running) = &supervisor.slot.lock().await.running {
+                    supervisor.stop(running, why);
+                }
+            });
         }
     }
 }
