@@ -43,6 +43,9 @@ class CellError(Exception):
 pub struct PythonCell {
     service: String,
     handle: Py<PyAny>,
+    /// `json.loads` and `json.dumps`, looked up once rather than per request.
+    loads: Py<PyAny>,
+    dumps: Py<PyAny>,
 }
 
 impl PythonCell {
@@ -71,9 +74,13 @@ impl PythonCell {
             if !handle.is_callable() {
                 return Err("`handle` is not a function".to_owned());
             }
+            let json = py.import("json").map_err(|e| describe(py, &e))?;
+            let function = |name| json.getattr(name).map(Bound::unbind);
             Ok(Self {
                 service: service.to_owned(),
                 handle: handle.unbind(),
+                loads: function("loads").map_err(|e| describe(py, &e))?,
+                dumps: function("dumps").map_err(|e| describe(py, &e))?,
             })
         })
     }
@@ -122,11 +129,12 @@ impl PythonCell {
                 .and_then(|ident| ident.extract::<i64>())
                 .map_err(|e| internal(describe(py, &e)))?;
             *thread.lock().expect("thread lock") = Some(ident);
-            let json = py.import("json").map_err(|e| internal(describe(py, &e)))?;
-            let outcome = json
-                .call_method1("loads", (payload,))
+            let outcome = self
+                .loads
+                .bind(py)
+                .call1((payload,))
                 .and_then(|payload| self.handle.bind(py).call1((verb, payload)))
-                .and_then(|result| json.call_method1("dumps", (result,)))
+                .and_then(|result| self.dumps.bind(py).call1((result,)))
                 .and_then(|text| text.extract::<String>());
             // No interruption may land after this point.
             *thread.lock().expect("thread lock") = None;

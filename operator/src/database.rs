@@ -65,7 +65,11 @@ impl Databases {
     }
 
     /// Where cells connect: the admin URL's host, port and database, the pooler if any.
-    fn endpoint(&self, admin_url: &str, admin: &database::Admin) -> Result<Endpoint, Error> {
+    fn endpoint(
+        &self,
+        admin_url: &str,
+        admin: &database::Admin,
+    ) -> Result<Endpoint, database::DatabaseError> {
         let pooler = match (&self.args.pooler_host, &self.args.project_ref) {
             (Some(host), Some(project_ref)) => Some(Pooler {
                 host: host.clone(),
@@ -74,12 +78,7 @@ impl Databases {
             }),
             _ => None,
         };
-        Endpoint::of_admin(admin_url, admin, Some(&self.args.sslmode), pooler).map_err(|source| {
-            Error::Database {
-                cell: String::new(),
-                source,
-            }
-        })
+        Endpoint::of_admin(admin_url, admin, Some(&self.args.sslmode), pooler)
     }
 }
 
@@ -179,7 +178,7 @@ pub async fn reconcile(
         .await
         .map_err(failed)?;
     if let Some(password) = &provisioned.password {
-        let endpoint = ctx.databases.endpoint(admin_url, admin)?;
+        let endpoint = ctx.databases.endpoint(admin_url, admin).map_err(failed)?;
         let data = database::secret_data(&endpoint, &provisioned.role, password);
         let secret = database_secret(cell, database, data);
         secrets

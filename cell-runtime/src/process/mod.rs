@@ -169,15 +169,6 @@ impl ProcessCell {
     pub async fn invoke(&self, request: &Request, deadline: Instant) -> Result<Value, ErrorBody> {
         self.supervisor.invoke(request, deadline).await
     }
-
-    /// The sandbox process serving the cell now, if one runs.
-    pub async fn sandbox_pid(&self) -> Option<u32> {
-        let slot = self.supervisor.slot.lock().await;
-        slot.running
-            .as_ref()
-            .filter(|running| !running.stopped.load(Ordering::Acquire))
-            .map(|running| running.pid)
-    }
 }
 
 impl Drop for ProcessCell {
