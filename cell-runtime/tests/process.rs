@@ -160,6 +160,60 @@ async fn a_hostile_process_is_contained_with_a_typed_error(
     .await;
 }
 
+/// Where the runtime's cgroup is delegated (here, a directory laid out like one: this
+/// machine's controllers belong to cgroup v1), each process gets a leaf with its cell's
+/// limits, and its sandbox joins that leaf before the cell starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_runs_in_a_cgroup_leaf_holding_its_limits() {
+    logs();
+    let bus = Bus::start().await;
+    let limits = json!({"limits": {"memory": "64Mi", "cpu": "250m"}});
+    let server = bus
+        .deploy(&[hostile("leafy", "well-behaved", limits)])
+        .await;
+    assert_eq!(bus.call("leafy", "echo", json!(1)).await.unwrap(), json!(1));
+    let cgroup = bus.cache.path().join("cgroup");
+    let read = |file: &str| std::fs::read_to_string(cgroup.join(file)).unwrap();
+    // The runtime moved itself out first, and handed the controllers down.
+    assert_eq!(read("runtime/cgroup.procs"), std::process::id().to_string());
+    assert_eq!(read("cgroup.subtree_control"), "+memory +cpu +pids");
+    assert_eq!(read("cell-leafy-1/memory.max"), (64u64 << 20).to_string());
+    assert_eq!(read("cell-leafy-1/memory.oom.group"), "1");
+    assert_eq!(read("cell-leafy-1/cpu.max"), "25000 100000");
+    assert_eq!(read("cell-leafy-1/pids.max"), "1024");
+    // The process in the leaf is the cell's sandbox, told which leaf it is in.
+    let pid = read("cell-leafy-1/cgroup.procs");
+    let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let command: Vec<String> = command
+        .split(|b| *b == 0)
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect();
+    assert_eq!(command[1], "sandbox", "{command:?}");
+    let leaf = cgroup.join("cell-leafy-1").display().to_string();
+    assert!(
+        command
+            .windows(2)
+            .any(|w| w[0] == "--cgroup" && w[1] == leaf),
+        "{command:?}"
+    );
+    assert!(
+        command
+            .windows(2)
+            .any(|w| w[0] == "--cpu-millis" && w[1] == "250"),
+        "{command:?}"
+    );
+
+    // A process killed for a missed deadline is started again in a new leaf.
+    let error = bus
+        .call("leafy", "sleep", json!({"ms": 5000}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::Timeout, "{error:?}");
+    assert_eq!(bus.call("leafy", "echo", json!(2)).await.unwrap(), json!(2));
+    assert_ne!(read("cell-leafy-2/cgroup.procs"), pid);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_exits_at_once_is_restarted_with_a_backoff() {
     logs();

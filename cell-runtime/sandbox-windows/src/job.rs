@@ -10,7 +10,11 @@ use std::ptr::{null, null_mut};
 use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{
-    CloseHandle, GetLastError, BOOL, FALSE, HANDLE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    CloseHandle, GetLastError, SetHandleInformation, BOOL, FALSE, HANDLE, HANDLE_FLAG_INHERIT,
+    INVALID_HANDLE_VALUE, TRUE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+};
+use windows_sys::Win32::System::Console::{
+    GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
 };
 use windows_sys::Win32::System::JobObjects as jo;
 use windows_sys::Win32::System::Threading as th;
@@ -92,6 +96,7 @@ pub enum JobError {
     Wait { pid: u32, code: u32 },
     ExitCode { pid: u32, code: u32 },
     ProcessorCount { code: u32 },
+    OpenProcess { pid: u32, code: u32 },
 }
 
 impl JobError {
@@ -109,7 +114,8 @@ impl JobError {
             | JobError::Terminate { code }
             | JobError::Wait { code, .. }
             | JobError::ExitCode { code, .. }
-            | JobError::ProcessorCount { code } => Some(*code),
+            | JobError::ProcessorCount { code }
+            | JobError::OpenProcess { code, .. } => Some(*code),
         }
     }
 
@@ -128,6 +134,7 @@ impl JobError {
             JobError::Wait { .. } => "wait",
             JobError::ExitCode { .. } => "exit_code",
             JobError::ProcessorCount { .. } => "processor_count",
+            JobError::OpenProcess { .. } => "open_process",
         }
     }
 }
@@ -147,6 +154,7 @@ impl fmt::Display for JobError {
             JobError::Wait { pid, .. } => write!(f, "waiting for process {pid}")?,
             JobError::ExitCode { pid, .. } => write!(f, "reading the exit code of process {pid}")?,
             JobError::ProcessorCount { .. } => write!(f, "counting logical processors")?,
+            JobError::OpenProcess { pid, .. } => write!(f, "opening process {pid}")?,
         }
         if let Some(code) = self.code() {
             // The system's message, then "(os error N)" with the GetLastError code.
@@ -293,6 +301,25 @@ impl Job {
     /// job, and neither does any process it starts. It does not inherit the caller's
     /// handles or error mode.
     pub fn spawn<S: AsRef<str>>(&self, program: &str, args: &[S]) -> Result<Process, JobError> {
+        self.create_process(program, args, false)
+    }
+
+    /// [`Job::spawn`], with the caller's standard input, output and error handed to the
+    /// process (and no other handle): how `cellbus-sandbox` passes the runtime's pipes on.
+    pub fn spawn_with_standard_handles<S: AsRef<str>>(
+        &self,
+        program: &str,
+        args: &[S],
+    ) -> Result<Process, JobError> {
+        self.create_process(program, args, true)
+    }
+
+    fn create_process<S: AsRef<str>>(
+        &self,
+        program: &str,
+        args: &[S],
+        standard_handles: bool,
+    ) -> Result<Process, JobError> {
         let line = cmdline::command_line(program, args).map_err(JobError::CommandLine)?;
         let application = wide(program);
         // CreateProcessW may write into the command line, so it gets a buffer of its own.
@@ -300,6 +327,30 @@ impl Job {
         // SAFETY: plain integers and null pointers; `cb` is set below as documented.
         let mut startup: th::STARTUPINFOW = unsafe { zeroed() };
         startup.cb = size_of::<th::STARTUPINFOW>() as u32;
+        let mut inherit = FALSE;
+        if standard_handles {
+            for (which, slot) in [
+                (STD_INPUT_HANDLE, &mut startup.hStdInput),
+                (STD_OUTPUT_HANDLE, &mut startup.hStdOutput),
+                (STD_ERROR_HANDLE, &mut startup.hStdError),
+            ] {
+                // SAFETY: GetStdHandle takes one of the three documented constants.
+                let handle = unsafe { GetStdHandle(which) };
+                if !handle.is_null() && handle != INVALID_HANDLE_VALUE {
+                    // Inheritable, or the child could not use it. The handles were made
+                    // for this process by its parent, which keeps its own ends.
+                    // SAFETY: an open handle of this process; flag values as documented.
+                    unsafe {
+                        SetHandleInformation(handle, HANDLE_FLAG_INHERIT, HANDLE_FLAG_INHERIT)
+                    };
+                }
+                *slot = handle;
+            }
+            startup.dwFlags |= th::STARTF_USESTDHANDLES;
+            // Every other handle of a cell's sandbox is made non-inheritable (the job's is
+            // by default), so these three are all the process gets.
+            inherit = TRUE;
+        }
         // SAFETY: as above; filled in by CreateProcessW.
         let mut info: th::PROCESS_INFORMATION = unsafe { zeroed() };
         // SAFETY: both strings are NUL-terminated UTF-16 that outlive the call, the line
@@ -311,7 +362,7 @@ impl Job {
                 line.as_mut_ptr(),
                 null(),
                 null(),
-                FALSE,
+                inherit,
                 th::CREATE_SUSPENDED | th::CREATE_DEFAULT_ERROR_MODE,
                 null(),
                 null(),
@@ -445,6 +496,28 @@ pub struct Process {
 }
 
 impl Process {
+    /// A process by id, opened only to wait for it and read its exit code.
+    pub fn open(pid: u32) -> Result<Process, JobError> {
+        // SAFETY: no pointers; the access rights are documented constants.
+        let handle = unsafe {
+            th::OpenProcess(
+                th::PROCESS_SYNCHRONIZE | th::PROCESS_QUERY_LIMITED_INFORMATION,
+                FALSE,
+                pid,
+            )
+        };
+        if handle.is_null() {
+            return Err(JobError::OpenProcess {
+                pid,
+                code: last_error(),
+            });
+        }
+        Ok(Process {
+            handle: Handle(handle),
+            id: pid,
+        })
+    }
+
     pub fn id(&self) -> u32 {
         self.id
     }

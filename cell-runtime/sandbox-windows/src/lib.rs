@@ -4,12 +4,14 @@
 //! [`JobPolicy`] turns the Kubernetes quantities of a Cell's limits into the raw values of
 //! the job's information classes ([`JobLimits`]), and [`command_line`] quotes arguments the
 //! way Windows splits them; both are plain code, tested on any platform. [`Job`] makes the
-//! system calls and exists only on Windows. The crate builds with Rust 1.63 and depends on
+//! system calls and exists only on Windows. [`shim`] reads the flags of `cellbus-sandbox`,
+//! the program the runtime starts each Windows process cell under. The crate builds with Rust 1.63 and depends on
 //! `windows-sys` alone, so Debian's mingw toolchain can build it for the Wine check.
 #![deny(unsafe_code)]
 
 pub mod cmdline;
 pub mod policy;
+pub mod shim;
 
 #[cfg(windows)]
 #[allow(unsafe_code)]

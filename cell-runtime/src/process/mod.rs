@@ -10,6 +10,7 @@
 //! ignores a request may be stuck on it, and nothing else can stop it. Stopping always
 //! takes the cell's whole process group, so its children go with it.
 
+pub mod cgroup;
 pub mod protocol;
 // The OS sandbox is system calls (fork/exec hooks, rlimits, prctl, signals): the one place
 // the runtime uses `unsafe`, each block with its reason.
@@ -33,6 +34,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+pub use cgroup::CellCgroups;
 use protocol::{parse_reply, request_line};
 pub use sandbox::SandboxLimits;
 
@@ -50,12 +52,15 @@ const MAX_LOG_LINE: usize = 4096;
 /// How this runtime starts process cells.
 #[derive(Clone, Debug)]
 pub struct ProcessSettings {
-    /// The `cellbus` executable, whose `sandbox` command confines each process.
+    /// The program whose `sandbox` command confines each process: `cellbus` itself on
+    /// Linux, `cellbus-sandbox.exe` (the Job Object sandbox) beside it on Windows.
     pub sandbox_program: PathBuf,
     /// Longest reply line accepted; a longer one stops the process.
     pub max_line: usize,
     /// Where executables fetched by digest are stored to be run.
     pub executables: PathBuf,
+    /// The cgroup leaves processes run in, where the runtime's cgroup is delegated.
+    pub cgroups: CellCgroups,
 }
 
 impl ProcessSettings {
@@ -63,11 +68,21 @@ impl ProcessSettings {
     /// executables under `cache_dir`, confining processes with the running `cellbus`.
     pub fn new(max_payload: usize, cache_dir: &std::path::Path) -> Self {
         Self {
-            sandbox_program: std::env::current_exe().unwrap_or_else(|_| "cellbus".into()),
+            sandbox_program: sandbox_program(),
             // A reply the runtime could not send on anyway, plus room for the envelope.
             max_line: max_payload + (64 << 10),
             executables: cache_dir.join("bin"),
+            cgroups: CellCgroups::detect(),
         }
+    }
+}
+
+fn sandbox_program() -> PathBuf {
+    let own = std::env::current_exe().unwrap_or_else(|_| "cellbus".into());
+    if cfg!(windows) {
+        own.with_file_name("cellbus-sandbox.exe")
+    } else {
+        own
     }
 }
 
@@ -126,6 +141,19 @@ struct Running {
     stdin: tokio::sync::Mutex<ChildStdin>,
     pending: Mutex<HashMap<Uuid, Pending>>,
     stopped: AtomicBool,
+    /// Tells the task waiting for the sandbox process to end it.
+    terminate: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// A cgroup leaf removed once its process has exited, however the start went.
+struct LeafGuard(Option<cgroup::Leaf>);
+
+impl Drop for LeafGuard {
+    fn drop(&mut self) {
+        if let Some(leaf) = self.0.take() {
+            leaf.remove();
+        }
+    }
 }
 
 struct Pending {
@@ -146,7 +174,8 @@ impl ProcessCell {
             return Err("spec.module.command is empty: it needs at least the program".into());
         }
         let limits = SandboxLimits::of(&spec.limits)?;
-        report_cgroup_limits(&metrics);
+        // Decided, and said, when the runtime's first process cell arrives.
+        settings.cgroups.get(&metrics);
         Ok(Self {
             supervisor: Arc::new(Supervisor {
                 service: spec.service.clone(),
@@ -283,10 +312,20 @@ impl Supervisor {
     }
 
     fn start(self: &Arc<Self>) -> std::io::Result<Arc<Running>> {
+        let mut limits = self.limits.clone();
+        let leaf = match self.settings.cgroups.get(&self.metrics) {
+            Some(cgroups) => {
+                let leaf = cgroups.leaf(&self.service, &limits.leaf())?;
+                limits.cgroup = Some(leaf.path().to_owned());
+                Some(leaf)
+            }
+            None => None,
+        };
+        let leaf = LeafGuard(leaf);
         let mut command = Command::new(&self.settings.sandbox_program);
         command
             .arg("sandbox")
-            .args(self.limits.to_args())
+            .args(limits.to_args())
             .arg("--")
             .args(&self.command)
             // The runtime's environment holds its credentials; a cell sees only its own.
@@ -300,6 +339,7 @@ impl Supervisor {
             .kill_on_drop(false);
         let mut child = command.spawn()?;
         let pid = child.id().expect("a just-started process has a pid");
+        let (terminate, terminated) = oneshot::channel();
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -309,6 +349,7 @@ impl Supervisor {
             stdin: tokio::sync::Mutex::new(stdin),
             pending: Mutex::default(),
             stopped: AtomicBool::new(false),
+            terminate: Mutex::new(Some(terminate)),
         });
         info!(service = %self.service, pid, command = ?self.command, "started the cell's process");
 
@@ -321,8 +362,16 @@ impl Supervisor {
         let this = self.clone();
         let reaped = running.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let status = tokio::select! {
+                status = child.wait() => status,
+                Ok(()) = terminated => {
+                    end_sandbox(&mut child);
+                    child.wait().await
+                }
+            };
             this.exited(&reaped, status).await;
+            // Removing may wait a moment for the leaf to empty.
+            let _ = tokio::task::spawn_blocking(move || drop(leaf)).await;
         });
         if self.closed.load(Ordering::Acquire) {
             self.stop(&running, "the cell was replaced or removed");
@@ -454,7 +503,10 @@ impl Supervisor {
                 .inc();
         }
         self.fail_pending(running, why);
-        sandbox::stop(running.pid);
+        if let Some(terminate) = running.terminate.lock().expect("terminate lock").take() {
+            // Gone already if the process has exited.
+            let _ = terminate.send(());
+        }
     }
 
     fn kill_for_deadline(&self, running: &Arc<Running>) {
@@ -485,24 +537,16 @@ impl Supervisor {
     }
 }
 
-/// Says once per runtime, in the log and the metric `process_cgroup_limits`, whether
-/// process cells get cgroup limits. Leaves per cell are not made yet, so for now this
-/// says why not, or that the cgroup is delegated but unused.
-fn report_cgroup_limits(metrics: &Metrics) {
-    static REPORTED: std::sync::Once = std::sync::Once::new();
-    REPORTED.call_once(|| {
-        metrics.process_cgroup_limits.set(0);
-        match sandbox::cgroup_delegation() {
-            Ok(dir) => warn!(
-                cgroup = %dir.display(),
-                "process cells run with rlimits only: this runtime does not make cgroup leaves yet, though its cgroup is delegated"
-            ),
-            Err(why) => warn!(
-                %why,
-                "process cells run with rlimits only, without cgroup memory, cpu and pids limits"
-            ),
-        }
-    });
+/// Ends a cell's sandbox process, and so the cell with everything it started: on Linux
+/// SIGTERM, on which the sandbox kills the cell's process group; on Windows the sandbox
+/// is killed outright, closing its Job Object, which ends every process in it.
+fn end_sandbox(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        sandbox::stop(pid);
+    }
+    #[cfg(not(unix))]
+    let _ = child.start_kill();
 }
 
 /// The wait before restart number `failures`.

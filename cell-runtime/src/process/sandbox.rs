@@ -12,13 +12,16 @@
 //!   namespaces, BPF, kernel modules and kexec, rebooting, keyrings, leaving its process
 //!   group or session, and the like.
 //!
-//! A cgroup v2 leaf per cell (`memory.max`, `cpu.max`, `pids.max`) needs the runtime's
-//! cgroup to be delegated to it; [`cgroup_delegation`] says whether it is.
+//! Where the runtime's cgroup is delegated, the sandbox process first moves itself into
+//! the cgroup v2 leaf the runtime made for this process (see [`super::cgroup`]), so the
+//! cell and everything it starts are held by the leaf's memory, cpu and pids limits.
 
 use std::path::PathBuf;
 
 use cellbus_contracts::quantity;
 use cellbus_contracts::resources;
+
+use super::cgroup::LeafLimits;
 
 /// The PATH a process cell starts with.
 pub const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -44,9 +47,16 @@ pub struct SandboxLimits {
     /// Open files (RLIMIT_NOFILE).
     #[arg(long, default_value_t = DEFAULT_OPEN_FILES)]
     pub open_files: u64,
-    /// Processes of the user (RLIMIT_NPROC; not enforced for root).
+    /// Processes of the user (RLIMIT_NPROC; not enforced for root), and processes and
+    /// threads of the cell (its cgroup's `pids.max`).
     #[arg(long, default_value_t = DEFAULT_PROCESSES)]
     pub processes: u64,
+    /// CPU in thousandths of a CPU (the cgroup's `cpu.max`).
+    #[arg(long)]
+    pub cpu_millis: Option<u64>,
+    /// The cgroup v2 leaf to run in, made by the runtime with the limits written.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
 }
 
 impl SandboxLimits {
@@ -58,12 +68,29 @@ impl SandboxLimits {
             .map(quantity::memory_bytes)
             .transpose()
             .map_err(|e| format!("limits.memory: {e}"))?;
+        let cpu_millis = limits
+            .cpu
+            .as_deref()
+            .map(quantity::cpu_millis)
+            .transpose()
+            .map_err(|e| format!("limits.cpu: {e}"))?;
         Ok(Self {
             memory,
             cpu_seconds: DEFAULT_CPU_SECONDS,
             open_files: DEFAULT_OPEN_FILES,
             processes: DEFAULT_PROCESSES,
+            cpu_millis,
+            cgroup: None,
         })
+    }
+
+    /// What the cell's cgroup leaf holds it to.
+    pub fn leaf(&self) -> LeafLimits {
+        LeafLimits {
+            memory: self.memory,
+            cpu_millis: self.cpu_millis,
+            pids: self.processes,
+        }
     }
 
     /// The flags of `cellbus sandbox` that set these limits.
@@ -80,6 +107,12 @@ impl SandboxLimits {
             "--processes".to_owned(),
             self.processes.to_string(),
         ]);
+        if let Some(millis) = self.cpu_millis {
+            args.extend(["--cpu-millis".to_owned(), millis.to_string()]);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            args.extend(["--cgroup".to_owned(), cgroup.display().to_string()]);
+        }
         args
     }
 }
@@ -122,62 +155,15 @@ pub const DENIED_SYSCALLS: &[&str] = &[
 
 /// Stops the cell the sandbox process `sandbox` runs: the sandbox kills the cell's whole
 /// process group and exits.
+#[cfg(unix)]
 pub fn stop(sandbox: u32) {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = i32::try_from(sandbox) else {
-            return;
-        };
-        // SAFETY: kill(2) on a process we started; no memory is involved.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
+    let Ok(pid) = i32::try_from(sandbox) else {
+        return;
+    };
+    // SAFETY: kill(2) on a process we started and have not reaped; no memory is involved.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
     }
-    #[cfg(not(unix))]
-    {
-        let _ = sandbox;
-    }
-}
-
-/// Where this process could make cgroup leaves for its cells, or why it cannot: its cgroup
-/// v2 directory must offer the memory, cpu and pids controllers and be writable.
-pub fn cgroup_delegation() -> Result<PathBuf, String> {
-    let membership = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
-    delegation_in(&membership, std::path::Path::new("/sys/fs/cgroup"))
-}
-
-/// [`cgroup_delegation`] for a process whose /proc/self/cgroup reads `membership`, with
-/// the cgroup v2 hierarchy mounted at `root`.
-fn delegation_in(membership: &str, root: &std::path::Path) -> Result<PathBuf, String> {
-    let relative = membership
-        .lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .ok_or("no cgroup v2 membership (a v1 hierarchy)")?;
-    let dir = root.join(relative.trim_start_matches('/'));
-    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).map_err(|e| {
-        format!(
-            "{} is not a cgroup v2 directory (a hybrid hierarchy?): {e}",
-            dir.display()
-        )
-    })?;
-    let missing: Vec<&str> = ["memory", "cpu", "pids"]
-        .into_iter()
-        .filter(|wanted| !controllers.split_whitespace().any(|c| c == *wanted))
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "{} does not offer the controllers {}",
-            dir.display(),
-            missing.join(", ")
-        ));
-    }
-    let probe = dir.join("cgroup.subtree_control");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&probe)
-        .map_err(|e| format!("{} is not writable: {e}", probe.display()))?;
-    Ok(dir)
 }
 
 #[cfg(target_os = "linux")]
@@ -217,6 +203,11 @@ mod linux {
 
     fn supervise(limits: &SandboxLimits, command: &[String]) -> Result<ExitCode, String> {
         let (program, args) = command.split_first().ok_or("no program to run")?;
+        if let Some(leaf) = &limits.cgroup {
+            // Before the cell exists, so it and all it starts are born inside the leaf.
+            std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
+                .map_err(|e| format!("joining the cgroup {}: {e}", leaf.display()))?;
+        }
         let filter = seccomp_filter()?;
         let signals = watched_signals();
         // SAFETY: plain libc calls on this single-threaded process.
@@ -453,30 +444,6 @@ mod linux {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_delegated_cgroup_needs_v2_the_three_controllers_and_write_access() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("kubepods/pod1");
-        std::fs::create_dir_all(&dir).unwrap();
-        let v2 = "0::/kubepods/pod1\n";
-
-        let v1 = delegation_in("4:memory:/x\n1:cpu:/\n", root.path()).unwrap_err();
-        assert!(v1.contains("no cgroup v2"), "{v1}");
-        let hybrid = delegation_in(v2, root.path()).unwrap_err();
-        assert!(hybrid.contains("not a cgroup v2 directory"), "{hybrid}");
-        std::fs::write(dir.join("cgroup.controllers"), "cpuset cpu io memory\n").unwrap();
-        let missing = delegation_in(v2, root.path()).unwrap_err();
-        assert!(
-            missing.ends_with("does not offer the controllers pids"),
-            "{missing}"
-        );
-        std::fs::write(dir.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
-        let unwritable = delegation_in(v2, root.path()).unwrap_err();
-        assert!(unwritable.contains("is not writable"), "{unwritable}");
-        std::fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
-        assert_eq!(delegation_in(v2, root.path()).unwrap(), dir);
-    }
 
     #[test]
     fn limits_come_from_the_cell_and_become_flags() {

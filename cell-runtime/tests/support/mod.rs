@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
@@ -14,6 +14,7 @@ use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
 use cellbus_contracts::status::{CellLoadState, LoadState};
 use cellbus_contracts::wire::{Reply, Request};
 use cellbus_control::NatsArgs;
+use cellbus_runtime::process::CellCgroups;
 use cellbus_runtime::server::{Identity, PoolServer};
 use cellbus_runtime::{EngineArgs, Node};
 use cellbus_testkit::NatsServer;
@@ -154,7 +155,28 @@ pub async fn node_for(nats: &NatsServer, cache: &Path) -> Node {
     .unwrap();
     // The tests run in their own binary; process cells are confined by `cellbus sandbox`.
     node.shared.processes.sandbox_program = env!("CARGO_BIN_EXE_cellbus").into();
+    // Never the test's own cgroup: a directory laid out like a delegated one, where the
+    // leaves the runtime makes and the processes that join them can be read back.
+    node.shared.processes.cgroups = CellCgroups::delegated(fake_cgroup(cache));
     node
+}
+
+/// A directory under `cache` laid out like a delegated cgroup v2 directory.
+pub fn fake_cgroup(cache: &Path) -> PathBuf {
+    let dir = cache.join("cgroup");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("cgroup.controllers"),
+        "cpuset cpu io memory pids\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
+    std::fs::write(
+        dir.join("cgroup.procs"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    dir
 }
 
 /// Waits until the pool reports a state for each service (loaded or failed).

@@ -8,6 +8,7 @@
 //! job-probe run RESULT_FILE
 //! job-probe child-sleep | child-exit CODE | child-args OUT ARG... | child-spawn-sleep
 //!           child-alloc BYTES | child-spin MILLIS | child-error-mode | child-raise
+//!           child-echo | child-pid-sleep FILE
 //! ```
 #![deny(unsafe_code)]
 
@@ -82,6 +83,20 @@ mod windows {
                 }
             }
             "child-error-mode" => process::exit(ffi::error_mode() as i32),
+            "child-echo" => {
+                let mut line = String::new();
+                let read = std::io::stdin().read_line(&mut line);
+                print!("{line}");
+                process::exit(i32::from(read.is_err()))
+            }
+            "child-pid-sleep" => {
+                if fs::write(arg(2), process::id().to_string()).is_err() {
+                    process::exit(4);
+                }
+                loop {
+                    thread::sleep(Duration::from_secs(3600));
+                }
+            }
             "child-raise" => ffi::raise(RAISED),
             _ => {
                 eprintln!("usage: job-probe run RESULT_FILE (see the source for child-* modes)");
@@ -175,6 +190,106 @@ mod windows {
 
         let times = spin_times(exe);
         report.info("accounting_times", times);
+
+        // `cellbus-sandbox`, built beside this probe, as the runtime starts it.
+        let sandbox = std::path::Path::new(exe).with_file_name("cellbus-sandbox.exe");
+        report.check("sandbox_passes_the_exit_code", sandbox_exit(&sandbox, exe));
+        report.check(
+            "sandbox_passes_the_standard_streams",
+            sandbox_streams(&sandbox, exe),
+        );
+        report.check(
+            "killing_the_sandbox_kills_the_cell",
+            sandbox_killed(&sandbox, exe),
+        );
+        report.check("sandbox_refuses_bad_flags", sandbox_bad_flags(&sandbox));
+    }
+
+    /// The flags the runtime passes for a cell with 256Mi of memory (no CPU cap: Wine may
+    /// refuse rate control, see `cpu_rate_control`).
+    fn sandbox_command(sandbox: &std::path::Path, exe: &str, child: &[&str]) -> process::Command {
+        let mut command = process::Command::new(sandbox);
+        command
+            .args(["sandbox", "--memory", "268435456", "--cpu-seconds", "3600"])
+            .args(["--open-files", "1024", "--processes", "16", "--", exe])
+            .args(child);
+        command
+    }
+
+    fn sandbox_exit(sandbox: &std::path::Path, exe: &str) -> Result<String, String> {
+        let status = sandbox_command(sandbox, exe, &["child-exit", "7"])
+            .status()
+            .map_err(|e| format!("starting {}: {e}", sandbox.display()))?;
+        match status.code() {
+            Some(7) => Ok("7".into()),
+            other => Err(format!("exit code {other:?}, not 7")),
+        }
+    }
+
+    fn sandbox_streams(sandbox: &std::path::Path, exe: &str) -> Result<String, String> {
+        use std::io::Write;
+        let mut child = sandbox_command(sandbox, exe, &["child-echo"])
+            .stdin(process::Stdio::piped())
+            .stdout(process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", sandbox.display()))?;
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(b"ping\n").map_err(|e| e.to_string())?;
+        drop(stdin);
+        let output = child.wait_with_output().map_err(|e| e.to_string())?;
+        let echoed = String::from_utf8_lossy(&output.stdout).into_owned();
+        if echoed == "ping\n" && output.status.success() {
+            Ok(format!("{echoed:?}"))
+        } else {
+            Err(format!("echoed {echoed:?}, {}", output.status))
+        }
+    }
+
+    fn sandbox_killed(sandbox: &std::path::Path, exe: &str) -> Result<String, String> {
+        let file = env::temp_dir().join(format!("cellbus-probe-{}.pid", process::id()));
+        let _ = fs::remove_file(&file);
+        let file_arg = file.to_str().ok_or("a UTF-8 path")?.to_owned();
+        let mut shim = sandbox_command(sandbox, exe, &["child-pid-sleep", &file_arg])
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", sandbox.display()))?;
+        let start = Instant::now();
+        let pid = loop {
+            if let Some(pid) = fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| t.parse::<u32>().ok())
+            {
+                break pid;
+            }
+            if start.elapsed() > PATIENCE {
+                let _ = shim.kill();
+                return Err("the cell never started".into());
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let _ = fs::remove_file(&file);
+        let cell = Process::open(pid).map_err(|e| e.to_string())?;
+        shim.kill()
+            .map_err(|e| format!("killing the sandbox: {e}"))?;
+        let _ = shim.wait();
+        match cell.wait(PATIENCE).map_err(|e| e.to_string())? {
+            Some(code) => Ok(format!("the cell ended with {code}")),
+            None => Err(format!(
+                "cell {pid} still runs after its sandbox was killed"
+            )),
+        }
+    }
+
+    fn sandbox_bad_flags(sandbox: &std::path::Path) -> Result<String, String> {
+        let output = process::Command::new(sandbox)
+            .args(["sandbox", "--bogus", "1", "--", "x"])
+            .output()
+            .map_err(|e| format!("starting {}: {e}", sandbox.display()))?;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if output.status.code() == Some(126) && stderr.contains("unknown flag `--bogus`") {
+            Ok(stderr.trim().to_owned())
+        } else {
+            Err(format!("{}: {stderr:?}", output.status))
+        }
     }
 
     /// A job with limits Wine accepts (no CPU rate); the limits are generous so nothing in

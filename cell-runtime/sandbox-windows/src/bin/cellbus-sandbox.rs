@@ -1,0 +1,78 @@
+//! cellbus-sandbox: runs one process cell inside a Job Object of its own, for the runtime on
+//! Windows, which starts it exactly as it starts `cellbus sandbox` on Linux (the flags are
+//! in the library's `shim` module). The cell gets this process's standard streams — the
+//! runtime's pipes — and nothing else; its exit code becomes ours. Whatever the cell leaves
+//! behind is ended with it, and if this process is killed (the runtime stopping the cell,
+//! or the runtime itself dying), the job's last handle closes and Windows ends every
+//! process in it.
+#![deny(unsafe_code)]
+
+use std::process::ExitCode;
+
+/// The exit code of a sandbox that could not start its cell, as the Linux one uses.
+const CANNOT_START: u8 = 126;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let invocation = match cellbus_sandbox_windows::shim::parse(&args) {
+        Ok(invocation) => invocation,
+        Err(error) => {
+            eprintln!("cellbus-sandbox: {error}");
+            return ExitCode::from(CANNOT_START);
+        }
+    };
+    #[cfg(windows)]
+    {
+        match windows::supervise(&invocation) {
+            Ok(code) => std::process::exit(code as i32),
+            Err(error) => {
+                eprintln!("cellbus-sandbox: {error}");
+                ExitCode::from(CANNOT_START)
+            }
+        }
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = invocation;
+        eprintln!(
+            "cellbus-sandbox confines process cells on Windows; on Linux, `cellbus sandbox` does"
+        );
+        ExitCode::from(CANNOT_START)
+    }
+}
+
+#[cfg(windows)]
+mod windows {
+    use std::time::Duration;
+
+    use cellbus_sandbox_windows::shim::{self, Invocation};
+    use cellbus_sandbox_windows::{logical_processors, Job};
+
+    /// Runs the cell to its end and returns its exit code.
+    pub fn supervise(invocation: &Invocation) -> Result<u32, String> {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let program = shim::resolve(&invocation.program, &path, |p| p.is_file())
+            .ok_or_else(|| format!("`{}` is not found on PATH ({path})", invocation.program))?;
+        let program = program
+            .to_str()
+            .ok_or_else(|| format!("{} is not a Unicode path", program.display()))?;
+        let job = Job::create().map_err(|e| e.to_string())?;
+        let processors = logical_processors().map_err(|e| e.to_string())?;
+        job.set_limits(&invocation.policy.limits(processors))
+            .map_err(|e| e.to_string())?;
+        let cell = job
+            .spawn_with_standard_handles(program, &invocation.args)
+            .map_err(|e| e.to_string())?;
+        let code = loop {
+            if let Some(code) = cell
+                .wait(Duration::from_secs(3600))
+                .map_err(|e| e.to_string())?
+            {
+                break code;
+            }
+        };
+        // What the cell started goes with it, as on Linux.
+        let _ = job.terminate(code);
+        Ok(code)
+    }
+}
