@@ -154,3 +154,23 @@ fn an_unhandled_exception_kills_the_process_without_an_error_box() {
         start.elapsed()
     );
 }
+
+/// `cellbus-sandbox`, started as the runtime starts it for a cell with 64Mi of memory.
+#[test]
+fn cellbus_sandbox_holds_a_cell_to_its_memory() {
+    let sandbox = env!("CARGO_BIN_EXE_cellbus-sandbox");
+    let status = |bytes: usize| {
+        std::process::Command::new(sandbox)
+            .args(["sandbox", "--memory", "67108864", "--processes", "4", "--"])
+            .args([PROBE, "child-alloc", &alloc(bytes)])
+            .status()
+            .expect("cellbus-sandbox starts")
+            .code()
+    };
+    assert_eq!(status(16 * MIB), Some(0), "16 MiB fits under 64 MiB");
+    assert_eq!(
+        status(256 * MIB),
+        Some(ALLOCATION_REFUSED as i32),
+        "256 MiB must be refused under --memory 64Mi"
+    );
+}
