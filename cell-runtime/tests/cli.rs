@@ -124,7 +124,8 @@ fn secrets_in(text: &str) -> Vec<String> {
             run.push(c);
             continue;
         }
-        if run.len() >= 64 && !before.ends_with("sha256:") {
+        // Digests, also as the file names of executables fetched by digest.
+        if run.len() >= 64 && !before.ends_with("sha256:") && !before.ends_with("sha256-") {
             found.push(run.clone());
         }
         before.push_str(&run);
@@ -144,13 +145,14 @@ fn secrets_in_finds_passwords_but_not_digests() {
         secrets_in(&format!(
             "x postgresql://r:{password}@h/db sha256:{password}"
         )),
-        vec![password]
+        vec![password.clone()]
     );
     assert!(secrets_in("sha256:abcd 0123").is_empty());
+    assert!(secrets_in(&format!("bin/sha256-{password} started")).is_empty());
 }
 
 #[test]
-fn up_serves_the_examples_in_wat_c_and_python_and_call_reaches_them() {
+fn up_serves_every_example_and_call_reaches_them() {
     let cache = tempfile::tempdir().unwrap();
     let postgres = Postgres::start();
     // The database client's statements are logged too: where a password would show.
@@ -168,6 +170,8 @@ fn up_serves_the_examples_in_wat_c_and_python_and_call_reaches_them() {
         "cbs.caller.relay",
         "cbs.ledger.append",
         "cbs.visits.hit",
+        "cbs.wordcount.count",
+        "cbs.wordcount-dart.count",
     ] {
         assert!(
             up.lines
@@ -244,6 +248,45 @@ fn up_serves_the_examples_in_wat_c_and_python_and_call_reaches_them() {
     let refused = call(&up.url, &["echo.say", r#"{"txt":1}"#]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused.stderr).starts_with("error schema_violation:"));
+
+    // A process cell written with the Python SDK, fetched by digest and run sandboxed.
+    let words = call(
+        &up.url,
+        &["wordcount.count", r#"{"text":"to be or not to be"}"#],
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&words.stdout).ok(),
+        Some(serde_json::json!({"words": 6, "distinct": 4, "top": ["be", "to"]})),
+        "{}",
+        text(&words.stderr)
+    );
+    // The Dart cell's command is in its pool image only: served, and failing typed here.
+    let dart = call(&up.url, &["wordcount-dart.count", r#"{"text":"x"}"#]);
+    assert!(
+        text(&dart.stderr).starts_with("error cell_failed:"),
+        "{}",
+        text(&dart.stderr)
+    );
+    // A Python cell in the CPython embedded in the runtime, in a runtime built with it.
+    let hello = call(&up.url, &["hello.greet", r#"{"name":"Ada"}"#]);
+    #[cfg(feature = "python")]
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&hello.stdout).ok(),
+        Some(serde_json::json!({"greeting": "Hello, Ada!", "letters": 3})),
+        "{}",
+        text(&hello.stderr)
+    );
+    #[cfg(not(feature = "python"))]
+    {
+        assert!(!hello.status.success());
+        assert!(
+            up.lines
+                .iter()
+                .any(|l| l.starts_with("failed  Cell hello:") && l.contains("`python` feature")),
+            "{:?}",
+            up.lines
+        );
+    }
 
     let logs = up.logs();
     let printed = up.lines.join("\n");

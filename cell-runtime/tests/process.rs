@@ -78,13 +78,16 @@ async fn a_process_cell_answers_many_requests_at_once_matched_by_id() {
     let error = bus.call("lines", "fail", json!({})).await.unwrap_err();
     assert_eq!(error.code, ErrorCode::BadRequest);
     assert_eq!(error.details, Some(json!({"why": "asked"})));
-    // Only the Cell's environment: none of the runtime's.
+    // Only the Cell's environment: none of the runtime's. PYTHONPATH leads to the
+    // runtime's copy of the Python SDK.
     let env = bus.call("lines", "env", json!({})).await.unwrap();
     assert_eq!(env["GREETING"], json!("hello"));
-    assert!(
-        env.get("NATS_URL").is_none() && env.get("HOME").is_none(),
-        "{env}"
-    );
+    let sdk = bus.node.shared.processes.python_sdk.clone().unwrap();
+    assert_eq!(env["PYTHONPATH"], json!(sdk.display().to_string()));
+    assert!(sdk.join("cellbus_cell.py").is_file());
+    let mut names: Vec<&String> = env.as_object().unwrap().keys().collect();
+    names.sort();
+    assert_eq!(names, ["GREETING", "LANG", "PATH", "PYTHONPATH"], "{env}");
     // The sandbox refuses to let it leave its process group.
     assert_eq!(
         bus.call("lines", "escape", json!({})).await.unwrap(),
@@ -295,11 +298,12 @@ async fn a_cell_written_with_the_python_sdk_answers() {
     logs();
     let bus = Bus::start().await;
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    // The Cell's own PYTHONPATH comes first; the SDK is found after it.
     let mut cell = TestCell::process(
         "greeter",
         "well-behaved",
         json!([{"name": "hello"}]),
-        json!({"env": [{"name": "PYTHONPATH", "value": format!("{root}/sdk/python")}]}),
+        json!({"env": [{"name": "PYTHONPATH", "value": "/nowhere"}]}),
     );
     cell.spec.module.command = Some(vec![
         "python3".into(),

@@ -35,7 +35,8 @@ CUSTOM = {
     "replicas": 1,
     "image": {"repository": "registry.example.com/cellbus-operator", "tag": "dev"},
     "imagePullSecrets": [{"name": "registry"}],
-    "runtime": {"image": {"repository": "registry.example.com/cellbus-runtime", "tag": "dev"}},
+    "runtime": {"image": {"repository": "registry.example.com/cellbus-runtime", "tag": "dev"},
+                "pythonImage": {"repository": "registry.example.com/cellbus-runtime-python", "tag": "dev"}},
     "watchNamespaces": ["team-a", "team-b"],
     "nats": {
         "url": "tls://nats.messaging.svc:4222",
@@ -187,6 +188,7 @@ def test_the_operator_gets_its_settings_from_values_and_secrets():
                           ("CELLBUS_DATABASE_PROJECT_REF", "PROJECT_REF"), ("CELLBUS_DATABASE_SSLMODE", "SSLMODE")]:
         assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "supabase-admin", "key": key, "optional": True}
     assert env["CELLBUS_RUNTIME_IMAGE"]["value"] == "registry.example.com/cellbus-runtime:dev"
+    assert env["CELLBUS_RUNTIME_IMAGE_PYTHON"]["value"] == "registry.example.com/cellbus-runtime-python:dev"
     assert env["CELLBUS_RUNTIME_CPU_LIMIT"]["value"] == "2"
     # No credential is ever a literal value in the Deployment.
     assert "value" not in env["CELLBUS_DATABASE_URL"]

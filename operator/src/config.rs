@@ -8,6 +8,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// Runtime image of Linux pools without `spec.image`.
 pub const DEFAULT_RUNTIME_IMAGE: &str = "ghcr.io/cellbus/cellbus-runtime:0.1.0";
+/// Runtime image of Linux `python` and `process` pools without `spec.image`: the runtime
+/// built with Python cells, with python3 and the Python SDK for process cells.
+pub const DEFAULT_RUNTIME_IMAGE_PYTHON: &str = "ghcr.io/cellbus/cellbus-runtime-python:0.1.0";
 /// Runtime image of Windows pools without `spec.image`.
 pub const DEFAULT_RUNTIME_IMAGE_WINDOWS: &str = "ghcr.io/cellbus/cellbus-runtime-windows:0.1.0";
 /// NATS of pools without `spec.nats.url`: the NATS Helm chart's Service in namespace `nats`.
@@ -26,9 +29,13 @@ pub const DEFAULT_RUNTIME_MEMORY_LIMIT: &str = "1Gi";
 /// Operator settings, from flags or environment variables.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct Config {
-    /// Runtime image of Linux pools that set no spec.image.
+    /// Runtime image of Linux wasm pools that set no spec.image.
     #[arg(long, env = "CELLBUS_RUNTIME_IMAGE", default_value = DEFAULT_RUNTIME_IMAGE)]
     pub runtime_image: String,
+
+    /// Runtime image of Linux python and process pools that set no spec.image.
+    #[arg(long, env = "CELLBUS_RUNTIME_IMAGE_PYTHON", default_value = DEFAULT_RUNTIME_IMAGE_PYTHON)]
+    pub runtime_image_python: String,
 
     /// Runtime image of Windows pools that set no spec.image.
     #[arg(long, env = "CELLBUS_RUNTIME_IMAGE_WINDOWS", default_value = DEFAULT_RUNTIME_IMAGE_WINDOWS)]
@@ -84,6 +91,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             runtime_image: DEFAULT_RUNTIME_IMAGE.into(),
+            runtime_image_python: DEFAULT_RUNTIME_IMAGE_PYTHON.into(),
             runtime_image_windows: DEFAULT_RUNTIME_IMAGE_WINDOWS.into(),
             nats_url: DEFAULT_NATS_URL.into(),
             nats_credentials_secret: None,
@@ -167,6 +175,10 @@ mod tests {
         let config = Config::default();
         assert_eq!(default_of("runtime_image"), [config.runtime_image]);
         assert_eq!(
+            default_of("runtime_image_python"),
+            [config.runtime_image_python]
+        );
+        assert_eq!(
             default_of("runtime_image_windows"),
             [config.runtime_image_windows]
         );
@@ -198,6 +210,7 @@ mod tests {
             .try_get_matches_from([
                 "operator",
                 "--runtime-image=img:1",
+                "--runtime-image-python=py:1",
                 "--runtime-image-windows=win:1",
                 "--nats-url=nats://n:4222",
                 "--nats-credentials-secret=nats-creds",
@@ -215,6 +228,7 @@ mod tests {
             config,
             Config {
                 runtime_image: "img:1".into(),
+                runtime_image_python: "py:1".into(),
                 runtime_image_windows: "win:1".into(),
                 nats_url: "nats://n:4222".into(),
                 nats_credentials_secret: Some("nats-creds".into()),

@@ -61,20 +61,73 @@ pub struct ProcessSettings {
     pub executables: PathBuf,
     /// The cgroup leaves processes run in, where the runtime's cgroup is delegated.
     pub cgroups: CellCgroups,
+    /// Where the runtime's copy of the Python SDK is, put on every process's PYTHONPATH.
+    pub python_sdk: Option<PathBuf>,
+    /// A root runtime's files for its cells, which run as `nobody` and cannot reach a
+    /// cache under root's home: removed when the runtime exits.
+    _cell_files: Option<Arc<tempfile::TempDir>>,
 }
 
 impl ProcessSettings {
     /// Settings for a runtime whose largest request is `max_payload` bytes, storing
-    /// executables under `cache_dir`, confining processes with the running `cellbus`.
+    /// executables and the Python SDK under `cache_dir`, confining processes with the
+    /// running `cellbus`.
     pub fn new(max_payload: usize, cache_dir: &std::path::Path) -> Self {
+        let cell_files = sandbox::runs_as_root()
+            .then(|| {
+                let dir = tempfile::Builder::new().prefix("cellbus-cells-").tempdir();
+                dir.and_then(|dir| {
+                    open_to_everyone(dir.path())?;
+                    Ok(Arc::new(dir))
+                })
+                .inspect_err(|error| warn!(%error, "no directory for process cells' files"))
+                .ok()
+            })
+            .flatten();
+        let files = cell_files.as_ref().map_or(cache_dir, |dir| dir.path());
+        let python_sdk = install_python_sdk(&files.join("sdk/python"))
+            .inspect_err(
+                |error| warn!(%error, "process cells will not find the Python SDK (cellbus_cell)"),
+            )
+            .ok();
         Self {
             sandbox_program: sandbox_program(),
             // A reply the runtime could not send on anyway, plus room for the envelope.
             max_line: max_payload + (64 << 10),
-            executables: cache_dir.join("bin"),
+            executables: files.join("bin"),
             cgroups: CellCgroups::detect(),
+            python_sdk,
+            _cell_files: cell_files,
         }
     }
+}
+
+/// The Python SDK for process cells (sdk/python/cellbus_cell.py), shipped inside the
+/// runtime so `import cellbus_cell` works in any pool image with a python3.
+const PYTHON_SDK: &str = include_str!("../../../sdk/python/cellbus_cell.py");
+
+/// Writes the Python SDK into `dir` (readable by a cell running as another user) and
+/// returns `dir`.
+fn install_python_sdk(dir: &std::path::Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    open_to_everyone(dir)?;
+    let file = dir.join("cellbus_cell.py");
+    if std::fs::read_to_string(&file).ok().as_deref() != Some(PYTHON_SDK) {
+        std::fs::write(&file, PYTHON_SDK)?;
+    }
+    Ok(dir.to_owned())
+}
+
+/// Lets every user read and enter `dir`: cells may run as another user than the runtime.
+fn open_to_everyone(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 fn sandbox_program() -> PathBuf {
@@ -333,6 +386,7 @@ impl Supervisor {
             .env("PATH", sandbox::PATH)
             .env("LANG", "C.UTF-8")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.python_path().map(|path| ("PYTHONPATH", path)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -377,6 +431,18 @@ impl Supervisor {
             self.stop(&running, "the cell was replaced or removed");
         }
         Ok(running)
+    }
+
+    /// PYTHONPATH with the runtime's Python SDK after whatever the Cell's env puts there.
+    fn python_path(&self) -> Option<String> {
+        let sdk = self.settings.python_sdk.as_ref()?.display().to_string();
+        let separator = if cfg!(windows) { ';' } else { ':' };
+        Some(
+            match self.env.iter().find(|(name, _)| name == "PYTHONPATH") {
+                Some((_, own)) if !own.is_empty() => format!("{own}{separator}{sdk}"),
+                _ => sdk,
+            },
+        )
     }
 
     /// Matches reply lines to requests until the process stops writing or breaks the

@@ -153,6 +153,19 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "setpgid",
 ];
 
+/// Whether this process runs as root, and so runs its cells as `nobody`.
+pub fn runs_as_root() -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        unsafe { libc::geteuid() == 0 }
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
 /// Stops the cell the sandbox process `sandbox` runs: the sandbox kills the cell's whole
 /// process group and exits.
 #[cfg(unix)]

@@ -1,5 +1,5 @@
-"""A process cell written with the Python SDK (sdk/python/cellbus_cell.py, found through
-PYTHONPATH, which the Cell's env sets)."""
+"""A process cell written with the Python SDK (sdk/python/cellbus_cell.py, which the
+runtime puts on every process cell's PYTHONPATH)."""
 
 from cellbus_cell import CellError, serve
 

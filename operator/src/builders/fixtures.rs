@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cellbus_contracts::resources::{CellPool, CellPoolSpec, NatsSpec, Os};
+use cellbus_contracts::resources::{CellPool, CellPoolSpec, NatsSpec, Os, Runtime};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Toleration};
 use serde_json::json;
 
@@ -15,6 +15,7 @@ pub trait PoolFixture: Sized {
     fn test() -> Self;
     fn named(self, name: &str) -> Self;
     fn windows(self) -> Self;
+    fn runtime(self, runtime: Runtime) -> Self;
     fn replicas(self, replicas: i32) -> Self;
     fn image(self, image: &str) -> Self;
     fn nats(self, url: Option<&str>, credentials_secret: Option<&str>) -> Self;
@@ -41,6 +42,11 @@ impl PoolFixture for CellPool {
 
     fn windows(mut self) -> Self {
         self.spec.os = Os::Windows;
+        self
+    }
+
+    fn runtime(mut self, runtime: Runtime) -> Self {
+        self.spec.runtime = runtime;
         self
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use cellbus_contracts::resources::{CellPool, Os};
+use cellbus_contracts::resources::{CellPool, Os, Runtime};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
@@ -109,12 +109,19 @@ pub fn nats_credentials_secret<'a>(pool: &'a CellPool, config: &'a Config) -> Op
         .flatten()
 }
 
-/// The runtime image of a pool: its own, else the operator's image for its OS.
+/// The runtime image of a pool: its own, else the operator's image for its OS and runtime.
+/// On Linux, python and process pools get the image with Python in it (python cells need
+/// the runtime built with them; process cells need an interpreter, and the plain image has
+/// none). Windows has one image, whose runtime runs wasm and process cells.
 pub fn runtime_image<'a>(pool: &'a CellPool, config: &'a Config) -> &'a str {
-    pool.spec.image.as_deref().unwrap_or(match pool.spec.os {
-        Os::Linux => &config.runtime_image,
-        Os::Windows => &config.runtime_image_windows,
-    })
+    pool.spec
+        .image
+        .as_deref()
+        .unwrap_or(match (pool.spec.os, pool.spec.runtime) {
+            (Os::Windows, _) => &config.runtime_image_windows,
+            (Os::Linux, Runtime::Wasm) => &config.runtime_image,
+            (Os::Linux, Runtime::Process | Runtime::Python) => &config.runtime_image_python,
+        })
 }
 
 /// The Deployment of a pool's runtime pods, each running `cellbus serve` for the pool.
@@ -649,6 +656,45 @@ mod tests {
         );
         // No /tmp volume: Windows keeps a writable root.
         assert!(!pod.volumes.iter().flatten().any(|v| v.name == "tmp"));
+    }
+
+    #[test]
+    fn the_default_image_follows_the_pools_os_and_runtime() {
+        let config = Config {
+            runtime_image: "wasm:1".into(),
+            runtime_image_python: "python:1".into(),
+            runtime_image_windows: "windows:1".into(),
+            ..Config::default()
+        };
+        let image = |pool: CellPool| {
+            container(&deployment(&pool, &config))
+                .image
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(image(CellPool::test()), "wasm:1");
+        assert_eq!(image(CellPool::test().runtime(Runtime::Python)), "python:1");
+        assert_eq!(
+            image(CellPool::test().runtime(Runtime::Process)),
+            "python:1"
+        );
+        assert_eq!(image(CellPool::test().windows()), "windows:1");
+        // A Windows process pool: the Windows image (its runtime starts each cell under
+        // cellbus-sandbox.exe), scheduled onto Windows nodes.
+        let windows_process = CellPool::test().windows().runtime(Runtime::Process);
+        assert_eq!(image(windows_process.clone()), "windows:1");
+        let deployment = deployment(&windows_process, &config);
+        let pod = pod_spec(&deployment);
+        assert_eq!(pod.os.as_ref().unwrap().name, "windows");
+        assert_eq!(
+            pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+            "windows"
+        );
+        // The pool's own image wins over every default.
+        assert_eq!(
+            image(CellPool::test().runtime(Runtime::Python).image("mine:2")),
+            "mine:2"
+        );
     }
 
     #[test]
