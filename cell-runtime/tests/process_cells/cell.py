@@ -76,6 +76,16 @@ def hostile(request):
         hoard = []
         while True:
             hoard.append(bytearray(16 << 20))
+    elif MODE == "forked-hog":
+        # Eight processes of 24 MiB each: every one is under a 64 MiB address-space limit,
+        # together they are over a 64 MiB cgroup.
+        for _ in range(8):
+            if os.fork() == 0:
+                held = bytes([1]) * (24 << 20)
+                time.sleep(3600)
+                os._exit(len(held) and 0)
+        time.sleep(2)
+        reply(request, {"children": 8})
     elif MODE == "fork-bomb":
         while True:
             try:
