@@ -68,6 +68,12 @@ impl CellCgroups {
     pub fn get(&self, metrics: &Metrics) -> Option<&Arc<Cgroups>> {
         self.state
             .get_or_init(|| {
+                if !cfg!(target_os = "linux") {
+                    // Elsewhere the sandbox itself holds the limits (a Job Object on
+                    // Windows): nothing to say.
+                    metrics.process_cgroup_limits.set(0);
+                    return None;
+                }
                 let taken = match &self.placement {
                     Placement::Detect => delegation().and_then(|dir| Cgroups::take_over(&dir)),
                     Placement::Delegated(dir) => Cgroups::take_over(dir),
