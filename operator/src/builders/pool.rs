@@ -620,11 +620,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_windows_pool_runs_the_windows_image_on_tolerated_windows_nodes() {
-        let pool = CellPool::test().windows();
-        let deployment = deployment(&pool, &Config::default());
-        let pod = pod_spec(&deployment);
+    /// A Windows pod, scheduled onto Windows nodes despite their usual taint.
+    fn assert_on_windows_nodes(pod: &PodSpec) {
         assert_eq!(pod.os.as_ref().unwrap().name, "windows");
         assert_eq!(
             pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
@@ -634,6 +631,14 @@ mod tests {
             pod.tolerations.as_deref(),
             Some(&[windows_toleration()][..])
         );
+    }
+
+    #[test]
+    fn a_windows_pool_runs_the_windows_image_on_tolerated_windows_nodes() {
+        let pool = CellPool::test().windows();
+        let deployment = deployment(&pool, &Config::default());
+        let pod = pod_spec(&deployment);
+        assert_on_windows_nodes(pod);
         let toleration = windows_toleration();
         assert_eq!(
             (
@@ -683,13 +688,7 @@ mod tests {
         // cellbus-sandbox.exe), scheduled onto Windows nodes.
         let windows_process = CellPool::test().windows().runtime(Runtime::Process);
         assert_eq!(image(windows_process.clone()), "windows:1");
-        let deployment = deployment(&windows_process, &config);
-        let pod = pod_spec(&deployment);
-        assert_eq!(pod.os.as_ref().unwrap().name, "windows");
-        assert_eq!(
-            pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
-            "windows"
-        );
+        assert_on_windows_nodes(pod_spec(&deployment(&windows_process, &config)));
         // The pool's own image wins over every default.
         assert_eq!(
             image(CellPool::test().runtime(Runtime::Python).image("mine:2")),
