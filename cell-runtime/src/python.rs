@@ -25,27 +25,15 @@ use pyo3::types::PyModule;
 use serde_json::Value;
 use tracing::warn;
 
-/// The `cellbus` module cells import, defined once per interpreter.
-const CELLBUS_MODULE: &str = r#"
-CODES = frozenset({"bad_request", "schema_violation", "unknown_verb", "unavailable",
-    "timeout", "resource_exhausted", "cell_failed", "forbidden", "internal"})
-
-class CellError(Exception):
-    """An error reply: `code` is one of CODES; `details` any JSON value."""
-    def __init__(self, code, message, details=None, retryable=None):
-        if code not in CODES:
-            raise ValueError(f"unknown error code {code!r}; use one of {sorted(CODES)}")
-        super().__init__(message)
-        self.code, self.message, self.details, self.retryable = code, message, details, retryable
-"#;
-
 /// A loaded Python cell.
 pub struct PythonCell {
     service: String,
     handle: Py<PyAny>,
-    /// `json.loads` and `json.dumps`, looked up once rather than per request.
+    /// `json.loads`, `json.dumps` and `threading.get_ident`, looked up once rather than
+    /// per request.
     loads: Py<PyAny>,
     dumps: Py<PyAny>,
+    get_ident: Py<PyAny>,
 }
 
 impl PythonCell {
@@ -74,13 +62,18 @@ impl PythonCell {
             if !handle.is_callable() {
                 return Err("`handle` is not a function".to_owned());
             }
-            let json = py.import("json").map_err(|e| describe(py, &e))?;
-            let function = |name| json.getattr(name).map(Bound::unbind);
+            let function = |module, name| {
+                py.import(module)
+                    .and_then(|module| module.getattr(name))
+                    .map(Bound::unbind)
+                    .map_err(|e| describe(py, &e))
+            };
             Ok(Self {
                 service: service.to_owned(),
                 handle: handle.unbind(),
-                loads: function("loads").map_err(|e| describe(py, &e))?,
-                dumps: function("dumps").map_err(|e| describe(py, &e))?,
+                loads: function("json", "loads")?,
+                dumps: function("json", "dumps")?,
+                get_ident: function("threading", "get_ident")?,
             })
         })
     }
@@ -123,9 +116,10 @@ impl PythonCell {
         timed_out: &AtomicBool,
     ) -> Result<Value, ErrorBody> {
         Python::attach(|py| {
-            let ident = py
-                .import("threading")
-                .and_then(|threading| threading.call_method0("get_ident"))
+            let ident = self
+                .get_ident
+                .bind(py)
+                .call0()
                 .and_then(|ident| ident.extract::<i64>())
                 .map_err(|e| internal(describe(py, &e)))?;
             *thread.lock().expect("thread lock") = Some(ident);
@@ -156,7 +150,7 @@ impl PythonCell {
                 "the cell did not return before the request's deadline",
             );
         }
-        if let Some(body) = cell_error(py, error) {
+        if let Some(body) = cell_error(py, error, self.dumps.bind(py)) {
             return body;
         }
         warn!(target: "cell", service = %self.service, "{}", traceback(py, error));
@@ -180,19 +174,20 @@ fn interrupt(thread: &std::sync::Mutex<Option<i64>>, timed_out: &AtomicBool) {
     });
 }
 
-/// Makes `import cellbus` give cells `CellError`.
+/// Makes `import cellbus` give cells `CellError`: the Python SDK of process cells, whose
+/// `CellError` is the same class with the same codes.
 fn install_cellbus_module(py: Python<'_>) -> PyResult<()> {
     let modules = py.import("sys")?.getattr("modules")?;
     if modules.contains("cellbus")? {
         return Ok(());
     }
-    let code = CString::new(CELLBUS_MODULE).expect("no NUL");
+    let code = CString::new(crate::process::PYTHON_SDK).expect("no NUL");
     let module = PyModule::from_code(py, &code, c"<cellbus>", c"cellbus")?;
     modules.set_item("cellbus", module)
 }
 
-/// The error body of a `cellbus.CellError`, if `error` is one.
-fn cell_error(py: Python<'_>, error: &PyErr) -> Option<ErrorBody> {
+/// The error body of a `cellbus.CellError`, if `error` is one; `dumps` is `json.dumps`.
+fn cell_error(py: Python<'_>, error: &PyErr, dumps: &Bound<'_, PyAny>) -> Option<ErrorBody> {
     let class = py.import("cellbus").ok()?.getattr("CellError").ok()?;
     let value = error.value(py);
     if !value.is_instance(&class).ok()? {
@@ -202,14 +197,9 @@ fn cell_error(py: Python<'_>, error: &PyErr) -> Option<ErrorBody> {
     let message: String = value.getattr("message").ok()?.str().ok()?.to_string();
     let code: ErrorCode = serde_json::from_value(Value::String(code)).ok()?;
     let mut body = ErrorBody::new(code, message);
-    let json = py.import("json").ok()?;
     let details = value.getattr("details").ok()?;
     if !details.is_none() {
-        let text: String = json
-            .call_method1("dumps", (details,))
-            .ok()?
-            .extract()
-            .ok()?;
+        let text: String = dumps.call1((details,)).ok()?.extract().ok()?;
         body.details = serde_json::from_str(&text).ok();
     }
     if let Ok(retryable) = value.getattr("retryable").and_then(|r| r.extract::<bool>()) {

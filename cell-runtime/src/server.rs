@@ -33,7 +33,7 @@ use crate::durable::DurableWorkers;
 use crate::metrics::Metrics;
 use crate::modules;
 use crate::process::{self, ProcessCell, ProcessSettings};
-use crate::wasm::Executor;
+use crate::wasm::{Executor, WasmCell};
 
 /// How soon a cell that failed to load is tried again.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
@@ -360,73 +360,68 @@ impl Inner {
 
     /// Fetches, verifies and prepares one cell; the error is the reason to report.
     async fn load(&self, spec: &AssignedCell, runtime: Runtime) -> Result<LoadedCell, String> {
-        match runtime {
-            Runtime::Wasm => {}
-            Runtime::Process => {
-                let command = match &spec.module.command {
-                    Some(command) => command.clone(),
-                    // An executable from cbs-modules (or its URL), run only once its bytes
-                    // match the digest.
-                    None => {
-                        let (digest, bytes) = modules::fetch(&self.shared, &spec.module)
-                            .await
-                            .map_err(|e| cellbus_contracts::error_chain(&e))?;
-                        let path = process::install_executable(
-                            &self.shared.processes.executables,
-                            &digest,
-                            &bytes,
-                        )
-                        .map_err(|e| format!("storing the executable: {e}"))?;
-                        vec![path.display().to_string()]
-                    }
-                };
-                let code = ProcessCell::new(
-                    spec,
-                    command,
-                    &self.shared.processes,
-                    self.shared.metrics.clone(),
-                )?;
-                return LoadedCell::new(spec.clone(), CellCode::Process(code))
-                    .map_err(|e| e.to_string());
-            }
+        let code = match runtime {
+            Runtime::Wasm => CellCode::Wasm(self.load_wasm(spec).await?),
+            Runtime::Process => CellCode::Process(self.load_process(spec).await?),
             #[cfg(feature = "python")]
             Runtime::Python => {
-                let (digest, bytes) = modules::fetch(&self.shared, &spec.module)
-                    .await
-                    .map_err(|e| cellbus_contracts::error_chain(&e))?;
+                let (digest, bytes) = self.fetch(spec).await?;
                 let service = spec.service.clone();
                 let code = tokio::task::spawn_blocking(move || {
                     crate::python::PythonCell::load(&service, &digest, &bytes)
                 })
                 .await
                 .map_err(|e| format!("loading the Python module: {e}"))??;
-                return LoadedCell::new(spec.clone(), CellCode::Python(Arc::new(code)))
-                    .map_err(|e| e.to_string());
+                CellCode::Python(Arc::new(code))
             }
             #[cfg(not(feature = "python"))]
             Runtime::Python => {
                 return Err("python cells need a runtime built with the `python` feature".into())
             }
-        }
-        let executor = &self.shared.executor;
-        let (digest, bytes) = modules::fetch(&self.shared, &spec.module)
+        };
+        LoadedCell::new(spec.clone(), code).map_err(|e| e.to_string())
+    }
+
+    /// The module's bytes, checked against its digest, and the digest.
+    async fn fetch(&self, spec: &AssignedCell) -> Result<(String, Vec<u8>), String> {
+        modules::fetch(&self.shared, &spec.module)
             .await
-            .map_err(|e| cellbus_contracts::error_chain(&e))?;
-        let executor_for_compile = executor.clone();
-        let compiled =
-            tokio::task::spawn_blocking(move || executor_for_compile.component(&digest, &bytes))
-                .await
-                .map_err(|e| format!("compiling: {e}"))?
-                .map_err(|e| e.to_string())?;
+            .map_err(|e| cellbus_contracts::error_chain(&e))
+    }
+
+    async fn load_wasm(&self, spec: &AssignedCell) -> Result<WasmCell, String> {
+        let (digest, bytes) = self.fetch(spec).await?;
+        let executor = &self.shared.executor;
+        let compiler = executor.clone();
+        let compiled = tokio::task::spawn_blocking(move || compiler.component(&digest, &bytes))
+            .await
+            .map_err(|e| format!("compiling: {e}"))?
+            .map_err(|e| e.to_string())?;
         let database = spec.database.as_ref().map(|database| {
             self.shared
                 .databases
                 .pool(&self.identity.namespace, database)
         });
-        let code = executor
+        executor
             .prepare(spec, &compiled.0, database)
-            .map_err(|e| e.to_string())?;
-        LoadedCell::new(spec.clone(), CellCode::Wasm(code)).map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn load_process(&self, spec: &AssignedCell) -> Result<ProcessCell, String> {
+        let processes = &self.shared.processes;
+        let command = match &spec.module.command {
+            Some(command) => command.clone(),
+            // An executable from cbs-modules (or its URL), run only once its bytes match
+            // the digest.
+            None => {
+                let (digest, bytes) = self.fetch(spec).await?;
+                let path =
+                    process::install_executable(&processes.files().executables, &digest, &bytes)
+                        .map_err(|e| format!("storing the executable: {e}"))?;
+                vec![path.display().to_string()]
+            }
+        };
+        ProcessCell::new(spec, command, processes, self.shared.metrics.clone())
     }
 
     async fn report(&self, cells: Vec<CellLoadState>) {

@@ -82,7 +82,14 @@ async fn a_process_cell_answers_many_requests_at_once_matched_by_id() {
     // runtime's copy of the Python SDK.
     let env = bus.call("lines", "env", json!({})).await.unwrap();
     assert_eq!(env["GREETING"], json!("hello"));
-    let sdk = bus.node.shared.processes.python_sdk.clone().unwrap();
+    let sdk = bus
+        .node
+        .shared
+        .processes
+        .files()
+        .python_sdk
+        .clone()
+        .unwrap();
     assert_eq!(env["PYTHONPATH"], json!(sdk.display().to_string()));
     assert!(sdk.join("cellbus_cell.py").is_file());
     let mut names: Vec<&String> = env.as_object().unwrap().keys().collect();

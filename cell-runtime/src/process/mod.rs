@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cellbus_contracts::assignment::AssignedCell;
@@ -57,15 +57,23 @@ pub struct ProcessSettings {
     pub sandbox_program: PathBuf,
     /// Longest reply line accepted; a longer one stops the process.
     pub max_line: usize,
-    /// Where executables fetched by digest are stored to be run.
-    pub executables: PathBuf,
     /// The cgroup leaves processes run in, where the runtime's cgroup is delegated.
     pub cgroups: CellCgroups,
+    cache_dir: PathBuf,
+    files: Arc<OnceLock<CellFiles>>,
+}
+
+/// The files process cells run or read, set up when the runtime's first process cell
+/// arrives (a wasm pool's runtime never writes them).
+#[derive(Debug)]
+pub struct CellFiles {
+    /// Where executables fetched by digest are stored to be run.
+    pub executables: PathBuf,
     /// Where the runtime's copy of the Python SDK is, put on every process's PYTHONPATH.
     pub python_sdk: Option<PathBuf>,
-    /// A root runtime's files for its cells, which run as `nobody` and cannot reach a
-    /// cache under root's home: removed when the runtime exits.
-    _cell_files: Option<Arc<tempfile::TempDir>>,
+    /// A root runtime's directory for them: its cells run as `nobody`, who cannot reach a
+    /// cache under root's home. Removed when the runtime exits.
+    _private: Option<tempfile::TempDir>,
 }
 
 impl ProcessSettings {
@@ -73,38 +81,50 @@ impl ProcessSettings {
     /// executables and the Python SDK under `cache_dir`, confining processes with the
     /// running `cellbus`.
     pub fn new(max_payload: usize, cache_dir: &std::path::Path) -> Self {
-        let cell_files = sandbox::runs_as_root()
+        Self {
+            sandbox_program: sandbox_program(),
+            // A reply the runtime could not send on anyway, plus room for the envelope.
+            max_line: max_payload + (64 << 10),
+            cgroups: CellCgroups::detect(),
+            cache_dir: cache_dir.to_owned(),
+            files: Arc::default(),
+        }
+    }
+
+    /// The cells' files, set up on first use.
+    pub fn files(&self) -> &CellFiles {
+        self.files
+            .get_or_init(|| CellFiles::set_up(&self.cache_dir))
+    }
+}
+
+impl CellFiles {
+    fn set_up(cache_dir: &std::path::Path) -> Self {
+        let private = sandbox::runs_as_root()
             .then(|| {
                 let dir = tempfile::Builder::new().prefix("cellbus-cells-").tempdir();
-                dir.and_then(|dir| {
-                    open_to_everyone(dir.path())?;
-                    Ok(Arc::new(dir))
-                })
-                .inspect_err(|error| warn!(%error, "no directory for process cells' files"))
-                .ok()
+                dir.and_then(|dir| open_to_everyone(dir.path()).map(|()| dir))
+                    .inspect_err(|error| warn!(%error, "no directory for process cells' files"))
+                    .ok()
             })
             .flatten();
-        let files = cell_files.as_ref().map_or(cache_dir, |dir| dir.path());
-        let python_sdk = install_python_sdk(&files.join("sdk/python"))
+        let dir = private.as_ref().map_or(cache_dir, |dir| dir.path());
+        let python_sdk = install_python_sdk(&dir.join("sdk/python"))
             .inspect_err(
                 |error| warn!(%error, "process cells will not find the Python SDK (cellbus_cell)"),
             )
             .ok();
         Self {
-            sandbox_program: sandbox_program(),
-            // A reply the runtime could not send on anyway, plus room for the envelope.
-            max_line: max_payload + (64 << 10),
-            executables: files.join("bin"),
-            cgroups: CellCgroups::detect(),
+            executables: dir.join("bin"),
             python_sdk,
-            _cell_files: cell_files,
+            _private: private,
         }
     }
 }
 
 /// The Python SDK for process cells (sdk/python/cellbus_cell.py), shipped inside the
 /// runtime so `import cellbus_cell` works in any pool image with a python3.
-const PYTHON_SDK: &str = include_str!("../../../sdk/python/cellbus_cell.py");
+pub(crate) const PYTHON_SDK: &str = include_str!("../../../sdk/python/cellbus_cell.py");
 
 /// Writes the Python SDK into `dir` (readable by a cell running as another user) and
 /// returns `dir`.
@@ -150,6 +170,11 @@ pub fn install_executable(
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let path = dir.join(digest.replace(':', "-"));
+    // Named by its digest and only ever renamed into place whole: one already there is
+    // these bytes.
+    if path.is_file() {
+        return Ok(path);
+    }
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.write_all(bytes)?;
     #[cfg(unix)]
@@ -435,7 +460,13 @@ impl Supervisor {
 
     /// PYTHONPATH with the runtime's Python SDK after whatever the Cell's env puts there.
     fn python_path(&self) -> Option<String> {
-        let sdk = self.settings.python_sdk.as_ref()?.display().to_string();
+        let sdk = self
+            .settings
+            .files()
+            .python_sdk
+            .as_ref()?
+            .display()
+            .to_string();
         let separator = if cfg!(windows) { ';' } else { ':' };
         Some(
             match self.env.iter().find(|(name, _)| name == "PYTHONPATH") {
