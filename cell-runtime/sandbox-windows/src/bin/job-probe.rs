@@ -420,7 +420,9 @@ mod windows {
         }
     }
 
-    fn terminate(exe: &str) -> Result<String, String> {
+    /// A job holding two sleeping children and the grandchild the second one starts, all
+    /// three running.
+    fn three_sleepers(exe: &str) -> Result<(Job, [Process; 2]), String> {
         let job = sandbox().map_err(|e| e.to_string())?;
         let children = [
             job.spawn(exe, &["child-sleep"])
@@ -429,6 +431,11 @@ mod windows {
                 .map_err(|e| e.to_string())?,
         ];
         poll(|| job.accounting().map(|a| a.active_processes), |n| n == 3)?;
+        Ok((job, children))
+    }
+
+    fn terminate(exe: &str) -> Result<String, String> {
+        let (job, children) = three_sleepers(exe)?;
         job.terminate(7).map_err(|e| e.to_string())?;
         let codes = exit_codes(&children)?;
         if codes.iter().any(|c| *c != Some(7)) {
@@ -442,14 +449,7 @@ mod windows {
     }
 
     fn kill_on_close(exe: &str) -> Result<String, String> {
-        let job = sandbox().map_err(|e| e.to_string())?;
-        let children = [
-            job.spawn(exe, &["child-sleep"])
-                .map_err(|e| e.to_string())?,
-            job.spawn(exe, &["child-spawn-sleep"])
-                .map_err(|e| e.to_string())?,
-        ];
-        poll(|| job.accounting().map(|a| a.active_processes), |n| n == 3)?;
+        let (job, children) = three_sleepers(exe)?;
         drop(job);
         let codes = exit_codes(&children)?;
         if codes.iter().any(Option::is_none) {
