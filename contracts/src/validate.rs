@@ -318,4 +318,9 @@ fn check_within(
             above("maxInFlight", w.to_string(), a.to_string());
         }
     }
+    if let (Some(w), Some(a)) = (cell.max_reply_bytes, pool.max_reply_bytes) {
+        if w > a {
+            above("maxReplyBytes", format!("{w} bytes"), format!("{a} bytes"));
+        }
+    }
 }

@@ -78,6 +78,13 @@ pub struct SandboxLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000))]
     pub max_in_flight: Option<u32>,
+    /// Largest reply one request may produce, in bytes (the whole reply envelope). A
+    /// larger reply is answered `resource_exhausted` instead. Never above the bus's own
+    /// `max_payload`, which the runtime reads from the server; on a pool, the default
+    /// and the most a cell may ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 67_108_864))]
+    pub max_reply_bytes: Option<u32>,
 }
 
 impl SandboxLimits {
@@ -89,6 +96,7 @@ impl SandboxLimits {
             timeout_ms: self.timeout_ms.or(pool.timeout_ms),
             fuel: self.fuel.or(pool.fuel),
             max_in_flight: self.max_in_flight.or(pool.max_in_flight),
+            max_reply_bytes: self.max_reply_bytes.or(pool.max_reply_bytes),
         }
     }
 }
