@@ -14,7 +14,8 @@ mod store;
 mod streams;
 
 pub use connect::{
-    connect, connect_once, NatsArgs, NatsCredentials, CA_FILE, CREDS_FILE, NKEY_FILE,
+    connect, connect_bounded, connect_once, NatsArgs, NatsCredentials, CA_FILE, CREDS_FILE,
+    NKEY_FILE,
 };
 pub use store::{
     delete_assignment, digest_of, ensure_buckets, fetch_module, module_exists, ping, ping_until,
