@@ -175,15 +175,19 @@ fn interrupt(thread: &std::sync::Mutex<Option<i64>>, timed_out: &AtomicBool) {
 }
 
 /// Makes `import cellbus` give cells `CellError`: the Python SDK of process cells, whose
-/// `CellError` is the same class with the same codes.
+/// `CellError` is the same class with the same codes. Once per process: running the SDK
+/// releases the GIL while it imports, and a second cell loading meanwhile must wait for
+/// the whole module, not find a half-run one in `sys.modules`.
 fn install_cellbus_module(py: Python<'_>) -> PyResult<()> {
-    let modules = py.import("sys")?.getattr("modules")?;
-    if modules.contains("cellbus")? {
-        return Ok(());
-    }
-    let code = CString::new(crate::process::PYTHON_SDK).expect("no NUL");
-    let module = PyModule::from_code(py, &code, c"<cellbus>", c"cellbus")?;
-    modules.set_item("cellbus", module)
+    static INSTALLED: pyo3::sync::PyOnceLock<()> = pyo3::sync::PyOnceLock::new();
+    INSTALLED
+        .get_or_try_init(py, || {
+            let modules = py.import("sys")?.getattr("modules")?;
+            let code = CString::new(crate::process::PYTHON_SDK).expect("no NUL");
+            let module = PyModule::from_code(py, &code, c"<cellbus>", c"cellbus")?;
+            modules.set_item("cellbus", module)
+        })
+        .map(|_| ())
 }
 
 /// The error body of a `cellbus.CellError`, if `error` is one; `dumps` is `json.dumps`.

@@ -68,7 +68,7 @@ async fn a_python_cell_answers_errors_and_times_out_like_any_cell() {
         json!(1)
     );
     let refused = bus.call("hello", "hello", json!({})).await.unwrap_err();
-    assert_eq!(refused.code, ErrorCode::BadRequest);
+    assert_eq!(refused.code, ErrorCode::BadRequest, "{refused:?}");
     assert_eq!(refused.details, Some(json!({"field": "name"})));
     let crashed = bus.call("hello", "crash", json!({})).await.unwrap_err();
     assert_eq!(crashed.code, ErrorCode::CellFailed);
