@@ -57,8 +57,10 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("module bytes have digest {actual}, not {expected}")]
+    #[error("module bytes have digest {actual}, not {expected}: the object stored under that name is another module; `cellbus module push` the right file to replace it")]
     DigestMismatch { expected: String, actual: String },
+    #[error("the object stored as module {digest} does not match its own checksum (cut off or tampered with); `cellbus module push` the right file to replace it")]
+    ObjectCorrupt { digest: String },
     #[error("writing the assignment {key}")]
     WriteAssignment {
         key: String,
