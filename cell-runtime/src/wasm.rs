@@ -209,11 +209,11 @@ impl Executor {
                     // SAFETY: wasmtime requires bytes that `serialize` of a compatible
                     // engine produced. These are in memory of our own, so they cannot change
                     // after the checks: `read_artifact` took them from a file owned and
-                    // writable by this user alone, in a directory only this user can write,
-                    // under a header naming this module digest, this engine tag and the
-                    // SHA-256 of exactly these bytes, as written below after compiling this
-                    // digest. wasmtime checks its own compatibility header again; a failure
-                    // there is recompiled below.
+                    // writable by this user alone, in a directory only this user can write
+                    // (both checked on Unix), under a header naming this module digest, this
+                    // engine tag and the SHA-256 of exactly these bytes, as written below
+                    // after compiling this digest. wasmtime checks its own compatibility
+                    // header again; a failure there is recompiled below.
                     if let Ok(component) = unsafe { Component::deserialize(&self.engine, &code) } {
                         self.cache_hits.fetch_add(1, Ordering::Relaxed);
                         self.metrics.module_cache_hits.inc();
@@ -469,6 +469,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// user compiled.
 fn code_directory(cache_dir: &Path) -> Result<PathBuf, String> {
     let dir = cache_dir.join("wasm");
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut builder = std::fs::DirBuilder::new();
     #[cfg(unix)]
     {
