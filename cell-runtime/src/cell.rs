@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::resources::Delivery;
-use cellbus_contracts::wire::{ErrorBody, ErrorCode, Reply, Request};
+use cellbus_contracts::wire::{ErrorBody, ErrorCode, ErrorReply, Reply, Request};
 use jiff::Timestamp;
 use jsonschema::Validator;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -30,6 +32,87 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// In-flight limit of a cell when neither it nor its pool sets one.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
+/// What a cell answered: JSON text as it wrote it, checked to be JSON but not built into
+/// a value, so the host holds the cell's output once, at the size the cell's reply limit
+/// allows.
+pub type Output = Box<RawValue>;
+
+/// The largest reply the cell may send: its `limits.maxReplyBytes`, never more than the
+/// bus carries (`bus_max_payload`, the server's `max_payload`).
+pub fn reply_limit(spec: &AssignedCell, bus_max_payload: usize) -> ReplyLimit {
+    match spec.limits.max_reply_bytes {
+        Some(bytes) if (bytes as usize) < bus_max_payload => ReplyLimit {
+            bytes: bytes as usize,
+            source: "the cell's limits.maxReplyBytes",
+        },
+        _ => ReplyLimit {
+            bytes: bus_max_payload,
+            source: "the bus's max_payload",
+        },
+    }
+}
+
+/// The most bytes a reply may have, and what set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyLimit {
+    pub bytes: usize,
+    pub source: &'static str,
+}
+
+impl ReplyLimit {
+    /// `resource_exhausted` for a reply of `size` bytes, when that is over the limit.
+    pub fn check(&self, size: usize) -> Result<(), ErrorBody> {
+        if size <= self.bytes {
+            return Ok(());
+        }
+        Err(ErrorBody::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "the reply of {size} bytes is over the {}-byte limit ({})",
+                self.bytes, self.source
+            ),
+        )
+        .with_details(json!({"size": size, "limit": self.bytes}))
+        .with_retryable(false))
+    }
+}
+
+/// A reply ready for the bus.
+#[derive(Debug)]
+pub enum Answer {
+    /// A success reply, encoded.
+    Ok(Bytes),
+    /// An error reply.
+    Err(ErrorReply),
+}
+
+impl Answer {
+    fn error(reply: Reply) -> Self {
+        match reply {
+            Reply::Err(error) => Self::Err(error),
+            Reply::Ok(_) => unreachable!("built from an error"),
+        }
+    }
+
+    /// The reply's bytes.
+    pub fn body(&self) -> Bytes {
+        match self {
+            Self::Ok(body) => body.clone(),
+            Self::Err(error) => {
+                Bytes::from(serde_json::to_vec(error).expect("an error envelope serializes"))
+            }
+        }
+    }
+
+    /// `ok`, or the error's code: the outcome label of the request metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Ok(_) => "ok",
+            Self::Err(error) => error.error.code.as_str(),
+        }
+    }
+}
+
 /// One verb, with its schemas compiled once per load.
 struct Verb {
     input: Option<Validator>,
@@ -47,6 +130,7 @@ pub struct LoadedCell {
     permits: Arc<Semaphore>,
     code: CellCode,
     default_timeout: Duration,
+    reply_limit: ReplyLimit,
 }
 
 /// Why a verb's schema cannot be used.
@@ -59,7 +143,12 @@ pub struct SchemaError {
 }
 
 impl LoadedCell {
-    pub fn new(spec: AssignedCell, code: CellCode) -> Result<Self, SchemaError> {
+    /// A cell whose replies the bus carries up to `bus_max_payload` bytes.
+    pub fn new(
+        spec: AssignedCell,
+        code: CellCode,
+        bus_max_payload: usize,
+    ) -> Result<Self, SchemaError> {
         let compile = |verb: &str, which, schema: &Option<serde_json::Map<String, Value>>| {
             schema
                 .as_ref()
@@ -92,8 +181,10 @@ impl LoadedCell {
             .limits
             .timeout_ms
             .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms.into()));
+        let reply_limit = reply_limit(&spec, bus_max_payload);
         Ok(Self {
             spec,
+            reply_limit,
             loaded_at: Timestamp::now(),
             verbs,
             permits: Arc::new(Semaphore::new(max_in_flight)),
@@ -130,14 +221,16 @@ impl LoadedCell {
     }
 
     /// Answers one request received on the subject of `verb`; refused with
-    /// `resource_exhausted` when every in-flight permit is taken.
+    /// `resource_exhausted` when every in-flight permit is taken. The verb and the permit
+    /// are checked before the request is parsed, so a flood past the cell's limit is
+    /// refused at the cost of a scan for its ids.
     pub async fn answer(
         &self,
         executor: &Executor,
         client: Option<async_nats::Client>,
         verb: &str,
         body: &[u8],
-    ) -> Reply {
+    ) -> Answer {
         self.answer_inner(None, executor, client, verb, body).await
     }
 
@@ -149,7 +242,7 @@ impl LoadedCell {
         client: Option<async_nats::Client>,
         verb: &str,
         body: &[u8],
-    ) -> Reply {
+    ) -> Answer {
         self.answer_inner(Some(permit), executor, client, verb, body)
             .await
     }
@@ -159,41 +252,70 @@ impl LoadedCell {
         permit: Option<OwnedSemaphorePermit>,
         executor: &Executor,
         client: Option<async_nats::Client>,
-        verb: &str,
+        verb_name: &str,
         body: &[u8],
-    ) -> Reply {
-        let request = match Request::parse(body, self.service(), verb) {
-            Ok(request) => request,
-            Err(error) => return Reply::error_for_raw(body, error),
+    ) -> Answer {
+        let refuse = |error| Answer::error(Reply::error_for_raw(body, error));
+        let Some(verb) = self.verbs.get(verb_name) else {
+            return refuse(self.unknown_verb(verb_name));
         };
-        match self.run(permit, executor, client, &request).await {
-            Ok(payload) => Reply::ok(&request, payload),
-            Err(error) => Reply::error(&request, error),
+        let _permit = match permit.map_or_else(|| self.try_permit(), Ok) {
+            Ok(permit) => permit,
+            Err(error) => return refuse(error),
+        };
+        let request = match Request::parse(body, self.service(), verb_name) {
+            Ok(request) => request,
+            Err(error) => return refuse(error),
+        };
+        let encoded = self
+            .run(verb, executor, client, &request)
+            .await
+            .and_then(|output| {
+                let body = Reply::encode_ok(&request, &output);
+                self.reply_limit.check(body.len())?;
+                Ok(body)
+            });
+        match encoded {
+            Ok(body) => Answer::Ok(Bytes::from(body)),
+            Err(error) => {
+                let reply = Reply::error(&request, error);
+                // An error the cell wrote is bounded by the same limit as its output.
+                let size = serde_json::to_vec(&reply).map_or(0, |body| body.len());
+                match self.reply_limit.check(size) {
+                    Ok(()) => Answer::error(reply),
+                    Err(error) => Answer::error(Reply::error(&request, error)),
+                }
+            }
         }
+    }
+
+    /// One of the cell's in-flight permits for a request to `verb`, or why the request is
+    /// refused without being read: the verb does not exist, or the cell is full.
+    pub fn admit(&self, verb: &str) -> Result<OwnedSemaphorePermit, ErrorBody> {
+        if !self.verbs.contains_key(verb) {
+            return Err(self.unknown_verb(verb));
+        }
+        self.try_permit()
+    }
+
+    fn unknown_verb(&self, verb: &str) -> ErrorBody {
+        ErrorBody::new(
+            ErrorCode::UnknownVerb,
+            format!(
+                "{} has no verb {verb}; it answers {}",
+                self.service(),
+                self.verb_names()
+            ),
+        )
     }
 
     async fn run(
         &self,
-        permit: Option<OwnedSemaphorePermit>,
+        verb: &Verb,
         executor: &Executor,
         client: Option<async_nats::Client>,
         request: &Request,
-    ) -> Result<Value, ErrorBody> {
-        let Some(verb) = self.verbs.get(&request.verb) else {
-            return Err(ErrorBody::new(
-                ErrorCode::UnknownVerb,
-                format!(
-                    "{} has no verb {}; it answers {}",
-                    self.service(),
-                    request.verb,
-                    self.verb_names()
-                ),
-            ));
-        };
-        let _permit = match permit {
-            Some(permit) => permit,
-            None => self.try_permit()?,
-        };
+    ) -> Result<Output, ErrorBody> {
         if let Some(schema) = &verb.input {
             let violations = schema_violations(schema, &request.payload);
             if !violations.is_empty() {
@@ -225,7 +347,9 @@ impl LoadedCell {
                 let output = executor
                     .invoke(code, &request.verb, &payload, context)
                     .await?;
-                serde_json::from_str(&output).map_err(|e| {
+                // Checked before it is parsed: text past the limit is refused unread.
+                self.reply_limit.check(output.len())?;
+                RawValue::from_string(output).map_err(|e| {
                     ErrorBody::new(
                         ErrorCode::CellFailed,
                         format!("the cell's output is not JSON: {e}"),
@@ -235,12 +359,27 @@ impl LoadedCell {
             CellCode::Process(code) => code.invoke(request, context.deadline).await?,
             #[cfg(feature = "python")]
             CellCode::Python(code) => {
-                code.invoke(&request.verb, &request.payload, context.deadline)
-                    .await?
+                let output = code
+                    .invoke(&request.verb, &request.payload, context.deadline)
+                    .await?;
+                serde_json::value::to_raw_value(&output).map_err(|e| {
+                    ErrorBody::new(
+                        ErrorCode::CellFailed,
+                        format!("the cell's output cannot be encoded: {e}"),
+                    )
+                })?
             }
         };
         if let Some(schema) = &verb.output {
-            let violations = schema_violations(schema, &output);
+            // Only a verb with an output schema builds the output as a value, and only
+            // output already within the reply limit.
+            let value: Value = serde_json::from_str(output.get()).map_err(|e| {
+                ErrorBody::new(
+                    ErrorCode::CellFailed,
+                    format!("the cell's output is not JSON: {e}"),
+                )
+            })?;
+            let violations = schema_violations(schema, &value);
             if !violations.is_empty() {
                 return Err(ErrorBody::new(
                     ErrorCode::CellFailed,

@@ -16,18 +16,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, AckKind};
-use bytes::Bytes;
 use cellbus_contracts::durable::{DeadLetter, Redelivery};
 use cellbus_contracts::resources::{Delivery, VerbSpec};
 use cellbus_contracts::subject;
-use cellbus_contracts::wire::{headers, Reply};
+use cellbus_contracts::wire::headers;
 use futures::StreamExt;
 use jiff::Timestamp;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
-use crate::cell::LoadedCell;
+use crate::cell::{Answer, LoadedCell};
 use crate::server::Shared;
 
 /// Most requests fetched in one pull.
@@ -267,10 +266,10 @@ impl Worker {
             }
         };
 
-        metrics.answered(service, verb, &reply, started.elapsed());
+        metrics.answered(service, verb, reply.outcome(), started.elapsed());
 
         let settled = match &reply {
-            Reply::Ok(_) => match self.send_reply(reply_to.as_deref(), &reply).await {
+            Answer::Ok(_) => match self.send_reply(reply_to.as_deref(), &reply).await {
                 Ok(()) => message.ack().await,
                 Err(()) => {
                     message
@@ -278,12 +277,12 @@ impl Worker {
                         .await
                 }
             },
-            Reply::Err(error) if error.error.retryable && !self.redelivery.is_last(delivered) => {
+            Answer::Err(error) if error.error.retryable && !self.redelivery.is_last(delivered) => {
                 message
                     .ack_with(AckKind::Nak(Some(self.redelivery.delay(delivered))))
                     .await
             }
-            Reply::Err(error) => {
+            Answer::Err(error) => {
                 let letter = DeadLetter {
                     service: service.to_owned(),
                     verb: verb.to_owned(),
@@ -323,18 +322,13 @@ impl Worker {
     }
 
     /// Publishes `reply` to the caller, if it named where.
-    async fn send_reply(&self, reply_to: Option<&str>, reply: &Reply) -> Result<(), ()> {
+    async fn send_reply(&self, reply_to: Option<&str>, reply: &Answer) -> Result<(), ()> {
         let Some(reply_to) = reply_to else {
             return Ok(());
         };
-        let body = serde_json::to_vec(reply)
-            .map(Bytes::from)
-            .map_err(|error| {
-                warn!(%error, "encoding a reply");
-            })?;
         self.shared
             .client
-            .publish(reply_to.to_owned(), body)
+            .publish(reply_to.to_owned(), reply.body())
             .await
             .map_err(|error| warn!(%error, "publishing a durable reply"))
     }

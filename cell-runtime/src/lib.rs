@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod call;
 pub mod cell;
+pub mod celllog;
 pub mod db;
 pub mod durable;
 pub mod http;
@@ -37,6 +38,11 @@ use crate::wasm::{EngineSettings, Executor, ExecutorError};
 
 /// The default largest request body: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+/// Messages that may wait in one subscription of the data connection. Each service's
+/// subscription is read at once and refusals are answered inline, so a backlog builds
+/// only while the runtime is starved of CPU; this bounds what it then holds.
+pub const PENDING_PER_SUBSCRIPTION: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -109,8 +115,9 @@ impl Node {
             },
             metrics.clone(),
         )?);
-        let client = cellbus_control::connect(nats, name).await?;
-        let js = async_nats::jetstream::new(client.clone());
+        let client = cellbus_control::connect_bounded(nats, name, PENDING_PER_SUBSCRIPTION).await?;
+        let control = cellbus_control::connect(nats, &format!("{name} control")).await?;
+        let js = async_nats::jetstream::new(control.clone());
         let buckets = cellbus_control::ensure_buckets(&js).await?;
         cellbus_control::durable::ensure_dead_letter_stream(&js).await?;
         let http = reqwest::Client::builder()
@@ -120,13 +127,14 @@ impl Node {
         Ok(Self {
             shared: Shared {
                 client,
+                control,
                 buckets,
                 executor,
                 metrics,
                 http,
                 databases: Arc::new(Databases::new(secrets_from_environment())),
                 max_payload: engine.max_payload,
-                processes: process::ProcessSettings::new(engine.max_payload, &engine.cache_dir),
+                processes: process::ProcessSettings::new(&engine.cache_dir),
             },
         })
     }
@@ -151,3 +159,21 @@ fn secrets_from_environment() -> Option<Arc<dyn SecretSource>> {
 
 /// Waits for Ctrl-C or SIGTERM; see [`cellbus_control::shutdown_signal`].
 pub use cellbus_control::shutdown_signal;
+
+/// Runs `stopping` (draining, once a first signal has arrived) to its end, but no longer
+/// than the shutdown grace period and a margin for the bus, and not past a second Ctrl-C
+/// or SIGTERM: a process whose server has gone, or whose user insists, still stops.
+pub async fn stop_within_grace(stopping: impl std::future::Future<Output = ()>) {
+    let limit = server::SHUTDOWN_GRACE + std::time::Duration::from_secs(10);
+    tokio::select! {
+        finished = tokio::time::timeout(limit, stopping) => if finished.is_err() {
+            tracing::warn!(seconds = limit.as_secs(), "stopping took too long; exiting");
+        },
+        _ = shutdown_signal() => tracing::warn!("a second signal: exiting without draining"),
+    }
+}
+
+/// Sends what the client still holds, unless the server cannot be reached for a moment.
+pub async fn flush(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
+}

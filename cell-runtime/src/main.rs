@@ -146,7 +146,7 @@ async fn run_up(args: up::UpArgs) -> Result<(), up::UpError> {
     }
     println!("ready   (Ctrl-C stops)");
     cellbus_runtime::shutdown_signal().await;
-    up.shutdown().await;
+    cellbus_runtime::stop_within_grace(up.shutdown()).await;
     println!("stopped");
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! Prometheus metrics of the runtime, all prefixed `cellbus_runtime_`.
 
-use cellbus_contracts::wire::Reply;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry,
@@ -153,11 +152,8 @@ impl Metrics {
 
     /// The text exposition of every metric.
     /// Counts one answered request and how long it took.
-    pub fn answered(&self, service: &str, verb: &str, reply: &Reply, took: std::time::Duration) {
-        let outcome = match reply {
-            Reply::Ok(_) => "ok",
-            Reply::Err(error) => error.error.code.as_str(),
-        };
+    /// Counts one answered request; `outcome` is `ok` or the error's code.
+    pub fn answered(&self, service: &str, verb: &str, outcome: &str, took: std::time::Duration) {
         self.requests
             .with_label_values(&[service, verb, outcome])
             .inc();

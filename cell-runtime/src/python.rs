@@ -153,7 +153,7 @@ impl PythonCell {
         if let Some(body) = cell_error(py, error, self.dumps.bind(py)) {
             return body;
         }
-        warn!(target: "cell", service = %self.service, "{}", traceback(py, error));
+        warn!(target: "cell", service = %self.service, "{}", crate::celllog::escape(&traceback(py, error)));
         ErrorBody::new(ErrorCode::CellFailed, describe(py, error))
     }
 }

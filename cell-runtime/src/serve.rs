@@ -55,7 +55,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Error> {
     info!(%address, namespace = %args.namespace, pool = %args.pool, "serving");
     crate::shutdown_signal().await;
     info!("shutting down: draining subscriptions");
-    pool.shutdown().await;
-    let _ = node.shared.client.flush().await;
+    crate::stop_within_grace(async {
+        pool.shutdown().await;
+        crate::flush(&node.shared.client).await;
+    })
+    .await;
     Ok(())
 }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use async_nats::{Client, Message};
-use bytes::Bytes;
 use cellbus_contracts::assignment::{assignment_key, AssignedCell, PoolAssignment};
 use cellbus_contracts::resources::Runtime;
 use cellbus_contracts::status::{status_key, CellLoadState, LoadState, PingPayload, PodStatus};
@@ -27,7 +26,7 @@ use jiff::Timestamp;
 use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn, Instrument};
 
-use crate::cell::{CellCode, LoadedCell};
+use crate::cell::{Answer, CellCode, LoadedCell};
 use crate::db::Databases;
 use crate::durable::DurableWorkers;
 use crate::metrics::Metrics;
@@ -37,8 +36,12 @@ use crate::wasm::{Executor, WasmCell};
 
 /// How soon a cell that failed to load is tried again.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
-/// How long shutting down waits for requests already running.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long shutting down waits for requests already running: Kubernetes' default
+/// termination grace period, so a pod stops before it is killed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a subscription may take to drain before it is dropped: draining needs the
+/// server, and a runtime whose server has gone must still stop.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Who this runtime is.
 #[derive(Clone, Debug)]
@@ -51,7 +54,11 @@ pub struct Identity {
 /// What a pool server shares with the rest of the process.
 #[derive(Clone)]
 pub struct Shared {
+    /// The data connection: requests, replies, durable consumers and cells' calls.
     pub client: Client,
+    /// The control connection: the buckets (assignment watch, status reports) and
+    /// `$ping`. A connection of its own, so a flood of requests never delays them.
+    pub control: Client,
     pub buckets: Buckets,
     pub executor: Arc<Executor>,
     pub metrics: Arc<Metrics>,
@@ -157,9 +164,11 @@ impl PoolServer {
         services
     }
 
-    /// Stops watching, drains every service's subscription and waits (up to 30 s) for the
-    /// requests already running to be answered.
+    /// Stops watching, drains every service's subscription and waits for the requests
+    /// already running to be answered: all of it within [`SHUTDOWN_GRACE`], also when the
+    /// server cannot be reached.
     pub async fn shutdown(&self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         if let Some(stop) = self.inner.stop.lock().expect("stop lock").take() {
             let _ = stop.send(());
         }
@@ -171,9 +180,7 @@ impl PoolServer {
             .keys()
             .cloned()
             .collect();
-        for service in services {
-            self.inner.unsubscribe(&service).await;
-        }
+        futures::future::join_all(services.iter().map(|s| self.inner.unsubscribe(s))).await;
         let durable: Vec<DurableWorkers> = self
             .inner
             .durable
@@ -183,7 +190,7 @@ impl PoolServer {
             .map(|(_, workers)| workers)
             .collect();
         let drained = futures::future::join_all(durable.into_iter().map(DurableWorkers::drain));
-        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
             warn!("durable requests still running after the shutdown grace period");
         }
         let running = &self.inner.running;
@@ -196,7 +203,7 @@ impl PoolServer {
                 notified.await;
             }
         };
-        if tokio::time::timeout(SHUTDOWN_GRACE, idle).await.is_err() {
+        if tokio::time::timeout_at(deadline, idle).await.is_err() {
             warn!(
                 running = running.count.load(Ordering::Acquire),
                 "requests still running after the shutdown grace period"
@@ -379,7 +386,15 @@ impl Inner {
                 return Err("python cells need a runtime built with the `python` feature".into())
             }
         };
-        LoadedCell::new(spec.clone(), code).map_err(|e| e.to_string())
+        LoadedCell::new(spec.clone(), code, self.bus_max_payload()).map_err(|e| e.to_string())
+    }
+
+    /// The largest message the server takes, as it said when the runtime connected.
+    fn bus_max_payload(&self) -> usize {
+        match self.shared.client.server_info().max_payload {
+            0 => crate::DEFAULT_MAX_PAYLOAD,
+            bytes => bytes,
+        }
     }
 
     /// The module's bytes, checked against its digest, and the digest.
@@ -421,7 +436,14 @@ impl Inner {
                 vec![path.display().to_string()]
             }
         };
-        ProcessCell::new(spec, command, processes, self.shared.metrics.clone())
+        let reply_limit = crate::cell::reply_limit(spec, self.bus_max_payload()).bytes;
+        ProcessCell::new(
+            spec,
+            command,
+            reply_limit,
+            processes,
+            self.shared.metrics.clone(),
+        )
     }
 
     async fn report(&self, cells: Vec<CellLoadState>) {
@@ -457,6 +479,7 @@ impl Inner {
             return;
         }
         let client = &self.shared.client;
+        let control = &self.shared.control;
         let (Ok(verbs), Ok(group), Ok(ping)) = (
             subject::service_wildcard(service),
             subject::queue_group(service),
@@ -465,7 +488,7 @@ impl Inner {
             return warn!(%service, "service name cannot be subscribed");
         };
         let requests = client.queue_subscribe(verbs, group).await;
-        let pings = client.subscribe(ping).await;
+        let pings = control.subscribe(ping).await;
         let (mut requests, mut pings) = match (requests, pings) {
             (Ok(r), Ok(p)) => (r, p),
             (Err(error), _) | (_, Err(error)) => {
@@ -482,17 +505,19 @@ impl Inner {
                     tokio::select! {
                         message = requests.next() => match message {
                             Some(message) => {
-                                // The cell version is taken now, so a message delivered
-                                // before a replacement or removal is answered by the version
-                                // it was delivered to.
-                                let cell = parse_subject(&message.subject)
-                                    .and_then(|(service, _)| inner.cell(service));
-                                let running = RunningGuard::new(&inner);
-                                let inner = inner.clone();
-                                tokio::spawn(async move {
-                                    inner.handle(message, cell).await;
-                                    drop(running);
-                                });
+                                // What needs no cell work (no reply subject, a durable
+                                // subject, no such verb, too large, no free permit) is
+                                // answered here, before the next message is taken: a
+                                // flood past the cell's limit costs a scan of each
+                                // request, holds nothing and spawns nothing.
+                                if let Some(admitted) = inner.admit(message).await {
+                                    let running = RunningGuard::new(&inner);
+                                    let inner = inner.clone();
+                                    tokio::spawn(async move {
+                                        inner.handle(admitted).await;
+                                        drop(running);
+                                    });
+                                }
                             }
                             None => break,
                         },
@@ -525,78 +550,120 @@ impl Inner {
             .lock()
             .expect("subscription lock")
             .remove(service);
-        if let Some(subscription) = subscription {
+        if let Some(mut subscription) = subscription {
             let _ = subscription.stop.send(());
-            let _ = subscription.task.await;
+            if tokio::time::timeout(DRAIN_LIMIT, &mut subscription.task)
+                .await
+                .is_err()
+            {
+                // Requests already taken keep running on their own tasks; only the
+                // reading of new ones stops.
+                warn!(%service, "the subscription did not drain in time (is NATS reachable?); dropping it");
+                subscription.task.abort();
+            }
         }
     }
 
-    /// Answers one message on `cbs.{service}.{verb}` with `cell`, the version of the
-    /// service current when the message was delivered.
-    async fn handle(&self, message: Message, cell: Option<Arc<LoadedCell>>) {
+    /// Takes one message on `cbs.{service}.{verb}` for the version of the service current
+    /// now, with one of its in-flight permits; or answers it at once with why not.
+    async fn admit(&self, message: Message) -> Option<Admitted> {
         let metrics = &self.shared.metrics;
         let Some(reply_to) = message.reply.clone() else {
             metrics
                 .dropped
                 .with_label_values(&["no_reply_subject"])
                 .inc();
-            return;
+            return None;
         };
         let Some((service, verb)) = parse_subject(&message.subject) else {
             metrics.dropped.with_label_values(&["bad_subject"]).inc();
-            return;
+            return None;
         };
         if verb == PING_VERB {
-            return;
+            return None;
         }
         let started = Instant::now();
+        let cell = self.cell(service);
         if cell.as_ref().is_some_and(|c| c.is_durable(verb)) {
             // The stream owns this subject; a core reply would race its acknowledgement.
-            return;
+            return None;
         }
-        let reply = match cell {
-            _ if message.payload.len() > self.shared.max_payload => Reply::error_for_raw(
-                &message.payload,
-                ErrorBody::new(
-                    ErrorCode::ResourceExhausted,
-                    format!(
-                        "request of {} bytes is over the {}-byte limit",
-                        message.payload.len(),
-                        self.shared.max_payload
-                    ),
-                )
-                .with_retryable(false),
-            ),
-            None => Reply::error_for_raw(
-                &message.payload,
-                ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!("{service} is not loaded in this pod"),
+        let refusal = match cell {
+            _ if message.payload.len() > self.shared.max_payload => ErrorBody::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "request of {} bytes is over the {}-byte limit",
+                    message.payload.len(),
+                    self.shared.max_payload
                 ),
+            )
+            .with_retryable(false),
+            None => ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!("{service} is not loaded in this pod"),
             ),
-            Some(cell) => {
-                let in_flight = metrics.in_flight.with_label_values(&[service]);
-                in_flight.inc();
-                let reply = cell
-                    .answer(
-                        &self.shared.executor,
-                        Some(self.shared.client.clone()),
-                        verb,
-                        &message.payload,
-                    )
-                    .await;
-                in_flight.dec();
-                reply
-            }
+            Some(cell) => match cell.admit(verb) {
+                Ok(permit) => {
+                    return Some(Admitted {
+                        message,
+                        reply_to,
+                        cell,
+                        permit,
+                        started,
+                    })
+                }
+                Err(refusal) => refusal,
+            },
         };
-        let body = match serde_json::to_vec(&reply) {
-            Ok(body) => Bytes::from(body),
-            Err(error) => return warn!(%error, "encoding a reply"),
+        let answer = Answer::Err(match Reply::error_for_raw(&message.payload, refusal) {
+            Reply::Err(error) => error,
+            Reply::Ok(_) => unreachable!("built from an error"),
+        });
+        self.send(reply_to, service, verb, &answer, started).await;
+        None
+    }
+
+    /// Answers an admitted message with the cell version it was admitted to.
+    async fn handle(&self, admitted: Admitted) {
+        let Admitted {
+            message,
+            reply_to,
+            cell,
+            permit,
+            started,
+        } = admitted;
+        let Some((service, verb)) = parse_subject(&message.subject) else {
+            return;
         };
-        if let Err(error) = self.shared.client.publish(reply_to, body).await {
+        let in_flight = self.shared.metrics.in_flight.with_label_values(&[service]);
+        in_flight.inc();
+        let answer = cell
+            .answer_with(
+                permit,
+                &self.shared.executor,
+                Some(self.shared.client.clone()),
+                verb,
+                &message.payload,
+            )
+            .await;
+        in_flight.dec();
+        self.send(reply_to, service, verb, &answer, started).await;
+    }
+
+    async fn send(
+        &self,
+        reply_to: async_nats::Subject,
+        service: &str,
+        verb: &str,
+        answer: &Answer,
+        started: Instant,
+    ) {
+        if let Err(error) = self.shared.client.publish(reply_to, answer.body()).await {
             warn!(%error, "publishing a reply");
         }
-        metrics.answered(service, verb, &reply, started.elapsed());
+        self.shared
+            .metrics
+            .answered(service, verb, answer.outcome(), started.elapsed());
     }
 
     /// Answers `$ping` with the pod, the digest and when the cell was loaded.
@@ -628,9 +695,18 @@ impl Inner {
             ),
         };
         if let Ok(body) = serde_json::to_vec(&reply) {
-            let _ = self.shared.client.publish(reply_to, body.into()).await;
+            let _ = self.shared.control.publish(reply_to, body.into()).await;
         }
     }
+}
+
+/// A request taken for a cell, holding one of its in-flight permits.
+struct Admitted {
+    message: Message,
+    reply_to: async_nats::Subject,
+    cell: Arc<LoadedCell>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    started: Instant,
 }
 
 fn parse_subject(subject: &str) -> Option<(&str, &str)> {

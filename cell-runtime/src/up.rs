@@ -101,7 +101,7 @@ impl Up {
         for pool in &self.pools {
             pool.shutdown().await;
         }
-        let _ = self.node.shared.client.flush().await;
+        crate::flush(&self.node.shared.client).await;
     }
 }
 

@@ -631,6 +631,7 @@ impl log::Host for Host {
         let context = &self.context;
         let (service, verb, correlation_id) =
             (&context.service, &context.verb, context.correlation_id);
+        let message = crate::celllog::escape(&message);
         match level {
             log::Level::Trace => {
                 tracing::trace!(target: "cell", service, verb, %correlation_id, "{message}")

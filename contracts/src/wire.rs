@@ -175,14 +175,45 @@ impl Reply {
     }
 
     /// The error reply to bytes that did not parse as a request: correlated with whatever
-    /// id they carry (`correlationId`, else `id`), or the nil UUID.
+    /// id they carry (`correlationId`, else `id`), or the nil UUID. Only those two fields
+    /// are read; the rest is skipped without being built, so refusing a large request
+    /// costs a scan of it and no allocation of its size.
     pub fn error_for_raw(raw: &[u8], error: ErrorBody) -> Self {
-        let readable = serde_json::from_slice::<Value>(raw).ok().and_then(|v| {
-            ["correlationId", "id"]
-                .iter()
-                .find_map(|key| v.get(key)?.as_str()?.parse::<Uuid>().ok())
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Ids<'a> {
+            #[serde(default, borrow)]
+            id: Option<&'a str>,
+            #[serde(default, borrow)]
+            correlation_id: Option<&'a str>,
+        }
+        let readable = serde_json::from_slice::<Ids>(raw).ok().and_then(|ids| {
+            [ids.correlation_id, ids.id]
+                .into_iter()
+                .find_map(|id| id?.parse::<Uuid>().ok())
         });
         Self::error_correlated(readable.unwrap_or(Uuid::nil()), error)
+    }
+
+    /// The encoded success reply to `request` around `payload`, JSON text taken as the
+    /// cell wrote it: the same bytes a [`Reply::ok`] would serialize to, without building
+    /// the payload as a value.
+    pub fn encode_ok(request: &Request, payload: &serde_json::value::RawValue) -> Vec<u8> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct RawOkReply<'a> {
+            id: Uuid,
+            correlation_id: Uuid,
+            ok: Flag<true>,
+            payload: &'a serde_json::value::RawValue,
+        }
+        serde_json::to_vec(&RawOkReply {
+            id: Uuid::new_v4(),
+            correlation_id: request.reply_correlation_id(),
+            ok: Flag,
+            payload,
+        })
+        .expect("a reply envelope serializes")
     }
 
     fn error_correlated(correlation_id: Uuid, error: ErrorBody) -> Self {
@@ -406,6 +437,48 @@ mod tests {
         }
         let lying = json!({"id": Uuid::new_v4(), "correlationId": Uuid::new_v4(), "ok": false, "payload": 1});
         assert!(serde_json::from_value::<Reply>(lying).is_err());
+    }
+
+    #[test]
+    fn a_reply_encoded_around_raw_json_reads_back_as_the_same_reply() {
+        let request = Request::new("echo", "say", json!(null));
+        let payload =
+            serde_json::value::RawValue::from_string(r#"{"a": [1, 2.5, "x"]}"#.into()).unwrap();
+        let encoded = Reply::encode_ok(&request, &payload);
+        let Reply::Ok(reply) = serde_json::from_slice::<Reply>(&encoded).unwrap() else {
+            panic!("not an ok reply");
+        };
+        assert_eq!(reply.correlation_id, request.id);
+        assert_eq!(reply.id.get_version(), Some(uuid::Version::Random));
+        assert_eq!(reply.payload, json!({"a": [1, 2.5, "x"]}));
+    }
+
+    #[rstest]
+    #[case::correlation_id_first(
+        r#"{"correlationId": "C", "id": "I", "payload": [1, {"id": 2}]}"#,
+        "C"
+    )]
+    #[case::id_only(r#"{"payload": {"id": "nested"}, "id": "I"}"#, "I")]
+    #[case::unreadable_correlation_id(r#"{"correlationId": "no", "id": "I"}"#, "I")]
+    #[case::no_ids(r#"{"payload": 1}"#, "nil")]
+    #[case::not_an_object("[1, 2]", "nil")]
+    #[case::not_json("{\"id\": ", "nil")]
+    fn an_unreadable_request_is_answered_with_what_ids_it_carries(
+        #[case] raw: &str,
+        #[case] expected: &str,
+    ) {
+        let (id, conversation) = (Uuid::new_v4(), Uuid::new_v4());
+        let raw = raw
+            .replace("\"C\"", &format!("\"{conversation}\""))
+            .replace("\"I\"", &format!("\"{id}\""));
+        let reply =
+            Reply::error_for_raw(raw.as_bytes(), ErrorBody::new(ErrorCode::BadRequest, "x"));
+        let wanted = match expected {
+            "C" => conversation,
+            "I" => id,
+            _ => Uuid::nil(),
+        };
+        assert_eq!(reply.correlation_id(), wanted);
     }
 
     #[test]

@@ -90,9 +90,30 @@ impl NatsArgs {
 /// for ever after, so a NATS restart never needs a restart of ours. For long-running
 /// servers.
 pub async fn connect(args: &NatsArgs, name: &str) -> Result<Client, Error> {
+    connect_with(args, name, |options| options).await
+}
+
+/// [`connect`] with at most `capacity` messages waiting in each subscription: a
+/// subscriber that cannot keep up loses messages past it (logged as a slow consumer)
+/// instead of holding an unbounded backlog in memory.
+pub async fn connect_bounded(
+    args: &NatsArgs,
+    name: &str,
+    capacity: usize,
+) -> Result<Client, Error> {
+    connect_with(args, name, |options| {
+        options.subscription_capacity(capacity)
+    })
+    .await
+}
+
+async fn connect_with(
+    args: &NatsArgs,
+    name: &str,
+    adjust: impl FnOnce(ConnectOptions) -> ConnectOptions,
+) -> Result<Client, Error> {
     let (servers, in_url) = servers(&args.url)?;
-    options(args, in_url)
-        .await?
+    adjust(options(args, in_url).await?)
         .name(name)
         .retry_on_initial_connect()
         .connect(servers)
@@ -208,6 +229,20 @@ async fn options(args: &NatsArgs, in_url: Option<UrlCredentials>) -> Result<Conn
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
     Ok(options
+        .event_callback(|event| async move {
+            use async_nats::Event;
+            match event {
+                Event::Connected => tracing::info!("connected to NATS"),
+                Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                Event::SlowConsumer(sid) => tracing::warn!(
+                    subscription = sid,
+                    "messages dropped: a subscription fell behind (slow consumer)"
+                ),
+                Event::ServerError(error) => tracing::warn!(%error, "NATS server error"),
+                Event::ClientError(error) => tracing::warn!(%error, "NATS client error"),
+                other => tracing::debug!(event = %other, "NATS connection event"),
+            }
+        })
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(|attempts| {

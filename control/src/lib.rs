@@ -16,7 +16,8 @@ mod store;
 mod streams;
 
 pub use connect::{
-    connect, connect_once, NatsArgs, NatsCredentials, CA_FILE, CREDS_FILE, NKEY_FILE,
+    connect, connect_bounded, connect_once, NatsArgs, NatsCredentials, CA_FILE, CREDS_FILE,
+    NKEY_FILE,
 };
 pub use redact::{redact_url, REDACTED};
 pub use store::{

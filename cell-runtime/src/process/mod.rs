@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::cell::Output;
 use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::wire::{ErrorBody, ErrorCode, Request};
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::oneshot;
@@ -55,8 +55,6 @@ pub struct ProcessSettings {
     /// The program whose `sandbox` command confines each process: `cellbus` itself on
     /// Linux, `cellbus-sandbox.exe` (the Job Object sandbox) beside it on Windows.
     pub sandbox_program: PathBuf,
-    /// Longest reply line accepted; a longer one stops the process.
-    pub max_line: usize,
     /// The cgroup leaves processes run in, where the runtime's cgroup is delegated.
     pub cgroups: CellCgroups,
     cache_dir: PathBuf,
@@ -77,14 +75,11 @@ pub struct CellFiles {
 }
 
 impl ProcessSettings {
-    /// Settings for a runtime whose largest request is `max_payload` bytes, storing
-    /// executables and the Python SDK under `cache_dir`, confining processes with the
-    /// running `cellbus`.
-    pub fn new(max_payload: usize, cache_dir: &std::path::Path) -> Self {
+    /// Settings for a runtime storing executables and the Python SDK under `cache_dir`,
+    /// confining processes with the running `cellbus`.
+    pub fn new(cache_dir: &std::path::Path) -> Self {
         Self {
             sandbox_program: sandbox_program(),
-            // A reply the runtime could not send on anyway, plus room for the envelope.
-            max_line: max_payload + (64 << 10),
             cgroups: CellCgroups::detect(),
             cache_dir: cache_dir.to_owned(),
             files: Arc::default(),
@@ -197,6 +192,8 @@ struct Supervisor {
     command: Vec<String>,
     env: Vec<(String, String)>,
     limits: SandboxLimits,
+    /// Longest reply line accepted; a longer one stops the process.
+    max_line: usize,
     settings: ProcessSettings,
     metrics: Arc<Metrics>,
     slot: tokio::sync::Mutex<Slot>,
@@ -236,15 +233,16 @@ impl Drop for LeafGuard {
 
 struct Pending {
     correlation_id: Uuid,
-    reply: oneshot::Sender<Result<Value, ErrorBody>>,
+    reply: oneshot::Sender<Result<Output, ErrorBody>>,
 }
 
 impl ProcessCell {
-    /// A cell running `command` (a program and its arguments); nothing starts until its
-    /// first request.
+    /// A cell running `command` (a program and its arguments) whose replies may have
+    /// `reply_limit` bytes; nothing starts until its first request.
     pub fn new(
         spec: &AssignedCell,
         command: Vec<String>,
+        reply_limit: usize,
         settings: &ProcessSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
@@ -264,6 +262,10 @@ impl ProcessCell {
                     .map(|var| (var.name.clone(), var.value.clone()))
                     .collect(),
                 limits,
+                // A reply line past the limit is still read whole, so its request gets
+                // `resource_exhausted` by id; one longer than the limit and room for the
+                // envelope is a broken process.
+                max_line: reply_limit + (64 << 10),
                 settings: settings.clone(),
                 metrics,
                 slot: tokio::sync::Mutex::new(Slot::default()),
@@ -273,7 +275,7 @@ impl ProcessCell {
     }
 
     /// Runs `request` in the process, answering within `deadline`.
-    pub async fn invoke(&self, request: &Request, deadline: Instant) -> Result<Value, ErrorBody> {
+    pub async fn invoke(&self, request: &Request, deadline: Instant) -> Result<Output, ErrorBody> {
         self.supervisor.invoke(request, deadline).await
     }
 }
@@ -305,7 +307,7 @@ impl Supervisor {
         self: &Arc<Self>,
         request: &Request,
         deadline: Instant,
-    ) -> Result<Value, ErrorBody> {
+    ) -> Result<Output, ErrorBody> {
         let running = self.running(deadline).await?;
         let id = Uuid::new_v4();
         let (reply, answer) = oneshot::channel();
@@ -482,7 +484,7 @@ impl Supervisor {
         let mut stdout = BufReader::new(stdout);
         let mut line = Vec::new();
         loop {
-            match read_line(&mut stdout, &mut line, self.settings.max_line).await {
+            match read_line(&mut stdout, &mut line, self.max_line).await {
                 Ok(true) => {}
                 Ok(false) => {
                     // A process that is exiting closes its stdout first; give it a moment,
@@ -495,7 +497,7 @@ impl Supervisor {
                         running,
                         &format!(
                             "the process wrote a line longer than {} bytes",
-                            self.settings.max_line
+                            self.max_line
                         ),
                     )
                 }
@@ -536,7 +538,7 @@ impl Supervisor {
                 Ok(_) => {}
             }
             let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end();
+            let text = crate::celllog::escape(text.trim_end_matches(['\n', '\r']));
             // The requests in flight when the line was written, which is as close as a
             // line on a shared stream gets to the request it is about.
             let correlation: Vec<Uuid> = running

@@ -10,6 +10,7 @@
 
 use cellbus_contracts::wire::{ErrorBody, ErrorCode, Request};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -19,8 +20,10 @@ use uuid::Uuid;
 struct ReplyLine {
     id: Uuid,
     ok: bool,
-    #[serde(default)]
-    payload: Option<Value>,
+    /// Kept as the text the process wrote: checked to be JSON, not built into a value.
+    /// Present means present: `"payload": null` is the reply `null`.
+    #[serde(default, deserialize_with = "present")]
+    payload: Option<Box<RawValue>>,
     #[serde(default)]
     error: Option<ErrorLine>,
 }
@@ -36,11 +39,15 @@ struct ErrorLine {
     retryable: Option<bool>,
 }
 
+fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(field).map(Some)
+}
+
 /// A reply line, understood.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct ProcessReply {
     pub id: Uuid,
-    pub outcome: Result<Value, ErrorBody>,
+    pub outcome: Result<Box<RawValue>, ErrorBody>,
 }
 
 /// Why a line from a process is not a reply.
@@ -102,7 +109,14 @@ mod tests {
             parse_reply(format!(r#"{{"id":"{ID}","ok":true,"payload":{{"n":1}}}}"#).as_bytes())
                 .unwrap();
         assert_eq!(reply.id.to_string(), ID);
-        assert_eq!(reply.outcome, Ok(json!({"n": 1})));
+        assert_eq!(reply.outcome.unwrap().get(), r#"{"n":1}"#);
+    }
+
+    #[test]
+    fn a_null_payload_is_the_reply_null() {
+        let reply =
+            parse_reply(format!(r#"{{"id":"{ID}","ok":true,"payload":null}}"#).as_bytes()).unwrap();
+        assert_eq!(reply.outcome.unwrap().get(), "null");
     }
 
     #[test]

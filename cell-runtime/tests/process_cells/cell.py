@@ -49,6 +49,14 @@ def serve(request):
             reply(request, {"escaped": False})
     elif verb == "env":
         reply(request, dict(os.environ))
+    elif verb == "big":
+        reply(request, "x" * payload["bytes"])
+    elif verb == "big-error":
+        reply(request, error={"code": "bad_request", "message": "x" * payload["bytes"]})
+    elif verb == "write-log":
+        sys.stderr.write(payload["text"] + "\n")
+        sys.stderr.flush()
+        reply(request, None)
     else:
         reply(request, error={"code": "unknown_verb", "message": verb})
 
