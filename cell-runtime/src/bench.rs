@@ -49,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub durable: bool,
     /// NATS to use instead of starting a private server.
-    #[arg(long = "nats-url", env = "NATS_URL")]
+    #[arg(long = "nats-url", env = "NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,

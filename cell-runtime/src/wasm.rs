@@ -46,7 +46,8 @@ pub struct EngineSettings {
     pub max_memory: usize,
     /// Instances that may exist at once across all cells.
     pub max_instances: u32,
-    /// Where compiled code is cached, keyed by module digest and engine settings.
+    /// Where compiled code is cached (in its `wasm` directory), keyed by module digest and
+    /// engine settings.
     pub cache_dir: PathBuf,
 }
 
@@ -71,7 +72,8 @@ pub enum LoadError {
 pub struct Executor {
     engine: Engine,
     linker: Linker<Host>,
-    cache_dir: PathBuf,
+    /// The directory of compiled code; `None` when it could not be trusted.
+    cache: Option<PathBuf>,
     cache_tag: String,
     metrics: Arc<Metrics>,
     compiles: AtomicU64,
@@ -154,10 +156,18 @@ impl Executor {
                 settings.cache_dir.display()
             ))
         })?;
+        let cache = code_directory(&settings.cache_dir)
+            .inspect_err(|why| {
+                tracing::warn!(
+                    %why,
+                    "compiled code will not be cached: the code cache cannot be trusted"
+                );
+            })
+            .ok();
         Ok(Self {
             engine,
             linker,
-            cache_dir: settings.cache_dir.clone(),
+            cache,
             cache_tag: format!("{:016x}", hasher.finish()),
             metrics,
             compiles: AtomicU64::new(0),
@@ -186,21 +196,35 @@ impl Executor {
         digest: &str,
         bytes: &[u8],
     ) -> Result<(Component, CodeSource), LoadError> {
-        let file = self.cache_dir.join(format!(
-            "{}-{}.cwasm",
-            digest.trim_start_matches("sha256:"),
-            self.cache_tag
-        ));
-        if file.is_file() {
-            // SAFETY: wasmtime requires that the file was produced by `serialize` of a
-            // compatible engine and is not changed while mapped. Only this function writes
-            // the cache, atomically (write then rename), under a name that pins the module
-            // digest and the engine settings; wasmtime checks the header's compatibility
-            // again and a file that fails it is recompiled below.
-            if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &file) } {
-                self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                self.metrics.module_cache_hits.inc();
-                return Ok((component, CodeSource::Cache));
+        let file = self.cache.as_ref().map(|dir| {
+            dir.join(format!(
+                "{}-{}.cwasm",
+                digest.trim_start_matches("sha256:"),
+                self.cache_tag
+            ))
+        });
+        if let Some(file) = file.as_deref().filter(|file| file.exists()) {
+            match read_artifact(file, digest, &self.cache_tag) {
+                Ok(code) => {
+                    // SAFETY: wasmtime requires bytes that `serialize` of a compatible
+                    // engine produced. These are in memory of our own, so they cannot change
+                    // after the checks: `read_artifact` took them from a file owned and
+                    // writable by this user alone, in a directory only this user can write
+                    // (both checked on Unix), under a header naming this module digest, this
+                    // engine tag and the SHA-256 of exactly these bytes, as written below
+                    // after compiling this digest. wasmtime checks its own compatibility
+                    // header again; a failure there is recompiled below.
+                    if let Ok(component) = unsafe { Component::deserialize(&self.engine, &code) } {
+                        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.module_cache_hits.inc();
+                        return Ok((component, CodeSource::Cache));
+                    }
+                }
+                Err(why) => tracing::warn!(
+                    file = %file.display(),
+                    %why,
+                    "ignoring a compiled artifact; compiling the module again"
+                ),
             }
         }
         let started = Instant::now();
@@ -211,9 +235,9 @@ impl Executor {
         self.metrics
             .compile_seconds
             .observe(started.elapsed().as_secs_f64());
-        if let Ok(code) = component.serialize() {
+        if let (Some(file), Ok(code)) = (&file, component.serialize()) {
             // A cache that cannot be written costs a compile next time, nothing more.
-            let _ = write_atomically(&file, &code);
+            let _ = write_artifact(file, digest, &self.cache_tag, &code);
         }
         Ok((component, CodeSource::Compiled))
     }
@@ -374,10 +398,124 @@ fn internal(message: String) -> ErrorBody {
     ErrorBody::new(ErrorCode::Internal, message)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
+/// First field of a compiled artifact's header line, which goes on with the module
+/// digest, the engine tag and the SHA-256 of the code after the line. It binds the code to
+/// what it was compiled from, where a file name could be given to any file.
+const ARTIFACT_MAGIC: &str = "cellbus-cwasm-1";
+
+/// Writes compiled code after its header to a private temporary file and renames that
+/// into place, so a reader never sees half a file.
+fn write_artifact(path: &Path, digest: &str, tag: &str, code: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    writeln!(file, "{ARTIFACT_MAGIC} {digest} {tag} {}", sha256_hex(code))?;
+    file.write_all(code)?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The code of a compiled artifact, read whole into memory, once its file is one only this
+/// user could have written and its header names `digest`, `tag` and the code's SHA-256.
+fn read_artifact(path: &Path, digest: &str, tag: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        cache_trust(meta.uid(), meta.mode(), effective_uid())?;
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let line_end = bytes
+        .iter()
+        .take(512)
+        .position(|b| *b == b'\n')
+        .ok_or("no header line")?;
+    let header =
+        std::str::from_utf8(&bytes[..line_end]).map_err(|_| "a header that is not text")?;
+    let [magic, named_digest, named_tag, hash] = header.split(' ').collect::<Vec<_>>()[..] else {
+        return Err(format!("a malformed header {header:?}"));
+    };
+    if magic != ARTIFACT_MAGIC {
+        return Err(format!("header {magic:?}, not {ARTIFACT_MAGIC}"));
+    }
+    if named_digest != digest {
+        return Err(format!("compiled from module {named_digest}, not {digest}"));
+    }
+    if named_tag != tag {
+        return Err(format!("compiled by engine {named_tag}, not {tag}"));
+    }
+    if sha256_hex(&bytes[line_end + 1..]) != hash {
+        return Err("the code does not have the SHA-256 its header names".into());
+    }
+    bytes.drain(..=line_end);
+    Ok(bytes)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    cellbus_control::digest_of(bytes)
+        .trim_start_matches("sha256:")
+        .to_owned()
+}
+
+/// The directory of compiled code: `wasm` under the cache directory, created private to
+/// this user, since the cache directory itself may be a volume anyone can write (a
+/// Kubernetes emptyDir is). The error says why it cannot be trusted to hold only code this
+/// user compiled.
+fn code_directory(cache_dir: &Path) -> Result<PathBuf, String> {
+    let dir = cache_dir.join("wasm");
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    match builder.create(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(format!("creating {}: {error}", dir.display())),
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+        cache_trust(meta.uid(), meta.mode(), effective_uid())
+            .map_err(|why| format!("{}: {why}", dir.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Whether a code cache directory or artifact with this owner and mode (`st_uid`,
+/// `st_mode`) can hold only what the user `uid` wrote: it must be that user's and
+/// writable by no group and no other user. The error says why not.
+pub fn cache_trust(owner: u32, mode: u32, uid: u32) -> Result<(), String> {
+    if owner != uid {
+        return Err(format!(
+            "owned by uid {owner}, not by this runtime's uid {uid}"
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "mode {:o} lets others write to it (it must be writable by its owner alone)",
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
 }
 
 /// Only what a cell's Cell grants may be imported.

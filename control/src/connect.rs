@@ -3,18 +3,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, ServerAddr};
 
-use crate::Error;
+use crate::{redact_url, Error};
 
 /// How to reach and log in to NATS. Each flag also reads an environment variable.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct NatsArgs {
-    /// Server URL(s), comma separated.
+    /// Server URL(s), comma separated. Credentials in a URL (`nats://user:password@host`,
+    /// `nats://token@host`) are used when no flag gives any.
     #[arg(
         long = "nats-url",
         env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
     )]
     pub url: String,
     #[command(flatten)]
@@ -110,31 +112,84 @@ async fn connect_with(
     name: &str,
     adjust: impl FnOnce(ConnectOptions) -> ConnectOptions,
 ) -> Result<Client, Error> {
-    adjust(options(args).await?)
+    let (servers, in_url) = servers(&args.url)?;
+    adjust(options(args, in_url).await?)
         .name(name)
         .retry_on_initial_connect()
-        .connect(args.url.as_str())
+        .connect(servers)
         .await
-        .map_err(|source| Error::Connect {
-            url: args.url.clone(),
-            source,
-        })
+        .map_err(|source| connect_error(&args.url, source))
 }
 
 /// Connects once and fails at once when the server cannot be reached. For commands.
 pub async fn connect_once(args: &NatsArgs, name: &str) -> Result<Client, Error> {
-    options(args)
+    let (servers, in_url) = servers(&args.url)?;
+    options(args, in_url)
         .await?
         .name(name)
-        .connect(args.url.as_str())
+        .connect(servers)
         .await
-        .map_err(|source| Error::Connect {
-            url: args.url.clone(),
-            source,
-        })
+        .map_err(|source| connect_error(&args.url, source))
 }
 
-async fn options(args: &NatsArgs) -> Result<ConnectOptions, Error> {
+fn connect_error(url: &str, source: async_nats::ConnectError) -> Error {
+    Error::Connect {
+        url: redact_url(url).into_owned(),
+        source,
+    }
+}
+
+/// Credentials written into a server URL.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlCredentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The servers of a comma-separated URL list without their credentials, and the
+/// credentials of the first URL that has some. async-nats authenticates with its options
+/// only, and logs server addresses, userinfo and all, while it connects: credentials
+/// leave the URLs here.
+fn servers(url: &str) -> Result<(Vec<ServerAddr>, Option<UrlCredentials>), Error> {
+    let mut found = None;
+    let mut servers = Vec::new();
+    for piece in url.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let parsed: ServerAddr = piece.parse().map_err(|error: std::io::Error| {
+            connect_error(
+                url,
+                async_nats::ConnectError::with_source(ConnectErrorKind::ServerParse, error),
+            )
+        })?;
+        let mut bare = parsed.into_inner();
+        let decode = |text: &str| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let credentials = match (bare.username(), bare.password()) {
+            ("", None) => None,
+            (user, Some(password)) => {
+                Some(UrlCredentials::UserPassword(decode(user), decode(password)))
+            }
+            (token, None) => Some(UrlCredentials::Token(decode(token))),
+        };
+        if found.is_none() {
+            found = credentials;
+        }
+        // Cannot fail: a NATS URL has a host, so it can have credentials.
+        let _ = bare.set_username("");
+        let _ = bare.set_password(None);
+        servers.push(ServerAddr::from_url(bare).map_err(|error| {
+            connect_error(
+                url,
+                async_nats::ConnectError::with_source(ConnectErrorKind::ServerParse, error),
+            )
+        })?);
+    }
+    Ok((servers, found))
+}
+
+async fn options(args: &NatsArgs, in_url: Option<UrlCredentials>) -> Result<ConnectOptions, Error> {
     let args = &args.credentials.resolved();
     let mut options = match &args.creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
@@ -157,6 +212,18 @@ async fn options(args: &NatsArgs) -> Result<ConnectOptions, Error> {
             source,
         })?;
         options = options.nkey(seed.trim().to_owned());
+    }
+    let flagged = args.user.is_some()
+        || args.token.is_some()
+        || args.creds.is_some()
+        || args.nkey_file.is_some();
+    match in_url {
+        _ if flagged => {}
+        Some(UrlCredentials::UserPassword(user, password)) => {
+            options = options.user_and_password(user, password);
+        }
+        Some(UrlCredentials::Token(token)) => options = options.token(token),
+        None => {}
     }
     if let Some(ca) = &args.ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);

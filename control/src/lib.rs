@@ -1,6 +1,7 @@
 //! What the operator, the runtime and `cellbus up` share beyond the contracts: the NATS
 //! side (connecting with any of the supported credentials, the buckets, module storage by
-//! digest, assignment writes, the `$ping` readiness check) and reading manifest files. It depends on the contracts
+//! digest, assignment writes, the `$ping` readiness check), reading manifest files, and
+//! redacting the secrets of URLs before anything prints them. It depends on the contracts
 //! and async-nats only, so neither binary compiles the other's heavy dependencies.
 
 #![forbid(unsafe_code)]
@@ -10,6 +11,7 @@ pub mod database;
 pub mod durable;
 pub mod manifests;
 pub mod pgtls;
+mod redact;
 mod store;
 mod streams;
 
@@ -17,6 +19,7 @@ pub use connect::{
     connect, connect_bounded, connect_once, NatsArgs, NatsCredentials, CA_FILE, CREDS_FILE,
     NKEY_FILE,
 };
+pub use redact::{redact_url, REDACTED};
 pub use store::{
     delete_assignment, digest_of, ensure_buckets, fetch_module, module_exists, ping, ping_until,
     push_module, read_assignment, write_assignment, Buckets,
@@ -34,6 +37,7 @@ pub enum Error {
     },
     #[error("connecting to NATS at {url}")]
     Connect {
+        /// The URL as given, its credentials redacted.
         url: String,
         #[source]
         source: async_nats::ConnectError,
@@ -58,8 +62,10 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("module bytes have digest {actual}, not {expected}")]
+    #[error("module bytes have digest {actual}, not {expected}: the object stored under that name is another module; `cellbus module push` the right file to replace it")]
     DigestMismatch { expected: String, actual: String },
+    #[error("the object stored as module {digest} does not match its own checksum (cut off or tampered with); `cellbus module push` the right file to replace it")]
+    ObjectCorrupt { digest: String },
     #[error("writing the assignment {key}")]
     WriteAssignment {
         key: String,

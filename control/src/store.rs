@@ -80,17 +80,30 @@ pub fn digest_of(bytes: &[u8]) -> String {
     text
 }
 
-/// Stores a module under its digest (a no-op when it is already there) and returns the
-/// digest.
+/// The digest an object store records for `bytes` in its info: `SHA-256=` and the
+/// URL-safe base64 of the hash.
+fn object_digest(bytes: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "SHA-256={}",
+        base64::engine::general_purpose::URL_SAFE.encode(Sha256::digest(bytes))
+    )
+}
+
+/// Stores a module under its digest and returns the digest. An object already under that
+/// name is kept only when it holds exactly these bytes (then nothing is written); any
+/// other object there (other bytes, a cut-off upload, metadata its chunks do not match) is
+/// replaced, since every runtime would refuse it and nothing else would ever repair it.
 pub async fn push_module(
     modules: &object_store::ObjectStore,
     bytes: &[u8],
 ) -> Result<String, Error> {
     let digest = digest_of(bytes);
-    if modules.info(&digest).await.is_ok() {
+    if holds(modules, &digest, bytes).await {
         return Ok(digest);
     }
     let mut reader = bytes;
+    // A put under an existing name replaces the object's metadata and drops its chunks.
     modules
         .put(digest.as_str(), &mut reader)
         .await
@@ -101,13 +114,33 @@ pub async fn push_module(
     Ok(digest)
 }
 
-/// Whether a module is stored under `digest`.
+/// Whether the object `name` holds exactly `bytes`. Its info (size and the SHA-256 its
+/// writer recorded) tells most differences without a read; since a writer records those,
+/// a match is confirmed by reading the object back. When it cannot be told the answer is
+/// no: the put that follows replaces the object, or reports why it cannot.
+async fn holds(modules: &object_store::ObjectStore, name: &str, bytes: &[u8]) -> bool {
+    let Ok(info) = modules.info(name).await else {
+        return false;
+    };
+    if info.deleted
+        || info.size != bytes.len()
+        || info.digest.as_deref() != Some(object_digest(bytes).as_str())
+    {
+        return false;
+    }
+    matches!(read_object(modules, name).await, Ok(Some(stored)) if stored == bytes)
+}
+
+/// Whether a module is stored under `digest`: an object by that name whose metadata
+/// describes bytes with that digest (an object holding other bytes is as good as none,
+/// and `cellbus module push` replaces it). The bytes themselves are checked where they are
+/// read.
 pub async fn module_exists(
     modules: &object_store::ObjectStore,
     digest: &str,
 ) -> Result<bool, Error> {
     match modules.info(digest).await {
-        Ok(_) => Ok(true),
+        Ok(info) => Ok(!info.deleted && describes(&info, digest)),
         Err(error) if error.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
         Err(error) => Err(Error::FetchModule {
             digest: digest.to_owned(),
@@ -116,29 +149,65 @@ pub async fn module_exists(
     }
 }
 
+/// Whether an object's recorded SHA-256 is the one `digest` (`sha256:` and hex) names.
+fn describes(info: &object_store::ObjectInfo, digest: &str) -> bool {
+    use base64::Engine;
+    let Some(recorded) = info
+        .digest
+        .as_deref()
+        .and_then(|d| d.strip_prefix("SHA-256="))
+        .and_then(|d| base64::engine::general_purpose::URL_SAFE.decode(d).ok())
+    else {
+        return false;
+    };
+    let hex: String = recorded.iter().map(|b| format!("{b:02x}")).collect();
+    digest.strip_prefix("sha256:") == Some(hex.as_str())
+}
+
+/// The bytes of the object `name`; `None` when there is none.
+async fn read_object(
+    modules: &object_store::ObjectStore,
+    name: &str,
+) -> Result<Option<Vec<u8>>, Error> {
+    let fetch_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::FetchModule {
+        digest: name.to_owned(),
+        source,
+    };
+    let mut object = match modules.get(name).await {
+        Ok(object) => object,
+        Err(error) if error.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(fetch_error(error.into())),
+    };
+    // Read by hand rather than with `read_to_end`: on a checksum mismatch the reader fills
+    // the buffer and fails in one call, which `read_to_end` asserts never happens (a panic
+    // in debug builds).
+    let mut bytes = Vec::with_capacity(object.info.size.min(64 << 20));
+    let mut chunk = vec![0; 128 << 10];
+    loop {
+        match object.read(&mut chunk).await {
+            Ok(0) => return Ok(Some(bytes)),
+            Ok(read) => bytes.extend_from_slice(&chunk[..read]),
+            // The reader checks the chunks against the SHA-256 in the object's metadata.
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Error::ObjectCorrupt {
+                    digest: name.to_owned(),
+                })
+            }
+            Err(error) => return Err(fetch_error(error.into())),
+        }
+    }
+}
+
 /// Reads the module stored under `digest` and checks that its bytes have that digest.
 pub async fn fetch_module(
     modules: &object_store::ObjectStore,
     digest: &str,
 ) -> Result<Vec<u8>, Error> {
-    let fetch_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::FetchModule {
-        digest: digest.to_owned(),
-        source,
-    };
-    let mut object = match modules.get(digest).await {
-        Ok(object) => object,
-        Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
-            return Err(Error::ModuleMissing {
-                digest: digest.to_owned(),
-            })
-        }
-        Err(error) => return Err(fetch_error(error.into())),
-    };
-    let mut bytes = Vec::new();
-    object
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| fetch_error(e.into()))?;
+    let bytes = read_object(modules, digest)
+        .await?
+        .ok_or_else(|| Error::ModuleMissing {
+            digest: digest.to_owned(),
+        })?;
     let actual = digest_of(&bytes);
     if actual != digest {
         return Err(Error::DigestMismatch {

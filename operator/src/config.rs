@@ -43,7 +43,7 @@ pub struct Config {
 
     /// NATS URL of pools that set no spec.nats.url; the operator connects to it too,
     /// unless --operator-nats-url says otherwise.
-    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL, hide_env_values = true)]
     pub nats_url: String,
 
     /// Secret with NATS credentials for pools on the default NATS URL that name no Secret

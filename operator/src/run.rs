@@ -30,7 +30,7 @@ pub struct RunArgs {
     /// How the operator itself reaches the default NATS, when not by --nats-url: an
     /// operator running outside the cluster reaches it through a port-forward while the
     /// pods use the in-cluster name.
-    #[arg(long, env = "CELLBUS_OPERATOR_NATS_URL")]
+    #[arg(long, env = "CELLBUS_OPERATOR_NATS_URL", hide_env_values = true)]
     pub operator_nats_url: Option<String>,
 
     #[command(flatten)]

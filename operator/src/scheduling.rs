@@ -199,8 +199,9 @@ impl Snapshot {
             Some(holder) if holder.key() != cell.key() => Err(NotPlaced::new(
                 reasons::SERVICE_CONFLICT,
                 format!(
-                    "service {} is already served on {bus_url} by Cell {}; rename spec.service or delete that Cell",
+                    "service {} is already served on {} by Cell {}; rename spec.service or delete that Cell",
                     spec.service,
+                    cellbus_control::redact_url(bus_url),
                     holder.key()
                 ),
             )),

@@ -364,7 +364,10 @@ async fn module_condition(spec: &CellSpec, bus: &Bus) -> Result<NewCondition, Er
         (_, Some(url), _) => verified(
             Status::True,
             reasons::MODULE_URL,
-            format!("pods fetch {url} and check its digest"),
+            format!(
+                "pods fetch {} and check its digest",
+                cellbus_control::redact_url(url)
+            ),
         ),
         (Some(digest), None, _) => {
             if cellbus_control::module_exists(&bus.buckets.modules, digest).await? {
@@ -379,7 +382,7 @@ async fn module_condition(spec: &CellSpec, bus: &Bus) -> Result<NewCondition, Er
                     reasons::MODULE_MISSING,
                     format!(
                         "module {digest} is not in cbs-modules on {}; push it with `cellbus module push FILE`",
-                        bus.url
+                        cellbus_control::redact_url(&bus.url)
                     ),
                 )
             }
