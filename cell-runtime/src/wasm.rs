@@ -22,7 +22,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::db::CellDatabase;
+use crate::db::{self as database, CellDatabase};
 use crate::metrics::Metrics;
 
 mod bindings {
@@ -71,6 +71,7 @@ pub enum LoadError {
 pub struct Executor {
     engine: Engine,
     linker: Linker<Host>,
+    max_memory: usize,
     cache_dir: PathBuf,
     cache_tag: String,
     metrics: Arc<Metrics>,
@@ -157,6 +158,7 @@ impl Executor {
         Ok(Self {
             engine,
             linker,
+            max_memory: settings.max_memory,
             cache_dir: settings.cache_dir.clone(),
             cache_tag: format!("{:016x}", hasher.finish()),
             metrics,
@@ -259,6 +261,8 @@ impl Executor {
         Ok(WasmCell {
             pre,
             memory,
+            // Rows reach the cell as one string in its memory: more could never fit.
+            rows: database::Caps::with_bytes(memory.unwrap_or(self.max_memory)),
             fuel: cell.limits.fuel,
             uses_wasi: imports.iter().any(|i| i.starts_with("wasi:")),
             calls: Arc::new(cell.capabilities.call.clone()),
@@ -284,6 +288,7 @@ impl Executor {
                 table: ResourceTable::new(),
                 calls: cell.calls.clone(),
                 database: cell.database.clone(),
+                rows: cell.rows,
                 context,
             },
         );
@@ -424,6 +429,8 @@ fn locked_down_wasi() -> WasiCtx {
 pub struct WasmCell {
     pre: bindings::RuntimePre<Host>,
     memory: Option<usize>,
+    /// What one query may return to the cell.
+    rows: database::Caps,
     fuel: Option<u64>,
     uses_wasi: bool,
     calls: Arc<Vec<String>>,
@@ -448,6 +455,7 @@ pub struct Host {
     table: ResourceTable,
     calls: Arc<Vec<String>>,
     database: Option<Arc<CellDatabase>>,
+    rows: database::Caps,
     context: CallContext,
 }
 
@@ -529,7 +537,7 @@ impl call::Host for Host {
 impl db::Host for Host {
     async fn query(&mut self, sql: String, params: String) -> Result<String, types::CellError> {
         self.database()?
-            .query(&sql, &params, self.context.deadline)
+            .query(&sql, &params, self.context.deadline, self.rows)
             .await
             .map_err(to_cell_error)
     }
