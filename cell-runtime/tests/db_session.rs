@@ -44,8 +44,7 @@ fn unread(sql: &str) -> String {
 
 /// Everything a statement could leave on its session, as the session sees it.
 const SESSION: &str = "
-SELECT transaction_timestamp() = statement_timestamp() AS own_transaction,
-       current_setting('search_path') AS search_path,
+SELECT current_setting('search_path') AS search_path,
        current_user::text AS current_role,
        session_user::text AS session_role,
        current_setting('application_name') AS application_name,
