@@ -22,7 +22,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::db::CellDatabase;
+use crate::db::{self as database, CellDatabase};
 use crate::metrics::Metrics;
 
 mod bindings {
@@ -74,6 +74,7 @@ pub struct Executor {
     linker: Linker<Host>,
     /// The directory of compiled code; `None` when it could not be trusted.
     cache: Option<PathBuf>,
+    max_memory: usize,
     cache_tag: String,
     metrics: Arc<Metrics>,
     compiles: AtomicU64,
@@ -168,6 +169,7 @@ impl Executor {
             engine,
             linker,
             cache,
+            max_memory: settings.max_memory,
             cache_tag: format!("{:016x}", hasher.finish()),
             metrics,
             compiles: AtomicU64::new(0),
@@ -283,6 +285,8 @@ impl Executor {
         Ok(WasmCell {
             pre,
             memory,
+            // Rows reach the cell as one string in its memory: more could never fit.
+            rows: database::Caps::with_bytes(memory.unwrap_or(self.max_memory)),
             fuel: cell.limits.fuel,
             uses_wasi: imports.iter().any(|i| i.starts_with("wasi:")),
             calls: Arc::new(cell.capabilities.call.clone()),
@@ -308,6 +312,7 @@ impl Executor {
                 table: ResourceTable::new(),
                 calls: cell.calls.clone(),
                 database: cell.database.clone(),
+                rows: cell.rows,
                 context,
             },
         );
@@ -562,6 +567,8 @@ fn locked_down_wasi() -> WasiCtx {
 pub struct WasmCell {
     pre: bindings::RuntimePre<Host>,
     memory: Option<usize>,
+    /// What one query may return to the cell.
+    rows: database::Caps,
     fuel: Option<u64>,
     uses_wasi: bool,
     calls: Arc<Vec<String>>,
@@ -586,6 +593,7 @@ pub struct Host {
     table: ResourceTable,
     calls: Arc<Vec<String>>,
     database: Option<Arc<CellDatabase>>,
+    rows: database::Caps,
     context: CallContext,
 }
 
@@ -668,7 +676,7 @@ impl call::Host for Host {
 impl db::Host for Host {
     async fn query(&mut self, sql: String, params: String) -> Result<String, types::CellError> {
         self.database()?
-            .query(&sql, &params, self.context.deadline)
+            .query(&sql, &params, self.context.deadline, self.rows)
             .await
             .map_err(to_cell_error)
     }

@@ -9,14 +9,13 @@ mod support;
 use std::sync::{Arc, OnceLock};
 
 use cellbus_contracts::assignment::MAX_DATABASE_CONNECTIONS_PER_POD;
-use cellbus_contracts::resources::DatabaseSpec;
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::wire::{ErrorBody, ErrorCode};
-use cellbus_control::database::{self, Admin, Endpoint, Wanted};
-use cellbus_runtime::db::secrets::{LocalSecrets, DATABASE_URL_KEY};
+use cellbus_control::database;
 use cellbus_runtime::db::Databases;
-use cellbus_testkit::{CapturedLogs, Postgres};
+use cellbus_testkit::CapturedLogs;
 use serde_json::{json, Value};
+use support::database::*;
 use support::*;
 
 /// Everything the runtime logs in this test binary, at every level.
@@ -50,61 +49,6 @@ fn assert_not_logged(password: &str) {
         "a password appears in the runtime's logs:\n{}",
         leaks.join("\n")
     );
-}
-
-/// A PostgreSQL, its admin connection, and the credentials the runtime reads.
-struct Database {
-    postgres: Postgres,
-    admin: Admin,
-    secrets: Arc<LocalSecrets>,
-}
-
-impl Database {
-    async fn start() -> Self {
-        let postgres = Postgres::start();
-        let admin = Admin::connect(postgres.url()).await.unwrap();
-        Self {
-            postgres,
-            admin,
-            secrets: Arc::default(),
-        }
-    }
-
-    /// Provisions the database of Cell `cell` as the operator does and hands the runtime
-    /// its URL; returns the password.
-    async fn provision(&self, cell: &str, spec: &DatabaseSpec, rotate: bool) -> String {
-        let wanted = Wanted {
-            role: database::role_name(NAMESPACE, cell),
-            schema: cell.to_owned(),
-            spec,
-        };
-        let provisioned = database::provision(&self.admin, &wanted, rotate)
-            .await
-            .unwrap();
-        let password = provisioned.password.expect("a new password");
-        let endpoint = Endpoint::of_admin(self.postgres.url(), &self.admin, None, None).unwrap();
-        let data = database::secret_data(&endpoint, &provisioned.role, &password);
-        self.secrets.insert(
-            NAMESPACE,
-            &format!("{cell}-db"),
-            data[DATABASE_URL_KEY].clone(),
-        );
-        password
-    }
-
-    /// Runs admin statements (tables and rows the test sets up).
-    async fn admin_sql(&self, sql: &str) {
-        let (client, connection) =
-            tokio_postgres::connect(self.postgres.url(), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        client.batch_execute(sql).await.unwrap();
-    }
-}
-
-fn access(access: &str) -> DatabaseSpec {
-    serde_json::from_value(json!({ "access": access })).unwrap()
 }
 
 /// A cell `service` whose verb `sql` runs its payload through `db`.

@@ -6,17 +6,24 @@
 //! The credentials are read when the first connection is opened, and again when the
 //! database refuses them (the password was rotated). They are held only inside the
 //! connection settings: never logged, never put in an error, a metric or an envelope.
+//!
+//! A connection goes back to the pool only once `session` has cleared what the call left
+//! on it; one that cannot be cleared, or whose call was cut short, is closed and whatever
+//! it still runs on the server cancelled.
 
+pub mod rows;
 pub mod secrets;
+pub mod session;
 pub mod statement;
 pub mod values;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cellbus_contracts::assignment::AssignedDatabase;
 use cellbus_contracts::wire::{ErrorBody, ErrorCode};
+use futures::TryStreamExt;
 use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::error::SqlState;
@@ -24,7 +31,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use tracing::{debug, warn};
 
+pub use rows::{Caps, MAX_ROWS};
 pub use secrets::{SecretSource, SourceError};
+use session::{Connection, Leftover};
 
 /// The pools of one runtime process, by Secret: two versions of a cell (an update in
 /// flight) share one.
@@ -82,7 +91,8 @@ pub struct CellDatabase {
     secret: String,
     /// Connection settings from the Secret's DATABASE_URL, once read.
     settings: tokio::sync::Mutex<Option<Arc<Settings>>>,
-    idle: Mutex<Vec<Client>>,
+    /// Connections cleared after their last call, ready for the next.
+    idle: Mutex<Vec<Connection>>,
     slots: Semaphore,
 }
 
@@ -110,16 +120,20 @@ impl CellDatabase {
         }
     }
 
-    /// Runs a query; rows come back as a JSON array of objects.
+    /// Runs a query; rows come back as a JSON array of objects, within `caps`.
     pub async fn query(
         &self,
         sql: &str,
         params: &str,
         deadline: Instant,
+        caps: Caps,
     ) -> Result<String, ErrorBody> {
         let values = values::parse_params(params).map_err(bad_request)?;
-        match self.run(Statement::Query, sql, &values, deadline).await? {
-            Done::Rows(rows) => Ok(rows.to_string()),
+        match self
+            .run(Statement::Query(caps), sql, &values, deadline)
+            .await?
+        {
+            Done::Rows(rows) => Ok(rows),
             Done::Count(_) => unreachable!("a query returns rows"),
         }
     }
@@ -138,9 +152,8 @@ impl CellDatabase {
         }
     }
 
-    /// Runs one statement on a pooled connection within the request's deadline. A
-    /// connection whose statement timed out is cancelled on the server and dropped, never
-    /// reused.
+    /// Runs one statement on a pooled connection within the request's deadline, then
+    /// clears what it left on the connection before another call may take it.
     async fn run(
         &self,
         kind: Statement,
@@ -156,40 +169,34 @@ impl CellDatabase {
             Ok(lease) => lease?,
             Err(_) => return Err(no_time("waiting for a database connection")),
         };
-        let client = lease.client.as_ref().expect("a lease holds a client");
-        let outcome = tokio::time::timeout(remaining(), perform(client, kind, sql, values)).await;
-        match outcome {
+        let outcome =
+            tokio::time::timeout(remaining(), perform(lease.client(), kind, sql, values)).await;
+        let answer = match outcome {
             Ok(Ok(done)) => Ok(done),
             Ok(Err(Failure::Value(error))) => Err(bad_request(error)),
-            Ok(Err(Failure::Database(error))) => {
-                if client.is_closed() {
-                    lease.discard();
-                }
-                Err(from_database(&error))
+            Ok(Err(Failure::Database(error))) => Err(from_database(&error)),
+            Ok(Err(Failure::Rows(error))) => {
+                // The server goes on producing rows nobody reads.
+                lease.abandon();
+                return Err(from_rows(&error));
             }
             Err(_) => {
-                let client = lease.discard().expect("a lease holds a client");
-                // The server keeps running a statement whose client went away until it
-                // next writes to the socket; cancelling frees its locks now.
-                let token = client.cancel_token();
-                let settings = self.settings.lock().await.clone();
-                if let Some(settings) = settings {
-                    tokio::spawn(async move {
-                        if let Err(error) = cellbus_control::pgtls::cancel(
-                            &token,
-                            settings.tls,
-                            settings.root_cert.as_deref(),
-                        )
-                        .await
-                        {
-                            debug!(error = %error, "cancelling a timed-out statement");
-                        }
-                    });
-                }
-                Err(no_time(
+                lease.abandon();
+                return Err(no_time(
                     "the statement did not finish before the request's deadline",
-                ))
+                ));
             }
+        };
+        match lease.release(remaining()).await {
+            Ok(()) => answer,
+            Err(leftover @ (Leftover::Reset(_) | Leftover::NoCheck | Leftover::Unfinished)) => {
+                debug!(namespace = %self.namespace, secret = %self.secret, error = %cellbus_contracts::error_chain(&leftover), "closing a database connection that could not be reset");
+                answer
+            }
+            Err(leftover) => Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("{leftover}: {}", leftover_advice(&leftover)),
+            )),
         }
     }
 
@@ -201,21 +208,23 @@ impl CellDatabase {
         let reused = {
             let mut idle = self.idle.lock().expect("idle lock");
             let mut found = None;
-            while let Some(client) = idle.pop() {
-                if !client.is_closed() {
-                    found = Some(client);
+            while let Some(connection) = idle.pop() {
+                if !connection.client.is_closed() {
+                    found = Some(connection);
                     break;
                 }
             }
             found
         };
-        let client = match reused {
-            Some(client) => client,
-            None => self.connect().await?,
+        let connection = match reused {
+            Some(connection) => connection,
+            None => Connection::new(self.connect().await?),
         };
+        let settings = self.settings.lock().await.clone();
         Ok(Lease {
             database: self,
-            client: Some(client),
+            connection: Some(connection),
+            settings,
             _permit: permit,
         })
     }
@@ -305,45 +314,104 @@ impl CellDatabase {
     }
 }
 
-/// A connection taken from the pool; it goes back when dropped unless discarded.
+/// A connection taken from the pool for one call. It goes back through
+/// [`Lease::release`]; dropped otherwise (the call was cut short), it is closed and what
+/// it still runs on the server cancelled.
 struct Lease<'a> {
     database: &'a CellDatabase,
-    client: Option<Client>,
+    connection: Option<Connection>,
+    /// How to reach the server to cancel a statement.
+    settings: Option<Arc<Settings>>,
     _permit: SemaphorePermit<'a>,
 }
 
 impl Lease<'_> {
-    fn discard(&mut self) -> Option<Client> {
-        self.client.take()
+    fn client(&self) -> &Client {
+        &self
+            .connection
+            .as_ref()
+            .expect("a lease holds a connection until released")
+            .client
+    }
+
+    /// Clears the session within `time` and gives the connection back to the pool, or
+    /// closes it and says why.
+    async fn release(mut self, time: Duration) -> Result<(), Leftover> {
+        let connection = self
+            .connection
+            .as_mut()
+            .expect("a lease holds a connection until released");
+        match tokio::time::timeout(time, session::reset(connection)).await {
+            Ok(Ok(())) => {
+                let connection = self.connection.take().expect("still held");
+                self.database
+                    .idle
+                    .lock()
+                    .expect("idle lock")
+                    .push(connection);
+                Ok(())
+            }
+            Ok(Err(leftover)) => {
+                // Closing the connection rolls back what it left open.
+                self.connection = None;
+                Err(leftover)
+            }
+            // Dropping the lease cancels the reset on the server.
+            Err(_) => Err(Leftover::Unfinished),
+        }
+    }
+
+    /// Closes the connection and cancels what it runs on the server: a statement whose
+    /// client went away runs on until it next writes to the socket, holding its locks.
+    fn abandon(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        let token = connection.client.cancel_token();
+        drop(connection);
+        let (Some(settings), Ok(runtime)) =
+            (self.settings.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(error) =
+                cellbus_control::pgtls::cancel(&token, settings.tls, settings.root_cert.as_deref())
+                    .await
+            {
+                debug!(error = %error, "cancelling an abandoned statement");
+            }
+        });
     }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take().filter(|c| !c.is_closed()) {
-            self.database.idle.lock().expect("idle lock").push(client);
-        }
+        self.abandon();
     }
 }
 
 enum Failure {
     Database(tokio_postgres::Error),
+    /// Before the statement ran: its parameters or result columns.
     Value(values::ValueError),
+    /// While its rows arrived: the rest are not read.
+    Rows(rows::RowsError),
 }
 
 #[derive(Clone, Copy)]
 enum Statement {
-    Query,
+    Query(Caps),
     Execute,
 }
 
 enum Done {
-    Rows(serde_json::Value),
+    Rows(String),
     Count(u64),
 }
 
 /// Prepares `sql` so its parameter and column types are known, checks the cell's values
-/// against them, and runs it.
+/// against them, and runs it, writing rows as they arrive.
 async fn perform(
     client: &Client,
     kind: Statement,
@@ -353,29 +421,51 @@ async fn perform(
     let statement = client.prepare(sql).await.map_err(Failure::Database)?;
     values::check_params(statement.params(), values).map_err(Failure::Value)?;
     let params = values::Param::list(values);
-    let params: Vec<&(dyn ToSql + Sync)> =
-        params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     match kind {
-        Statement::Query => {
+        Statement::Query(caps) => {
             values::check_columns(statement.columns()).map_err(Failure::Value)?;
             let rows = client
-                .query(&statement, &params)
+                .query_raw(&statement, params)
                 .await
                 .map_err(Failure::Database)?;
-            values::rows_to_json(&rows)
-                .map(Done::Rows)
-                .map_err(Failure::Value)
+            let mut rows = std::pin::pin!(rows);
+            let mut json = rows::JsonRows::new(caps);
+            while let Some(row) = rows.try_next().await.map_err(Failure::Database)? {
+                json.push(&row).map_err(Failure::Rows)?;
+            }
+            Ok(Done::Rows(json.finish()))
         }
-        Statement::Execute => client
-            .execute(&statement, &params)
-            .await
-            .map(Done::Count)
-            .map_err(Failure::Database),
+        Statement::Execute => {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            client
+                .execute(&statement, &params)
+                .await
+                .map(Done::Count)
+                .map_err(Failure::Database)
+        }
     }
 }
 
 fn bad_request(error: values::ValueError) -> ErrorBody {
     ErrorBody::new(ErrorCode::BadRequest, error.to_string())
+}
+
+fn from_rows(error: &rows::RowsError) -> ErrorBody {
+    match error.details() {
+        Some(details) => ErrorBody::new(ErrorCode::ResourceExhausted, error.to_string())
+            .with_details(details)
+            .with_retryable(false),
+        None => ErrorBody::new(ErrorCode::BadRequest, error.to_string()),
+    }
+}
+
+/// What a cell does instead of leaving `leftover` on a connection.
+fn leftover_advice(leftover: &Leftover) -> &'static str {
+    match leftover {
+        Leftover::Transaction => statement::TRANSACTION,
+        _ => statement::SESSION,
+    }
 }
 
 fn no_time(what: &str) -> ErrorBody {

@@ -1,13 +1,16 @@
-//! Which statements a cell may run. Each `db` call runs one statement on whichever of the
-//! cell's pooled connections is free, and the connection then serves the cell's next
-//! request. A statement that leaves state on the connection (an open transaction,
-//! a setting, a cursor, a prepared statement, a LISTEN) would leak into that request: a
-//! `BEGIN` without its `COMMIT` would hold locks and make every later statement on the
-//! connection part of a transaction nobody ends. Those statements are refused before
-//! they reach the server.
+//! Which statements a cell is told not to run. Each `db` call runs one statement on
+//! whichever of the cell's pooled connections is free, and the connection then serves the
+//! cell's next request. Whatever a statement leaves on the connection is cleared or the
+//! connection closed before that (see `session`); this module only turns the statements
+//! that would be cleared away into a refusal that says what to do instead.
 //!
 //! The extended protocol takes exactly one statement per call, so the statement's first
-//! keyword, after comments and opening parentheses, says what it is.
+//! keyword, after comments, empty statements and opening parentheses, says what it is. The
+//! keyword is found with sqlparser's PostgreSQL tokenizer, which reads comments as the
+//! server does (`\r` ends a `--` comment, `/* */` nest).
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Token, Tokenizer};
 
 /// Statements that change the connection rather than the data, by first keyword, with
 /// what a cell does instead.
@@ -33,11 +36,12 @@ const SESSION_STATEMENTS: &[(&str, &str)] = &[
     ("DEALLOCATE", SESSION),
 ];
 
-const TRANSACTION: &str = "each db call is its own transaction; make changes that belong \
+pub(crate) const TRANSACTION: &str =
+    "each db call is its own transaction; make changes that belong \
                            together one statement (a WITH … INSERT … UPDATE) or a function";
 const SETTING: &str = "settings would outlive the request on a pooled connection; \
                        set_config(name, value, true) sets one for the statement it is in";
-const SESSION: &str = "session state would outlive the request on a pooled connection";
+pub(crate) const SESSION: &str = "session state would outlive the request on a pooled connection";
 
 /// Why a cell may not run `sql`, if it may not.
 pub fn refusal(sql: &str) -> Option<String> {
@@ -48,48 +52,29 @@ pub fn refusal(sql: &str) -> Option<String> {
         .map(|(keyword, why)| format!("{keyword} statements are not available to cells: {why}"))
 }
 
-/// The first word of `sql` that is not in a comment or an opening parenthesis.
-fn first_keyword(sql: &str) -> Option<&str> {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
-        if let Some(line) = rest.strip_prefix("--") {
-            rest = line.split_once('\n').map_or("", |(_, after)| after);
-        } else if rest.starts_with("/*") {
-            rest = after_block_comment(rest)?;
-        } else {
-            break;
-        }
-    }
-    let end = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(rest.len());
-    (end > 0).then(|| &rest[..end])
-}
+/// How much of a statement is read for its first keyword. A statement whose keyword
+/// comes later is not refused here; what it leaves is cleared all the same.
+const READ_AT_MOST: usize = 4096;
 
-/// What follows the block comment `text` starts with; PostgreSQL's block comments nest.
-/// `None` when it never closes (the server will refuse the statement).
-fn after_block_comment(text: &str) -> Option<&str> {
-    let mut depth = 0usize;
-    let mut at = 0;
-    let bytes = text.as_bytes();
-    while at + 1 < bytes.len() {
-        match &bytes[at..at + 2] {
-            b"/*" => {
-                depth += 1;
-                at += 2;
-            }
-            b"*/" => {
-                depth -= 1;
-                at += 2;
-                if depth == 0 {
-                    return Some(&text[at..]);
-                }
-            }
-            _ => at += 1,
-        }
+/// The first word of `sql` that is not in a comment, an empty statement or an opening
+/// parenthesis.
+fn first_keyword(sql: &str) -> Option<String> {
+    let head = &sql[..sql.floor_char_boundary(READ_AT_MOST)];
+    let mut tokens = Vec::new();
+    // A statement cut short or never finished (an open comment or string) still has the
+    // tokens read before the tokenizer gave up; the server judges the rest.
+    let _ =
+        Tokenizer::new(&PostgreSqlDialect {}, head).tokenize_with_location_into_buf(&mut tokens);
+    let first = tokens.into_iter().map(|t| t.token).find(|token| {
+        !matches!(
+            token,
+            Token::Whitespace(_) | Token::SemiColon | Token::LParen
+        )
+    })?;
+    match first {
+        Token::Word(word) if word.quote_style.is_none() => Some(word.value),
+        _ => None,
     }
-    None
 }
 
 #[cfg(test)]
@@ -121,6 +106,13 @@ mod tests {
     #[case::after_nested_comments("/* a /* b */ c */begin", "BEGIN")]
     #[case::after_comments_of_both_kinds("/* a */ -- b\n /* c */ commit", "COMMIT")]
     #[case::followed_by_a_semicolon("begin;", "BEGIN")]
+    #[case::after_an_empty_statement(";BEGIN", "BEGIN")]
+    #[case::after_empty_statements_and_space(" ; ;\n begin", "BEGIN")]
+    #[case::after_a_line_comment_ended_by_a_carriage_return("--x\rBEGIN", "BEGIN")]
+    #[case::after_a_line_comment_ended_by_crlf("-- x\r\nstart transaction", "START")]
+    #[case::after_a_form_feed("\u{c}begin", "BEGIN")]
+    #[case::after_a_comment_holding_a_dollar_quote("/* $$ */ LISTEN x", "LISTEN")]
+    #[case::set_session_authorization("SET SESSION AUTHORIZATION postgres", "SET")]
     fn session_statements_are_refused_with_their_keyword(#[case] sql: &str, #[case] keyword: &str) {
         let refusal = refusal(sql).unwrap_or_else(|| panic!("{sql:?} was allowed"));
         assert!(
@@ -144,6 +136,10 @@ mod tests {
     #[case::empty("")]
     #[case::only_a_comment("-- nothing")]
     #[case::an_open_comment("/* never closed BEGIN")]
+    #[case::a_nested_comment_hiding_a_word("/* a /* BEGIN */ b */ SELECT 1")]
+    #[case::a_word_in_a_dollar_quote("SELECT $x$ BEGIN $x$")]
+    #[case::a_quoted_identifier("\"begin\"")]
+    #[case::a_keyword_past_what_is_read(&format!("/*{}*/ BEGIN", " ".repeat(READ_AT_MOST)))]
     fn data_statements_are_allowed(#[case] sql: &str) {
         assert_eq!(refusal(sql), None, "{sql:?}");
     }

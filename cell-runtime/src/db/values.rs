@@ -220,7 +220,8 @@ pub fn rows_to_json(rows: &[Row]) -> Result<Value, ValueError> {
         .map(Value::Array)
 }
 
-fn row_to_json(row: &Row) -> Result<Value, ValueError> {
+/// One row as a JSON object keyed by column name.
+pub(crate) fn row_to_json(row: &Row) -> Result<Value, ValueError> {
     let mut object = Map::new();
     for (index, column) in row.columns().iter().enumerate() {
         let RawColumn(raw) = row
@@ -236,6 +237,14 @@ fn row_to_json(row: &Row) -> Result<Value, ValueError> {
         object.insert(column.name().to_owned(), value);
     }
     Ok(Value::Object(object))
+}
+
+/// The bytes of a row's values as the server sent them.
+pub(crate) fn raw_size(row: &Row) -> usize {
+    (0..row.len())
+        .filter_map(|index| row.try_get::<_, RawColumn>(index).ok())
+        .map(|RawColumn(raw)| raw.map_or(0, <[u8]>::len))
+        .sum()
 }
 
 /// A column's bytes as the server sent them, decoded by [`decode`] where the column's

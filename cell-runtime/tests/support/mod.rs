@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod database;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
