@@ -10,12 +10,14 @@ pub mod database;
 pub mod durable;
 pub mod manifests;
 pub mod pgtls;
+mod responders;
 mod store;
 mod streams;
 
 pub use connect::{
     connect, connect_once, NatsArgs, NatsCredentials, CA_FILE, CREDS_FILE, NKEY_FILE,
 };
+pub use responders::{responder, Responder};
 pub use store::{
     delete_assignment, digest_of, ensure_buckets, fetch_module, module_exists, ping, ping_until,
     push_module, read_assignment, write_assignment, Buckets,
