@@ -46,6 +46,10 @@ pub struct UpArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// Serve services that something else on the bus already answers, sharing their
+    /// requests with it, instead of refusing to start.
+    #[arg(long)]
+    pub replace: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -62,6 +66,11 @@ pub enum UpError {
     Load(#[from] cellbus_control::manifests::LoadError),
     #[error("{count} problem(s) in the manifests:\n{list}")]
     Invalid { count: usize, list: String },
+    #[error(
+        "{list}\nstop {}, rename spec.service, or pass --replace to serve alongside",
+        it_or_them(.count)
+    )]
+    ServicesTaken { count: usize, list: String },
     #[error("{0} holds no CellPool; add one (see examples/echo/cellpool.yaml)")]
     NoPool(PathBuf),
     #[error("nats-server was not found on PATH; install it with: {INSTALL_NATS}")]
@@ -134,9 +143,9 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
             (local.url.clone(), Some(local))
         }
     };
+    let mut report = check_services_free(&nats_url, &cells, args.replace).await?;
     let mut node = Node::start(&NatsArgs::url(&nats_url), &args.engine, "cellbus up").await?;
     let modules = local_modules(&args.dir)?;
-    let mut report = Vec::new();
     if let Some(admin_url) = &args.database_url {
         let secrets = Arc::new(LocalSecrets::default());
         provision_databases(admin_url, &cells, &secrets, &mut report).await?;
@@ -238,6 +247,61 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
         pools: servers,
         report,
         _nats: local,
+    })
+}
+
+fn it_or_them(count: &usize) -> &'static str {
+    if *count == 1 {
+        "it"
+    } else {
+        "them"
+    }
+}
+
+/// How long a subscriber on a service's subjects has to answer its `$ping`.
+const RESPONDER_WAIT: Duration = Duration::from_secs(2);
+
+/// Refuses, before anything is written to the bus, the services something on it already
+/// answers (another `cellbus up`, a cluster's pods, any process subscribed to
+/// `cbs.{service}.>`): serving them too would split their requests. With `replace` it
+/// serves them anyway and says so in the report.
+async fn check_services_free(
+    nats_url: &str,
+    cells: &[(String, String, CellSpec)],
+    replace: bool,
+) -> Result<Vec<String>, UpError> {
+    let client = cellbus_control::connect(&NatsArgs::url(nats_url), "cellbus up").await?;
+    let asked = cells.iter().map(|(namespace, name, cell)| {
+        let client = &client;
+        async move {
+            let found =
+                cellbus_control::responder(client, &cell.service, RESPONDER_WAIT).await?;
+            Ok::<_, UpError>(found.map(|responder| {
+                format!(
+                    "service {} (Cell {namespace}/{name}) is already answered on {nats_url} by {responder}",
+                    cell.service
+                )
+            }))
+        }
+    });
+    let taken: Vec<String> = futures::future::try_join_all(asked)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    drop(client);
+    if taken.is_empty() {
+        return Ok(Vec::new());
+    }
+    if replace {
+        return Ok(taken
+            .into_iter()
+            .map(|line| format!("note    {line}; serving it too (--replace)"))
+            .collect());
+    }
+    Err(UpError::ServicesTaken {
+        count: taken.len(),
+        list: taken.join("\n"),
     })
 }
 

@@ -69,3 +69,32 @@ fn check_reports_unreadable_and_empty_inputs() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("broken.yaml: not YAML"), "{stderr}");
 }
+
+#[test]
+fn check_refuses_a_service_and_a_schema_claimed_twice_naming_the_first_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let cell = |namespace: &str, name: &str| {
+        format!(
+            "apiVersion: cellbus.io/v1alpha1\nkind: Cell\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec:\n  service: visits\n  verbs: [{{name: hit}}]\n  module: {{digest: 'sha256:{}'}}\n  database: {{}}\n",
+            "e".repeat(64)
+        )
+    };
+    std::fs::write(dir.path().join("a.yaml"), cell("shop", "visits")).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), cell("blog", "visits")).unwrap();
+    let output = cellbus(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(
+            "invalid Cell blog/visits: spec.service: service visits is already claimed by Cell shop/visits"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "invalid Cell blog/visits: spec.database.schema: schema visits (the default, from spec.service) is already claimed by Cell shop/visits"
+        ),
+        "{stderr}"
+    );
+}

@@ -33,9 +33,10 @@ pub fn database_connections_per_pod(spec: &DatabaseSpec, replicas: i32) -> u32 {
     (spec.role_connection_limit() / pods).clamp(1, MAX_DATABASE_CONNECTIONS_PER_POD)
 }
 
-/// The KV key of a pool's assignment.
+/// The KV key of a pool's assignment: `{namespace}.{pool}`, each name a
+/// [`crate::kv::key_token`], so no two pools share a key.
 pub fn assignment_key(namespace: &str, pool: &str) -> String {
-    format!("{namespace}.{pool}")
+    crate::kv::key(&[namespace, pool])
 }
 
 /// All cells one pool serves.

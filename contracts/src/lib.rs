@@ -10,6 +10,7 @@
 
 pub mod assignment;
 pub mod durable;
+pub mod kv;
 pub mod manifest;
 pub mod quantity;
 pub mod resources;

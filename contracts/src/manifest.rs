@@ -3,6 +3,8 @@
 //! rules of [`crate::validate`], then each Cell against the pool that would run it.
 //! `cellbus up` and the tests read manifests through here; nothing here does I/O.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -11,7 +13,9 @@ use jsonschema::Validator;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::resources::{CellPoolSpec, CellSpec, Os, Runtime, API_VERSION, OBJECT_NAME_PATTERN};
+use crate::resources::{
+    CellPoolSpec, CellSpec, Os, Runtime, API_VERSION, NAMESPACE_PATTERN, OBJECT_NAME_PATTERN,
+};
 use crate::schemas;
 use crate::validate::{self, FieldError};
 
@@ -124,28 +128,34 @@ pub fn check(documents: &[Value]) -> Checked {
         }
     }
 
+    let mut claims = Claims::default();
     for (at, spec) in cells {
         let candidates: Vec<(&str, &CellPoolSpec)> = pools
             .iter()
             .filter(|(pool, _)| pool.namespace == at.namespace)
             .map(|(pool, spec)| (pool.name.as_str(), spec))
             .collect();
-        let verdict = match select_pool(&spec, &candidates) {
-            Ok((name, pool)) => validate::cell_in_pool(&spec, name, pool).map_err(|e| e.0),
+        let mut errors = match select_pool(&spec, &candidates) {
+            Ok((name, pool)) => validate::cell_in_pool(&spec, name, pool)
+                .err()
+                .map(|e| e.0)
+                .unwrap_or_default(),
             Err(error @ PoolChoiceError::Several { .. }) => {
-                Err(vec![FieldError::new("spec.poolRef", error.to_string())])
+                vec![FieldError::new("spec.poolRef", error.to_string())]
             }
             // The pool may be applied separately; scheduling reports it if it never is.
-            Err(_) => Ok(()),
+            Err(_) => Vec::new(),
         };
-        match verdict {
-            Ok(()) => checked.objects.push(Object::Cell { at, spec }),
-            Err(errors) => checked
+        errors.extend(claims.claim(&at, &spec));
+        if errors.is_empty() {
+            checked.objects.push(Object::Cell { at, spec });
+        } else {
+            checked
                 .errors
                 .extend(errors.into_iter().map(|error| ObjectError {
                     object: at.clone(),
                     error,
-                })),
+                }));
         }
     }
     checked.objects.extend(
@@ -154,6 +164,59 @@ pub fn check(documents: &[Value]) -> Checked {
             .map(|(at, spec)| Object::CellPool { at, spec }),
     );
     checked
+}
+
+/// What the Cells read so far hold, each the first to name it. Services share one subject
+/// space per bus and schemas one database, whatever the namespace (`cellbus up` serves a
+/// whole directory on one NATS and one PostgreSQL), so a later claim would take over the
+/// first one's traffic or rows; it is refused, as the operator refuses it in a cluster
+/// (where the oldest Cell keeps it).
+#[derive(Default)]
+struct Claims {
+    services: HashMap<String, ObjectRef>,
+    schemas: HashMap<String, ObjectRef>,
+}
+
+impl Claims {
+    fn claim(&mut self, at: &ObjectRef, spec: &CellSpec) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        match self.services.entry(spec.service.clone()) {
+            Entry::Occupied(holder) => errors.push(FieldError::new(
+                "spec.service",
+                format!(
+                    "service {} is already claimed by {}; one Cell per service per bus: \
+                     rename spec.service or drop one of them",
+                    spec.service,
+                    holder.get()
+                ),
+            )),
+            Entry::Vacant(slot) => {
+                slot.insert(at.clone());
+            }
+        }
+        if let Some(schema) = spec.database_schema() {
+            let defaulted = spec.database.as_ref().is_some_and(|d| d.schema.is_none());
+            match self.schemas.entry(schema.clone()) {
+                Entry::Occupied(holder) => errors.push(FieldError::new(
+                    "spec.database.schema",
+                    format!(
+                        "schema {schema}{} is already claimed by {}; one Cell per schema per \
+                         database: set spec.database.schema to a schema of this Cell's own",
+                        if defaulted {
+                            " (the default, from spec.service)"
+                        } else {
+                            ""
+                        },
+                        holder.get()
+                    ),
+                )),
+                Entry::Vacant(slot) => {
+                    slot.insert(at.clone());
+                }
+            }
+        }
+        errors
+    }
 }
 
 /// Why no single pool can run a cell.
@@ -256,15 +319,20 @@ fn judge<S: DeserializeOwned>(
     Ok(spec)
 }
 
+/// The names the API server itself insists on: the object's a DNS subdomain, its
+/// namespace's a DNS label. Both end up in KV keys and subjects, so a manifest for
+/// `cellbus up` is held to them too.
 fn check_metadata(document: &Value) -> Vec<FieldError> {
-    let name_rule = || {
+    let rule = |max_length: usize, pattern: &str| {
         jsonschema::validator_for(&serde_json::json!({
-            "type": "string", "minLength": 1, "maxLength": 253, "pattern": OBJECT_NAME_PATTERN
+            "type": "string", "minLength": 1, "maxLength": max_length, "pattern": pattern
         }))
-        .expect("the object name schema compiles")
+        .expect("the name schemas compile")
     };
     static NAME: OnceLock<Validator> = OnceLock::new();
-    let name = NAME.get_or_init(name_rule);
+    static NAMESPACE: OnceLock<Validator> = OnceLock::new();
+    let name = NAME.get_or_init(|| rule(253, OBJECT_NAME_PATTERN));
+    let namespace = NAMESPACE.get_or_init(|| rule(63, NAMESPACE_PATTERN));
     let mut errors = Vec::new();
     match document.pointer("/metadata/name") {
         None => errors.push(FieldError::new(
@@ -276,6 +344,16 @@ fn check_metadata(document: &Value) -> Vec<FieldError> {
             format!("{value} is not a DNS subdomain (lowercase letters, digits, `-` and `.`)"),
         )),
         Some(_) => {}
+    }
+    match document.pointer("/metadata/namespace") {
+        Some(value) if !namespace.is_valid(value) => errors.push(FieldError::new(
+            "metadata.namespace",
+            format!(
+                "{value} is not a DNS label (at most 63 lowercase letters, digits and `-`, \
+                 starting and ending with a letter or digit)"
+            ),
+        )),
+        _ => {}
     }
     errors
 }

@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 /// JetStream KV bucket of pod reports.
 pub const STATUS_BUCKET: &str = "cbs-status";
 
-/// The KV key of one pod's report.
+/// The KV key of one pod's report: `{namespace}.{pool}.{pod}`, each name a
+/// [`crate::kv::key_token`], so no two pods share a key and `status_key(ns, pool, "")` is
+/// a prefix of the keys of that pool's pods alone.
 pub fn status_key(namespace: &str, pool: &str, pod: &str) -> String {
-    format!("{namespace}.{pool}.{pod}")
+    crate::kv::key(&[namespace, pool, pod])
 }
 
 /// One pod's report on the cells of its pool's assignment.

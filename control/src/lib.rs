@@ -12,6 +12,7 @@ pub mod durable;
 pub mod manifests;
 pub mod pgtls;
 mod redact;
+mod responders;
 mod store;
 mod streams;
 
@@ -20,6 +21,7 @@ pub use connect::{
     NKEY_FILE,
 };
 pub use redact::{redact_url, REDACTED};
+pub use responders::{responder, Responder};
 pub use store::{
     delete_assignment, digest_of, ensure_buckets, fetch_module, module_exists, ping, ping_until,
     push_module, read_assignment, write_assignment, Buckets,

@@ -45,6 +45,8 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Scheduled=False: another Cell on the same bus already serves the service.
     pub const SERVICE_CONFLICT: &str = "Conflict";
+    /// DatabaseReady (and Ready): an older Cell, in any namespace, has the schema.
+    pub const SCHEMA_CONFLICT: &str = "Conflict";
     /// ModuleVerified=True: the module with the cell's digest is in the store.
     pub const MODULE_FOUND: &str = "ModuleFound";
     /// ModuleVerified=False: no module with the cell's digest is in the store yet.

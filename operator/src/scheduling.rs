@@ -6,7 +6,8 @@
 //! NATS, so a second claim would split the first one's traffic: the oldest claim (by
 //! creation time, then namespace and name) keeps serving and every later one gets
 //! `Conflict`. The same rule decides a pool's assignment, so the Cell's condition and
-//! what the pods serve always agree.
+//! what the pods serve always agree. A database schema is claimed the same way, across
+//! every namespace, since all Cells' schemas live in the operator's one admin database.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub struct Snapshot {
     cells: Vec<Arc<ObservedCell>>,
     pools: Vec<Arc<ObservedPool>>,
     by_service: HashMap<String, Vec<usize>>,
+    by_schema: HashMap<String, Vec<usize>>,
 }
 
 impl Snapshot {
@@ -59,6 +61,7 @@ impl Snapshot {
             cells,
             pools,
             by_service: HashMap::new(),
+            by_schema: HashMap::new(),
         };
         snapshot.index();
         snapshot
@@ -102,12 +105,16 @@ impl Snapshot {
 
     fn index(&mut self) {
         self.by_service.clear();
+        self.by_schema.clear();
         for (index, cell) in self.cells.iter().enumerate() {
             if let Ok(spec) = &cell.spec {
                 self.by_service
                     .entry(spec.service.clone())
                     .or_default()
                     .push(index);
+                if let Some(schema) = spec.database_schema() {
+                    self.by_schema.entry(schema).or_default().push(index);
+                }
             }
         }
     }
@@ -207,6 +214,32 @@ impl Snapshot {
             )),
             _ => Ok(pool),
         }
+    }
+
+    /// The Cell that holds the database schema `schema`: the oldest placed claim, in any
+    /// namespace. A Cell that runs nowhere provisions nothing, so it holds nothing.
+    pub fn schema_holder(&self, schema: &str, config: &Config) -> Option<&ObservedCell> {
+        self.by_schema
+            .get(schema)?
+            .iter()
+            .map(|&index| self.cells[index].as_ref())
+            .filter(|cell| self.placement(cell, config).is_ok())
+            .min_by_key(|cell| rank(cell))
+    }
+
+    /// Why `cell` may not have its database schema, when another Cell holds it.
+    pub fn schema_conflict(&self, cell: &ObservedCell, config: &Config) -> Option<NotPlaced> {
+        let schema = cell.spec.as_ref().ok()?.database_schema()?;
+        let holder = self.schema_holder(&schema, config)?;
+        (holder.key() != cell.key()).then(|| {
+            NotPlaced::new(
+                reasons::SCHEMA_CONFLICT,
+                format!(
+                    "schema {schema} is already the database schema of Cell {}; set spec.database.schema to a schema of this Cell's own or delete that Cell",
+                    holder.key()
+                ),
+            )
+        })
     }
 
     /// The Cells placed in `pool`, by name.

@@ -635,6 +635,10 @@ async fn every_bad_manifest_past_the_schema_ends_as_a_condition_and_an_event_wit
             .unwrap()
             .trim()
             .to_owned();
+        // The API server refuses bad names itself; no such object reaches the operator.
+        if field.starts_with("metadata.") {
+            continue;
+        }
         let documents = cellbus_contracts::manifest::parse_yaml(&text).unwrap();
         let (client, mut api) = mock_client();
         let (ctx, mut caches) = context(client, nats.url());

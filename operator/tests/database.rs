@@ -1,8 +1,8 @@
 //! A Cell with `spec.database` through the Cell controller, against a mock API server
 //! and a real PostgreSQL: its Secret written once, an unchanged Cell writing nothing, a
 //! lost Secret and a changed `rotate` giving a new password, an unreachable admin
-//! database reported and retried until it returns, `Delete` dropping the role, and no
-//! password in the logs.
+//! database reported and retried until it returns, `Delete` dropping the role, no
+//! password in the logs, and a schema another Cell holds refused to a later one.
 
 mod support;
 
@@ -102,6 +102,8 @@ struct Reconciled {
     access: Vec<Value>,
     /// The paths it read.
     reads: Vec<String>,
+    /// Every other call, as `METHOD path`.
+    writes: Vec<String>,
     outcome: Result<Action, cellbus_operator::Error>,
 }
 
@@ -114,7 +116,8 @@ async fn reconcile_once(
     live: Option<&Value>,
 ) -> Reconciled {
     let mut task = tokio::spawn(cell::reconcile(Arc::new(object.clone()), ctx.clone()));
-    let (mut secret, mut status, mut access, mut reads) = (None, None, Vec::new(), Vec::new());
+    let (mut secret, mut status, mut access, mut reads, mut writes) =
+        (None, None, Vec::new(), Vec::new(), Vec::new());
     let outcome = loop {
         tokio::select! {
             done = &mut task => break done.unwrap(),
@@ -125,6 +128,8 @@ async fn reconcile_once(
             }) => {
                 if call.method == "GET" {
                     reads.push(call.path.clone());
+                } else {
+                    writes.push(format!("{} {}", call.method, call.path));
                 }
                 if call.method == "PATCH" && call.path == SECRET {
                     assert_eq!(call.field_manager(), Some("cellbus-operator"));
@@ -143,6 +148,7 @@ async fn reconcile_once(
         status,
         access,
         reads,
+        writes,
         outcome,
     }
 }
@@ -382,4 +388,121 @@ async fn deleting_a_cell_with_policy_delete_drops_its_role() {
         .await
         .unwrap();
     assert!(schema_left.is_none());
+}
+
+/// `object` moved to `namespace`.
+fn in_namespace<K>(
+    mut object: cellbus_operator::observed::Watched<K>,
+    namespace: &str,
+) -> cellbus_operator::observed::Watched<K> {
+    object.metadata.namespace = Some(namespace.into());
+    object
+}
+
+async fn admin(postgres: &Postgres) -> tokio_postgres::Client {
+    let (admin, connection) = tokio_postgres::connect(postgres.url(), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+}
+
+#[tokio::test]
+async fn a_later_cell_naming_a_held_schema_gets_conflict_and_no_role_while_the_holder_keeps_working(
+) {
+    let nats = NatsServer::start();
+    let postgres = Postgres::start();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context_with_database(client, &nats, postgres.url());
+    caches.apply(&pool("wasm", wasm_pool()));
+    caches.apply(&in_namespace(pool("wasm", wasm_pool()), "other"));
+    // The holder: older, schema `visits` by default. The other: newer, in another
+    // namespace, naming that schema outright.
+    let holder = visits(json!({"access": "readWrite"}));
+    let mut spec = echo_spec("spy", &format!("sha256:{}", "e".repeat(64)));
+    spec["database"] = json!({"schema": "visits", "access": "ddl"});
+    let intruder = in_namespace(with_finalizer(cell("spy", spec, 5)), "other");
+    caches.apply(&holder);
+    caches.apply(&intruder);
+    let intruder_role = role_name("other", "spy");
+    let conflict = (
+        "False".to_owned(),
+        "Conflict".to_owned(),
+        "schema visits is already the database schema of Cell apps/visits; set \
+         spec.database.schema to a schema of this Cell's own or delete that Cell"
+            .to_owned(),
+    );
+
+    // Before the holder ever ran, and after: the later Cell is refused, touching neither
+    // PostgreSQL nor its Secret, and says why.
+    let refused = reconcile_once(&intruder, &ctx, &mut api, None).await;
+    refused.outcome.unwrap();
+    let status = refused.status.expect("the conflict is in the status");
+    assert_eq!(condition(&status, "DatabaseReady"), conflict);
+    assert_eq!(condition(&status, "Ready"), conflict);
+    assert!(status.get("databaseSecret").is_none(), "{status}");
+    assert!(
+        refused.writes.iter().all(|w| !w.contains("/secrets/")),
+        "{:?}",
+        refused.writes
+    );
+    assert!(
+        !refused.reads.iter().any(|r| r.contains("/secrets/")),
+        "{:?}",
+        refused.reads
+    );
+
+    let held = reconcile_once(&holder, &ctx, &mut api, None).await;
+    held.outcome.unwrap();
+    let secret = held.secret.expect("the holder's Secret");
+    let holder_status = held.status.unwrap();
+    assert_eq!(condition(&holder_status, "DatabaseReady").0, "True");
+    let password = password_of(&secret);
+    let holder_role = role_name(NAMESPACE, "visits");
+    let mut config: tokio_postgres::Config = postgres.url().parse().unwrap();
+    config.user(&holder_role).password(&password);
+    let (as_holder, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // A table made by the admin role reaches the holder through its default privileges.
+    admin(&postgres)
+        .await
+        .batch_execute("CREATE TABLE visits.hits (page text)")
+        .await
+        .unwrap();
+    as_holder
+        .batch_execute("INSERT INTO visits.hits VALUES ('/secret')")
+        .await
+        .unwrap();
+
+    let intruder = with_status(intruder, &status);
+    caches.apply(&intruder);
+    let again = reconcile_once(&intruder, &ctx, &mut api, None).await;
+    again.outcome.unwrap();
+    assert!(
+        again.status.is_none(),
+        "an unchanged conflict wrote the status again"
+    );
+    assert!(again.secret.is_none());
+    let intruder_exists = admin(&postgres)
+        .await
+        .query_opt(
+            "SELECT 1 FROM pg_roles WHERE rolname = $1",
+            &[&intruder_role],
+        )
+        .await
+        .unwrap();
+    assert!(intruder_exists.is_none(), "the later Cell got a role");
+
+    // The holder is untouched: an unchanged reconcile writes nothing, its rows are there.
+    let holder = with_status(holder, &holder_status);
+    caches.apply(&holder);
+    let unchanged = reconcile_once(&holder, &ctx, &mut api, Some(&secret)).await;
+    unchanged.outcome.unwrap();
+    assert!(unchanged.secret.is_none() && unchanged.status.is_none());
+    let rows = as_holder
+        .query("SELECT page FROM visits.hits", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "/secret");
 }

@@ -4,13 +4,28 @@
 //!   `kubectl apply` asks for), then its CEL rules, then the operator's `validate()`;
 //! - the local one (`cellbus check`, `cellbus up`): `cellbus_contracts::manifest::check`.
 //!
-//! Each fixture starts with `# field: PATH`, the field its error must name. Every example
-//! under examples/ is accepted by both.
+//! Each fixture starts with `# field: PATH`, the field its error must name, and either
+//! `# cel: MESSAGE`, the message the CRD's CEL rule refuses it with (checked on its own,
+//! whatever the schema says), or `# not cel: WHY`. Every example under examples/ is
+//! accepted by both readings.
+//!
+//! What CEL does not check, and why:
+//! - what the schema refuses first (patterns, ranges, enums, required and unknown fields);
+//! - repeated verb and env names: the API server refuses a repeated key of a list-type map
+//!   itself (emulated below);
+//! - object names and namespaces: the API server's own checks (emulated below);
+//! - everything between a Cell and its pool (runtime, OS, limits, timeouts, signatures,
+//!   commands in non-process pools): a CRD rule sees one object;
+//! - a service or database schema claimed by two Cells: it depends on other objects, so
+//!   the operator decides it (the oldest Cell keeps it, later ones get `Conflict`);
+//! - whether a verb's `input`/`output` is a JSON Schema: CEL cannot compile one.
 
 use std::path::{Path, PathBuf};
 
 use cellbus_contracts::manifest::{self, schema_error, select_pool};
-use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
+use cellbus_contracts::resources::{
+    CellPoolSpec, CellSpec, NAMESPACE_PATTERN, OBJECT_NAME_PATTERN,
+};
 use cellbus_contracts::schemas::forbid_unknown_fields;
 use cellbus_contracts::validate;
 use cellbus_operator::crdgen;
@@ -19,6 +34,8 @@ use serde_json::Value;
 struct Fixture {
     name: String,
     field: String,
+    /// The message of the CEL rule that refuses it, if one does.
+    cel: Option<String>,
     documents: Vec<Value>,
 }
 
@@ -42,9 +59,19 @@ fn fixtures() -> Vec<Fixture> {
                 .find_map(|line| line.strip_prefix("# field: "))
                 .unwrap_or_else(|| panic!("{} lacks a `# field:` line", path.display()))
                 .to_owned();
+            let cel = text
+                .lines()
+                .find_map(|line| line.strip_prefix("# cel: "))
+                .map(str::to_owned);
+            assert!(
+                cel.is_some() || text.lines().any(|l| l.starts_with("# not cel: ")),
+                "{} says neither `# cel:` nor `# not cel:`",
+                path.display()
+            );
             Fixture {
                 name: path.file_stem().unwrap().to_string_lossy().into_owned(),
                 field,
+                cel,
                 documents: manifest::parse_yaml(&text).unwrap(),
             }
         })
@@ -54,6 +81,8 @@ fn fixtures() -> Vec<Fixture> {
 /// Which part of the cluster refused an object.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Stage {
+    /// The API server's own checks: names, and unique keys of list-type maps.
+    ApiServer,
     Schema,
     Cel,
     Operator,
@@ -83,9 +112,103 @@ fn crd_schema(kind: &str) -> Value {
     .unwrap()
 }
 
+/// Object names are DNS subdomains and namespaces DNS labels, whatever the CRD says.
+fn api_server_names(document: &Value) -> Vec<Refusal> {
+    let rule = |max: usize, pattern: &str| {
+        jsonschema::validator_for(&serde_json::json!({"maxLength": max, "pattern": pattern}))
+            .unwrap()
+    };
+    let (subdomain, label) = (rule(253, OBJECT_NAME_PATTERN), rule(63, NAMESPACE_PATTERN));
+    let text = |pointer: &str| document.pointer(pointer).and_then(Value::as_str);
+    let mut refusals = Vec::new();
+    if let Some(name) = text("/metadata/name") {
+        if !subdomain.is_valid(&name.into()) {
+            refusals.push(Refusal {
+                stage: Stage::ApiServer,
+                field: "metadata.name".into(),
+                message: format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain"),
+            });
+        }
+    }
+    if let Some(namespace) = text("/metadata/namespace") {
+        if !label.is_valid(&namespace.into()) {
+            refusals.push(Refusal {
+                stage: Stage::ApiServer,
+                field: "metadata.namespace".into(),
+                message: format!("Invalid value: {namespace:?}: a lowercase RFC 1123 label"),
+            });
+        }
+    }
+    refusals
+}
+
+/// Items of a list-type map repeating a key, as the API server refuses them.
+fn repeated_map_keys(schema: &Value, value: &Value, path: &str, into: &mut Vec<Refusal>) {
+    if let (Some(items), Some(list)) = (schema.get("items"), value.as_array()) {
+        if schema["x-kubernetes-list-type"] == "map" {
+            let keys: Vec<&str> = schema["x-kubernetes-list-map-keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap())
+                .collect();
+            let mut seen = Vec::new();
+            for (i, item) in list.iter().enumerate() {
+                let key: Vec<&Value> = keys.iter().map(|k| &item[k]).collect();
+                if seen.contains(&key) {
+                    into.push(Refusal {
+                        stage: Stage::ApiServer,
+                        field: format!("{path}[{i}].{}", keys[0]),
+                        message: format!("Duplicate value: {key:?}"),
+                    });
+                }
+                seen.push(key);
+            }
+        }
+        for (i, item) in list.iter().enumerate() {
+            repeated_map_keys(items, item, &format!("{path}[{i}]"), into);
+        }
+    }
+    if let (Some(properties), Some(object)) = (
+        schema.get("properties").and_then(Value::as_object),
+        value.as_object(),
+    ) {
+        for (name, value) in object {
+            if let Some(schema) = properties.get(name) {
+                let path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                repeated_map_keys(schema, value, &path, into);
+            }
+        }
+    }
+}
+
+/// What the CRD's CEL rules alone say of `document`.
+fn cel_refusals(schema: &Value, document: &Value, old: Option<&Value>) -> Vec<Refusal> {
+    match kube_cel::Validator::new().validate(schema, document, old) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .iter()
+            .map(|error| Refusal {
+                stage: Stage::Cel,
+                field: error.field_path.clone(),
+                message: error.message.clone(),
+            })
+            .collect(),
+    }
+}
+
 fn admission(document: &Value, old: Option<&Value>) -> Vec<Refusal> {
     let kind = document["kind"].as_str().unwrap();
     let schema = crd_schema(kind);
+    let mut refusals = api_server_names(document);
+    repeated_map_keys(&schema, document, "", &mut refusals);
+    if !refusals.is_empty() {
+        return refusals;
+    }
     let mut strict = schema.clone();
     // The API server itself owns the object's type and metadata fields.
     for field in ["apiVersion", "kind", "metadata"] {
@@ -107,17 +230,7 @@ fn admission(document: &Value, old: Option<&Value>) -> Vec<Refusal> {
     if !refusals.is_empty() {
         return refusals;
     }
-    match kube_cel::Validator::new().validate(&schema, document, old) {
-        Ok(()) => Vec::new(),
-        Err(errors) => errors
-            .iter()
-            .map(|error| Refusal {
-                stage: Stage::Cel,
-                field: error.field_path.clone(),
-                message: error.to_string(),
-            })
-            .collect(),
-    }
+    cel_refusals(&schema, document, old)
 }
 
 /// The cluster's reading: admission for every object, then the operator's checks for those
@@ -191,6 +304,104 @@ fn a_cluster_refuses_every_bad_manifest_naming_the_field() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_bad_manifest_a_cel_rule_can_catch_is_refused_by_that_rule_with_its_message() {
+    let mut wrong = Vec::new();
+    let mut caught = 0;
+    for fixture in fixtures() {
+        let Some(message) = &fixture.cel else {
+            continue;
+        };
+        caught += 1;
+        let refusals: Vec<Refusal> = fixture
+            .documents
+            .iter()
+            .flat_map(|document| {
+                cel_refusals(
+                    &crd_schema(document["kind"].as_str().unwrap()),
+                    document,
+                    None,
+                )
+            })
+            .collect();
+        if !refusals
+            .iter()
+            .any(|r| r.field == fixture.field && &r.message == message)
+        {
+            wrong.push(format!(
+                "{}: expected {} `{message}`, got {refusals:?}",
+                fixture.name, fixture.field
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(caught >= 12, "only {caught} fixtures say `# cel:`");
+}
+
+/// The CEL rule on `capabilities.call` items and `subject::check_subject_pattern` agree,
+/// Unicode whitespace included (RE2's `\s` alone would not see most of it).
+#[rstest::rstest]
+#[case::plain("cbs.echo.say", true)]
+#[case::star_token("cbs.*.say", true)]
+#[case::tail("cbs.echo.>", true)]
+#[case::only_tail(">", true)]
+#[case::unicode_letters("cbs.échø.say", true)]
+#[case::empty_token("cbs..say", false)]
+#[case::trailing_dot("cbs.echo.", false)]
+#[case::leading_dot(".cbs", false)]
+#[case::tail_not_last("cbs.>.say", false)]
+#[case::star_inside_a_token("cbs.ec*o", false)]
+#[case::tail_inside_a_token("cbs.echo>", false)]
+#[case::space("cbs.echo say", false)]
+#[case::tab("cbs.echo\tsay", false)]
+#[case::vertical_tab("cbs.echo\u{b}say", false)]
+#[case::next_line("cbs.echo\u{85}say", false)]
+#[case::no_break_space("cbs.echo\u{a0}say", false)]
+#[case::line_separator("cbs.echo\u{2028}say", false)]
+#[case::ideographic_space("cbs.echo\u{3000}say", false)]
+fn the_call_pattern_rule_and_the_runtimes_check_agree(#[case] pattern: &str, #[case] ok: bool) {
+    assert_eq!(
+        cellbus_contracts::subject::check_subject_pattern(pattern).is_ok(),
+        ok
+    );
+    let mut cell = manifest::parse_yaml(
+        &std::fs::read_to_string(repo().join("examples/echo/cell.yaml")).unwrap(),
+    )
+    .unwrap()
+    .remove(0);
+    cell["spec"]["capabilities"] = serde_json::json!({ "call": [pattern] });
+    let refusals = cel_refusals(&crd_schema("Cell"), &cell, None);
+    assert_eq!(refusals.is_empty(), ok, "{refusals:?}");
+}
+
+#[test]
+fn no_cel_rule_is_estimated_over_the_api_servers_budget() {
+    for kind in ["Cell", "CellPool"] {
+        let schema = crd_schema(kind);
+        let compiled = kube_cel::compile_schema(&schema);
+        let mut rules = Vec::new();
+        collect_rules(&schema, &mut rules);
+        assert!(!rules.is_empty(), "{kind} has no CEL rule");
+        for rule in rules {
+            let warnings = kube_cel::estimate_rule_cost(&rule, &compiled);
+            assert!(warnings.is_empty(), "{kind}: {rule}: {warnings:?}");
+        }
+    }
+}
+
+fn collect_rules(schema: &Value, into: &mut Vec<String>) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::Array(rules)) = map.get("x-kubernetes-validations") {
+                into.extend(rules.iter().map(|r| r["rule"].as_str().unwrap().to_owned()));
+            }
+            map.values().for_each(|v| collect_rules(v, into));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_rules(v, into)),
+        _ => {}
+    }
 }
 
 #[test]

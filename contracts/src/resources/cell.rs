@@ -50,6 +50,11 @@ use crate::subject;
         "rule": "!has(self.stream) || self.verbs.exists(v, has(v.delivery) && v.delivery == 'durable')",
         "message": "spec.stream is set but no verb has delivery: durable",
         "fieldPath": ".stream"
+    },
+    {
+        "rule": "!has(self.database) || (has(self.database.schema) ? !(self.database.schema in ['public', 'information_schema'] || self.database.schema.startsWith('pg_')) : !(self.service == 'public' || self.service.startsWith('pg-')))",
+        "messageExpression": "'`' + (has(self.database.schema) ? self.database.schema : self.service.replace('-', '_')) + '` is shared by the whole database; name a schema of the cell\\'s own'",
+        "fieldPath": ".database.schema"
     }
 ]))]
 pub struct CellSpec {
@@ -113,9 +118,19 @@ pub struct CellSpec {
 pub const OBJECT_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
+/// Namespace names: DNS labels (RFC 1123), at most 63 characters.
+pub const NAMESPACE_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 /// One verb of a cell.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.retry) || (has(self.delivery) && self.delivery == 'durable')",
+        "message": "retry applies to durable verbs only; set delivery: durable or remove retry",
+        "fieldPath": ".retry"
+    }
+]))]
 pub struct VerbSpec {
     /// Verb name: one subject token of letters, digits, `_` and `-`.
     #[schemars(length(min = 1, max = 64), pattern(subject::VERB_PATTERN))]
@@ -156,6 +171,13 @@ pub enum Delivery {
 /// Redelivery of a durable verb.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.backoffMs) || size(self.backoffMs) < (has(self.maxDeliver) ? self.maxDeliver : 5)",
+        "messageExpression": "string(size(self.backoffMs)) + ' backoff entries need maxDeliver above ' + string(size(self.backoffMs))",
+        "fieldPath": ".backoffMs"
+    }
+]))]
 pub struct RetrySpec {
     /// Deliveries before the request moves to `cbs.$dlq.{service}.{verb}`.
     #[serde(default = "default_max_deliver")]
@@ -177,7 +199,8 @@ fn default_max_deliver() -> u32 {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "has(self.digest) || has(self.command)", "message": "module needs a digest (or, for process cells, a command)", "fieldPath": ".digest", "reason": "FieldValueRequired"},
-    {"rule": "!(has(self.url) && has(self.command))", "message": "module takes a url or a command, not both", "fieldPath": ".url"}
+    {"rule": "!(has(self.url) && has(self.command))", "message": "module takes a url or a command, not both", "fieldPath": ".url"},
+    {"rule": "!has(self.command) || size(self.command) == 0 || self.command[0].trim() != ''", "message": "command needs a program to run", "fieldPath": ".command"}
 ]))]
 pub struct ModuleSpec {
     /// `sha256:` and 64 lowercase hex digits of the module's bytes. Bytes with another
@@ -203,6 +226,13 @@ pub const DIGEST_PATTERN: &str = r"^sha256:[a-f0-9]{64}$";
 /// The JetStream stream of a cell with durable verbs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.maxAgeSeconds) || (has(self.duplicateWindowSeconds) ? self.duplicateWindowSeconds : 120) <= self.maxAgeSeconds",
+        "messageExpression": "'duplicate window of ' + string(has(self.duplicateWindowSeconds) ? self.duplicateWindowSeconds : 120) + 's is longer than maxAgeSeconds (' + string(self.maxAgeSeconds) + 's)'",
+        "fieldPath": ".duplicateWindowSeconds"
+    }
+]))]
 pub struct StreamSpec {
     /// Oldest message the stream keeps, in seconds; unset keeps messages until acked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,7 +336,7 @@ pub struct Capabilities {
     /// Subjects the cell may send requests to (`cbs.ledger.append`); `*` matches one
     /// token and a final `>` the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    #[schemars(schema_with = "super::schema::call_patterns")]
     pub call: Vec<String>,
     /// Write log lines into the runtime's logs.
     #[serde(default = "granted")]

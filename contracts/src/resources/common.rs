@@ -56,13 +56,25 @@ impl Os {
 pub struct SandboxLimits {
     /// Memory one instance or process may use, as a Kubernetes quantity (`64Mi`, `1Gi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(quantity::MEMORY_PATTERN))]
+    #[schemars(
+        pattern(quantity::MEMORY_PATTERN),
+        extend("x-kubernetes-validations" = [{
+            "rule": "!isQuantity(self) || quantity(self).isLessThan(quantity('16Ei'))",
+            "messageExpression": "'`' + self + '` is not a memory quantity such as 64Mi or 1Gi'"
+        }])
+    )]
     pub memory: Option<String>,
     /// CPU one process may use, as a Kubernetes quantity (`500m`, `2`). Applies to process
     /// and Python cells (cgroup `cpu.max`, Job Object CPU rate); wasm cells are bounded by
     /// their deadline instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(quantity::CPU_PATTERN))]
+    #[schemars(
+        pattern(quantity::CPU_PATTERN),
+        extend("x-kubernetes-validations" = [{
+            "rule": "!isQuantity(self) || quantity(self).isLessThan(quantity('18446744073709551616m'))",
+            "messageExpression": "'`' + self + '` is not a CPU quantity such as 500m or 2'"
+        }])
+    )]
     pub cpu: Option<String>,
     /// Deadline of one request in milliseconds when neither the verb nor the caller sets a
     /// shorter one.

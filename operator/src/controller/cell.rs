@@ -147,8 +147,9 @@ async fn apply(
     );
     let subjects = builders::request_subjects(spec)?;
 
+    let schema_conflict = snapshot.schema_conflict(&cell, &ctx.config);
     let observed = match ctx.buses.get(bus(pool_spec, &ctx.config)).await {
-        Ok(bus) => observe(&cell, spec, pool, &bus, ctx).await,
+        Ok(bus) => observe(&cell, spec, pool, &bus, schema_conflict, ctx).await,
         Err(error) => Err(error),
     };
     let observation = match observed {
@@ -196,18 +197,31 @@ async fn apply(
     }
 }
 
-/// The NATS side of a placed Cell: module, stream, assignment, then the `$ping` check.
+/// The NATS side of a placed Cell: module, stream, assignment, then the `$ping` check; and
+/// its database unless `schema_conflict` says an older Cell has the schema.
 async fn observe(
     cell: &Arc<ObservedCell>,
     spec: &CellSpec,
     pool: &ObservedPool,
     bus: &Bus,
+    schema_conflict: Option<NotPlaced>,
     ctx: &Context,
 ) -> Result<Observation, Error> {
     let module = module_condition(spec, bus).await?;
-    let (database, database_secret, retry) = match &spec.database {
-        None => (None, None, None),
-        Some(wanted) => match crate::database::reconcile(ctx, cell, spec, wanted).await {
+    let (database, database_secret, retry) = match (&spec.database, &schema_conflict) {
+        (None, _) => (None, None, None),
+        // Neither role nor grant: the schema and its rows are the holder's.
+        (Some(_), Some(conflict)) => (
+            Some(NewCondition::new(
+                types::DATABASE_READY,
+                Status::False,
+                conflict.reason,
+                &conflict.message,
+            )),
+            None,
+            None,
+        ),
+        (Some(wanted), None) => match crate::database::reconcile(ctx, cell, spec, wanted).await {
             Ok(condition) => {
                 let secret = (condition.status == Status::True)
                     .then(|| crate::database::secret_name(cell.name()));
@@ -278,6 +292,15 @@ async fn observe(
     // A missing module explains a pod that cannot load it better than waiting does.
     if ready.status != Status::True && module.status == Status::False {
         ready = NewCondition::new(types::READY, Status::False, module.reason, &module.message);
+    }
+    // A cell declared with a database does not do its work without it.
+    if let Some(conflict) = &schema_conflict {
+        ready = NewCondition::new(
+            types::READY,
+            Status::False,
+            conflict.reason,
+            &conflict.message,
+        );
     }
     let is_ready = ready.status == Status::True;
     let mut conditions = vec![module, stream_condition];
