@@ -200,10 +200,12 @@ async fn a_process_reply_over_its_limit_is_answered_and_the_process_keeps_servin
         bus.call("talker", "echo", json!({"still": "here"})).await,
         Ok(json!({"still": "here"}))
     );
-    assert_eq!(
-        processes_marked(&marker("talker")),
-        pids,
-        "the process was restarted"
+    // Other rows run their own `talker` at the same time: the processes of this one are
+    // still there, not replaced.
+    let after = processes_marked(&marker("talker"));
+    assert!(
+        !pids.is_empty() && pids.iter().all(|pid| after.contains(pid)),
+        "the process was restarted: {pids:?} then {after:?}"
     );
 }
 
