@@ -6,32 +6,16 @@
 
 mod support;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use cellbus_contracts::assignment::MAX_DATABASE_CONNECTIONS_PER_POD;
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::wire::{ErrorBody, ErrorCode};
 use cellbus_control::database;
 use cellbus_runtime::db::Databases;
-use cellbus_testkit::CapturedLogs;
 use serde_json::{json, Value};
 use support::database::*;
 use support::*;
-
-/// Everything the runtime logs in this test binary, at every level.
-fn logs() -> &'static CapturedLogs {
-    static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = CapturedLogs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        logs
-    })
-}
 
 fn assert_not_logged(password: &str) {
     let text = logs().text();

@@ -5,28 +5,10 @@
 
 mod support;
 
-use std::sync::OnceLock;
-
 use cellbus_contracts::wire::{ErrorBody, ErrorCode};
-use cellbus_testkit::CapturedLogs;
 use rstest::rstest;
 use serde_json::{json, Value};
 use support::*;
-
-/// Everything the runtime logs in this test binary, as text lines.
-fn logs() -> &'static CapturedLogs {
-    static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = CapturedLogs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        logs
-    })
-}
 
 /// `handle` replying a JSON string of exactly `len` bytes (quotes included), built in
 /// fresh pages of linear memory.

@@ -45,15 +45,15 @@ fn start(args: &[&str], nats: &NatsServer, ready: &str, cache: &Path) -> Child {
         });
     }
     let mut seen = Vec::new();
-    loop {
-        let line = receive
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("`cellbus {args:?}` did not get ready: {seen:#?}"));
+    while let Ok(line) = receive.recv_timeout(Duration::from_secs(120)) {
         if line.contains(ready) {
             return child;
         }
         seen.push(line);
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("`cellbus {args:?}` did not get ready: {seen:#?}");
 }
 
 fn signal(child: &Child, signal: i32) {

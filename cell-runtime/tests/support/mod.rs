@@ -29,6 +29,21 @@ pub const POOL: &str = "pool";
 /// Requests larger than this are refused in tests (the default is 1 MiB).
 pub const MAX_PAYLOAD: usize = 64 << 10;
 
+/// Everything the runtime logs in this test binary, at every level, as text lines.
+pub fn logs() -> &'static cellbus_testkit::CapturedLogs {
+    static LOGS: std::sync::OnceLock<cellbus_testkit::CapturedLogs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = cellbus_testkit::CapturedLogs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        logs
+    })
+}
+
 pub struct Bus {
     pub nats: NatsServer,
     pub node: Node,
