@@ -65,6 +65,13 @@ fn logging_cell(text: &str) -> Vec<u8> {
     component(&cell_wat(imports, "", &body, &data))
 }
 
+/// The lines logged under the target `cell`: what cells wrote.
+fn cell_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|line| line.contains(" cell: "))
+        .collect()
+}
+
 fn exhausted(result: Result<Value, ErrorBody>) -> ErrorBody {
     let error = result.expect_err("a reply over its limit was sent");
     assert_eq!(error.code, ErrorCode::ResourceExhausted, "{error:?}");
@@ -208,8 +215,8 @@ async fn a_wasm_cell_cannot_forge_log_lines() {
         Ok(json!(null))
     );
     let text = logs.text();
-    let line = text
-        .lines()
+    let line = cell_lines(&text)
+        .into_iter()
         .find(|line| line.contains("first"))
         .expect("the cell's line was logged");
     assert!(
@@ -224,7 +231,7 @@ async fn a_wasm_cell_cannot_forge_log_lines() {
     assert!(!text
         .lines()
         .any(|l| l.starts_with("ERROR cellbus_runtime::server: forged")));
-    assert!(!text.contains('\u{1b}'));
+    assert!(!cell_lines(&text).iter().any(|l| l.contains('\u{1b}')));
 }
 
 #[tokio::test]
@@ -246,9 +253,8 @@ async fn a_process_cell_cannot_forge_log_lines() {
     );
     let mut line = None;
     eventually(10, "the cell's stderr line is logged", async || {
-        line = logs
-            .text()
-            .lines()
+        line = cell_lines(&logs.text())
+            .into_iter()
             .find(|line| line.contains("scribe says"))
             .map(str::to_owned);
         line.is_some()
@@ -259,5 +265,7 @@ async fn a_process_cell_cannot_forge_log_lines() {
         line.contains(r"scribe says\rWARN cellbus_runtime: forged\u{1b}[31m\u{2028}"),
         "{line}"
     );
-    assert!(!logs.text().contains('\u{1b}'));
+    assert!(!cell_lines(&logs.text())
+        .iter()
+        .any(|l| l.contains('\u{1b}')));
 }
