@@ -94,6 +94,11 @@ impl Answer {
         }
     }
 
+    /// The refusal of `raw`, a request not read further: correlated by the ids it carries.
+    pub fn refusal(raw: &[u8], error: ErrorBody) -> Self {
+        Self::error(Reply::error_for_raw(raw, error))
+    }
+
     /// The reply's bytes.
     pub fn body(&self) -> Bytes {
         match self {
@@ -220,48 +225,21 @@ impl LoadedCell {
             .unwrap_or(DEFAULT_MAX_IN_FLIGHT as u32)
     }
 
-    /// Answers one request received on the subject of `verb`; refused with
-    /// `resource_exhausted` when every in-flight permit is taken. The verb and the permit
-    /// are checked before the request is parsed, so a flood past the cell's limit is
-    /// refused at the cost of a scan for its ids.
+    /// Answers one request received on the subject of `verb`, holding `permit`, one of
+    /// [`LoadedCell::permits`] taken (by [`LoadedCell::admit`] or a durable worker) before
+    /// the request was read.
     pub async fn answer(
         &self,
-        executor: &Executor,
-        client: Option<async_nats::Client>,
-        verb: &str,
-        body: &[u8],
-    ) -> Answer {
-        self.answer_inner(None, executor, client, verb, body).await
-    }
-
-    /// [`LoadedCell::answer`] with a permit already taken from [`LoadedCell::permits`].
-    pub async fn answer_with(
-        &self,
         permit: OwnedSemaphorePermit,
-        executor: &Executor,
-        client: Option<async_nats::Client>,
-        verb: &str,
-        body: &[u8],
-    ) -> Answer {
-        self.answer_inner(Some(permit), executor, client, verb, body)
-            .await
-    }
-
-    async fn answer_inner(
-        &self,
-        permit: Option<OwnedSemaphorePermit>,
         executor: &Executor,
         client: Option<async_nats::Client>,
         verb_name: &str,
         body: &[u8],
     ) -> Answer {
-        let refuse = |error| Answer::error(Reply::error_for_raw(body, error));
+        let _permit = permit;
+        let refuse = |error| Answer::refusal(body, error);
         let Some(verb) = self.verbs.get(verb_name) else {
             return refuse(self.unknown_verb(verb_name));
-        };
-        let _permit = match permit.map_or_else(|| self.try_permit(), Ok) {
-            Ok(permit) => permit,
-            Err(error) => return refuse(error),
         };
         let request = match Request::parse(body, self.service(), verb_name) {
             Ok(request) => request,

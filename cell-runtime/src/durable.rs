@@ -247,7 +247,7 @@ impl Worker {
             .map(|value| value.as_str().to_owned());
         let started = Instant::now();
 
-        let work = self.cell.answer_with(
+        let work = self.cell.answer(
             permit,
             &self.shared.executor,
             Some(self.shared.client.clone()),

@@ -615,10 +615,7 @@ impl Inner {
                 Err(refusal) => refusal,
             },
         };
-        let answer = Answer::Err(match Reply::error_for_raw(&message.payload, refusal) {
-            Reply::Err(error) => error,
-            Reply::Ok(_) => unreachable!("built from an error"),
-        });
+        let answer = Answer::refusal(&message.payload, refusal);
         self.send(reply_to, service, verb, &answer, started).await;
         None
     }
@@ -638,7 +635,7 @@ impl Inner {
         let in_flight = self.shared.metrics.in_flight.with_label_values(&[service]);
         in_flight.inc();
         let answer = cell
-            .answer_with(
+            .answer(
                 permit,
                 &self.shared.executor,
                 Some(self.shared.client.clone()),
