@@ -46,6 +46,18 @@ fn artifact(bus: &Bus, cell: &TestCell) -> PathBuf {
 
 /// Another runtime process on the same cache (the first one's pool stopped), serving the
 /// pool as pod `pod` once `services` settled.
+/// A bus whose runtime has served cell `alpha` once and stopped, leaving its compiled
+/// code in the cache.
+async fn alpha_compiled_once() -> (Bus, TestCell) {
+    let bus = Bus::start().await;
+    let cell = named("alpha", "a");
+    bus.deploy(std::slice::from_ref(&cell))
+        .await
+        .shutdown()
+        .await;
+    (bus, cell)
+}
+
 async fn restart(bus: &Bus, pod: &str, services: &[&str]) -> (Node, PoolServer) {
     let node = Node::start(
         &NatsArgs::url(bus.nats.url()),
@@ -121,12 +133,7 @@ fn damage(path: &Path, how: &str) {
 #[case::empty("empty")]
 #[tokio::test]
 async fn a_damaged_artifact_is_compiled_again_and_replaced(#[case] how: &str) {
-    let bus = Bus::start().await;
-    let cell = named("alpha", "a");
-    bus.deploy(std::slice::from_ref(&cell))
-        .await
-        .shutdown()
-        .await;
+    let (bus, cell) = alpha_compiled_once().await;
     damage(&artifact(&bus, &cell), how);
 
     let (node, server) = restart(&bus, "pod-1", &["alpha"]).await;
@@ -145,12 +152,7 @@ async fn a_damaged_artifact_is_compiled_again_and_replaced(#[case] how: &str) {
 async fn a_code_directory_others_can_write_is_refused_with_a_warning_and_cells_still_run(
     #[case] mode: u32,
 ) {
-    let bus = Bus::start().await;
-    let cell = named("alpha", "a");
-    bus.deploy(std::slice::from_ref(&cell))
-        .await
-        .shutdown()
-        .await;
+    let (bus, cell) = alpha_compiled_once().await;
     let dir = code_dir(&bus);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
 
