@@ -152,7 +152,7 @@ async fn a_damaged_artifact_is_compiled_again_and_replaced(#[case] how: &str) {
 async fn a_code_directory_others_can_write_is_refused_with_a_warning_and_cells_still_run(
     #[case] mode: u32,
 ) {
-    let (bus, cell) = alpha_compiled_once().await;
+    let (bus, _) = alpha_compiled_once().await;
     let dir = code_dir(&bus);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
 
