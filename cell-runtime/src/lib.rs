@@ -134,7 +134,7 @@ impl Node {
                 http,
                 databases: Arc::new(Databases::new(secrets_from_environment())),
                 max_payload: engine.max_payload,
-                processes: process::ProcessSettings::new(&engine.cache_dir),
+                processes: process::ProcessSettings::new(),
             },
         })
     }

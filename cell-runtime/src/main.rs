@@ -51,6 +51,8 @@ enum Command {
     Sandbox {
         #[command(flatten)]
         limits: cellbus_runtime::process::SandboxLimits,
+        #[command(flatten)]
+        confinement: cellbus_runtime::process::sandbox::Confinement,
         /// The program and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -77,8 +79,13 @@ enum ModuleCommand {
 fn main() -> ExitCode {
     let args = Args::parse();
     // Before any thread exists: the sandbox blocks signals for the whole process.
-    if let Command::Sandbox { limits, command } = &args.command {
-        return cellbus_runtime::process::sandbox::run(limits, command);
+    if let Command::Sandbox {
+        limits,
+        confinement,
+        command,
+    } = &args.command
+    {
+        return cellbus_runtime::process::sandbox::run(limits, confinement, command);
     }
     // Servers log what they do; one-shot commands only what went wrong.
     let default = match args.command {

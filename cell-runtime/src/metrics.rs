@@ -28,6 +28,11 @@ pub struct Metrics {
     /// 1 when process cells get cgroup limits (the runtime's cgroup is delegated), 0 when
     /// they run with rlimits alone; unset until the first process cell starts.
     pub process_cgroup_limits: IntGauge,
+    /// The Landlock ABI process cells are confined with: 0 without Landlock (their files,
+    /// TCP, signals and abstract sockets held by user and seccomp alone), 1 and up files,
+    /// 4 and up TCP, 6 and up signals and abstract sockets; unset until the first process
+    /// cell arrives.
+    pub process_landlock_abi: IntGauge,
     /// Durable requests waiting or handed out and not yet settled, by service and verb.
     pub durable_pending: IntGaugeVec,
     /// Durable requests delivered again, by service and verb.
@@ -101,6 +106,11 @@ impl Metrics {
                 "Whether process cells run in cgroup leaves with memory, cpu and pids limits.",
             )
             .expect("valid metric"),
+            process_landlock_abi: IntGauge::new(
+                "process_landlock_abi",
+                "The Landlock ABI process cells are confined with (0: none).",
+            )
+            .expect("valid metric"),
             durable_pending: IntGaugeVec::new(
                 Opts::new(
                     "durable_pending",
@@ -138,6 +148,7 @@ impl Metrics {
             Box::new(metrics.compile_seconds.clone()),
             Box::new(metrics.sandbox_kills.clone()),
             Box::new(metrics.process_cgroup_limits.clone()),
+            Box::new(metrics.process_landlock_abi.clone()),
             Box::new(metrics.durable_pending.clone()),
             Box::new(metrics.durable_redeliveries.clone()),
             Box::new(metrics.dead_letters.clone()),

@@ -424,22 +424,26 @@ impl Inner {
 
     async fn load_process(&self, spec: &AssignedCell) -> Result<ProcessCell, String> {
         let processes = &self.shared.processes;
-        let command = match &spec.module.command {
-            Some(command) => command.clone(),
+        let (command, executable) = match &spec.module.command {
+            Some(command) => (command.clone(), None),
             // An executable from cbs-modules (or its URL), run only once its bytes match
-            // the digest.
+            // the digest, and checked again before every start.
             None => {
                 let (digest, bytes) = self.fetch(spec).await?;
-                let path =
-                    process::install_executable(&processes.files().executables, &digest, &bytes)
+                let executable =
+                    process::Executable::install(&processes.files()?.executables, &digest, &bytes)
                         .map_err(|e| format!("storing the executable: {e}"))?;
-                vec![path.display().to_string()]
+                (
+                    vec![executable.path.display().to_string()],
+                    Some(executable),
+                )
             }
         };
         let reply_limit = crate::cell::reply_limit(spec, self.bus_max_payload()).bytes;
         ProcessCell::new(
             spec,
             command,
+            executable,
             reply_limit,
             processes,
             self.shared.metrics.clone(),

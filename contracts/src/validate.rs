@@ -9,7 +9,9 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::quantity;
-use crate::resources::{CellPoolSpec, CellSpec, Delivery, Runtime, SandboxLimits};
+use crate::resources::{
+    steers_the_loader, CellPoolSpec, CellSpec, Delivery, Runtime, SandboxLimits,
+};
 use crate::subject;
 
 /// One rule a field breaks.
@@ -176,6 +178,23 @@ pub fn cell(spec: &CellSpec) -> Result<(), Invalid> {
                 format!("`{}` is set twice", var.name),
             );
         }
+        if steers_the_loader(&var.name) {
+            errors.add(
+                format!("spec.env[{i}].name"),
+                format!(
+                    "`{}` steers the dynamic loader; a cell may not set it",
+                    var.name
+                ),
+            );
+        }
+    }
+    if let Some(network) = &spec.capabilities.network {
+        if !network.allow.is_empty() {
+            errors.add(
+                "spec.capabilities.network.allow",
+                "network.allow (host:port) is not enforced yet; grant egress: true or leave network out",
+            );
+        }
     }
     if let Some(schema) = spec.database_schema() {
         if schema == "public" || schema == "information_schema" || schema.starts_with("pg_") {
@@ -218,6 +237,16 @@ pub fn cell_in_pool(cell: &CellSpec, pool_name: &str, pool: &CellPoolSpec) -> Re
                 "cell needs OS {} but pool {pool_name} runs on {}",
                 os.as_str(),
                 pool.os.as_str()
+            ),
+        );
+    }
+    if cell.capabilities.network.is_some() && pool.runtime != Runtime::Process {
+        errors.add(
+            "spec.capabilities.network",
+            format!(
+                "network is granted to process cells, whose sandbox holds it back otherwise; \
+                 pool {pool_name} runs {} cells",
+                pool.runtime.as_str()
             ),
         );
     }

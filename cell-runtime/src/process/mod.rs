@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::cell::Output;
 use cellbus_contracts::assignment::AssignedCell;
+use cellbus_contracts::resources::{steers_the_loader, Network};
 use cellbus_contracts::wire::{ErrorBody, ErrorCode, Request};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
@@ -49,6 +50,13 @@ const EXIT_GRACE: Duration = Duration::from_millis(200);
 /// Longest stderr line logged as one; a longer one is logged in pieces.
 const MAX_LOG_LINE: usize = 4096;
 
+/// The first uid (and gid) handed to process cells; each cell of a runtime gets the next.
+/// Far from the ids of people (1000–60000), systemd's dynamic users and the ranges
+/// container engines give out (from 100000 and 524288 up to 0x6fffffff).
+pub const FIRST_CELL_UID: u32 = 0x7000_0000;
+/// How many cells one runtime can hand uids to.
+pub const CELL_UIDS: u32 = 65_536;
+
 /// How this runtime starts process cells.
 #[derive(Clone, Debug)]
 pub struct ProcessSettings {
@@ -57,63 +65,172 @@ pub struct ProcessSettings {
     pub sandbox_program: PathBuf,
     /// The cgroup leaves processes run in, where the runtime's cgroup is delegated.
     pub cgroups: CellCgroups,
-    cache_dir: PathBuf,
-    files: Arc<OnceLock<CellFiles>>,
+    users: Arc<CellUsers>,
+    files: Arc<OnceLock<Result<CellFiles, String>>>,
+}
+
+/// The uid each process cell of this runtime runs as, one per Cell, kept for the
+/// runtime's life (a replaced Cell keeps its user, and so its home).
+#[derive(Debug, Default)]
+struct CellUsers {
+    assigned: Mutex<HashMap<String, u32>>,
+}
+
+impl CellUsers {
+    fn of(&self, cell: &str) -> Result<u32, String> {
+        let mut assigned = self.assigned.lock().expect("users lock");
+        let next = u32::try_from(assigned.len()).unwrap_or(u32::MAX);
+        if let Some(uid) = assigned.get(cell) {
+            return Ok(*uid);
+        }
+        if next >= CELL_UIDS {
+            return Err(format!(
+                "this runtime has run {CELL_UIDS} process cells, each under a user of its own, \
+                 and has no user left"
+            ));
+        }
+        let uid = FIRST_CELL_UID + next;
+        assigned.insert(cell.to_owned(), uid);
+        Ok(uid)
+    }
 }
 
 /// The files process cells run or read, set up when the runtime's first process cell
-/// arrives (a wasm pool's runtime never writes them).
+/// arrives (a wasm pool's runtime never writes them), in a directory of the runtime's
+/// own that cells may enter but not list (0711), removed when the runtime exits:
+/// `bin/` (executables fetched by digest, the runtime's, read-only), `sdk/python/` and
+/// `cells/` (1733: each cell makes its own directory there, as its own user).
 #[derive(Debug)]
 pub struct CellFiles {
     /// Where executables fetched by digest are stored to be run.
     pub executables: PathBuf,
     /// Where the runtime's copy of the Python SDK is, put on every process's PYTHONPATH.
     pub python_sdk: Option<PathBuf>,
-    /// A root runtime's directory for them: its cells run as `nobody`, who cannot reach a
-    /// cache under root's home. Removed when the runtime exits.
-    _private: Option<tempfile::TempDir>,
+    /// Where each cell has its directory.
+    pub cells: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl ProcessSettings {
-    /// Settings for a runtime storing executables and the Python SDK under `cache_dir`,
-    /// confining processes with the running `cellbus`.
-    pub fn new(cache_dir: &std::path::Path) -> Self {
+    /// Settings for a runtime confining processes with the running `cellbus`.
+    pub fn new() -> Self {
         Self {
             sandbox_program: sandbox_program(),
             cgroups: CellCgroups::detect(),
-            cache_dir: cache_dir.to_owned(),
+            users: Arc::default(),
             files: Arc::default(),
         }
     }
 
     /// The cells' files, set up on first use.
-    pub fn files(&self) -> &CellFiles {
+    pub fn files(&self) -> Result<&CellFiles, String> {
         self.files
-            .get_or_init(|| CellFiles::set_up(&self.cache_dir))
+            .get_or_init(|| {
+                CellFiles::set_up().map_err(|e| format!("making the process cells' files: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl ProcessSettings {
+    /// Who the cell `spec` runs as and what it may reach: a user of its own, its files
+    /// (the executable, absolute paths of files its command names, the Python SDK), and
+    /// the network if its Cell grants it.
+    fn confinement(
+        &self,
+        spec: &AssignedCell,
+        command: &[String],
+        executable: Option<&Executable>,
+        metrics: &Metrics,
+    ) -> Result<sandbox::Confinement, String> {
+        self.say_how_cells_are_confined(metrics);
+        if cfg!(target_os = "linux") && !sandbox::can_switch_users() {
+            return Err(
+                "process cells run under users of their own: start the runtime as \
+                 root or with CAP_SETUID and CAP_SETGID (a process pool's pods have them)"
+                    .into(),
+            );
+        }
+        let files = self.files()?;
+        let mut readable: Vec<PathBuf> = executable.map(|e| e.path.clone()).into_iter().collect();
+        readable.extend(
+            command
+                .iter()
+                .map(PathBuf::from)
+                .filter(|path| path.is_absolute() && path.is_file()),
+        );
+        readable.extend(files.python_sdk.clone());
+        Ok(sandbox::Confinement {
+            uid: self.users.of(&spec.name)?,
+            cells_dir: files.cells.clone(),
+            readable,
+            network: Network::granted(spec.capabilities.network.as_ref()),
+        })
+    }
+
+    /// Says once, in the log and `metrics`, what holds process cells on this kernel.
+    fn say_how_cells_are_confined(&self, metrics: &Metrics) {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        SAID.call_once(|| {
+            let abi = sandbox::landlock_abi();
+            metrics.process_landlock_abi.set(i64::from(abi));
+            let lacking: Vec<&str> = [
+                (1, "files outside their own (user permissions alone hold them)"),
+                (4, "TCP (seccomp alone holds it)"),
+                (6, "signals and abstract sockets past the cell (user alone holds them)"),
+            ]
+            .into_iter()
+            .filter(|(needs, _)| abi < *needs)
+            .map(|(_, what)| what)
+            .collect();
+            if lacking.is_empty() {
+                info!(landlock_abi = abi, "process cells run under users of their own, held by Landlock to their files, without TCP unless granted, signals or abstract sockets past themselves");
+            } else {
+                warn!(
+                    landlock_abi = abi,
+                    lacking = %lacking.join("; "),
+                    "this kernel's Landlock does not hold process cells to all it should"
+                );
+            }
+        });
+    }
+}
+
+impl Default for ProcessSettings {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl CellFiles {
-    fn set_up(cache_dir: &std::path::Path) -> Self {
-        let private = sandbox::runs_as_root()
-            .then(|| {
-                let dir = tempfile::Builder::new().prefix("cellbus-cells-").tempdir();
-                dir.and_then(|dir| open_to_everyone(dir.path()).map(|()| dir))
-                    .inspect_err(|error| warn!(%error, "no directory for process cells' files"))
-                    .ok()
-            })
-            .flatten();
-        let dir = private.as_ref().map_or(cache_dir, |dir| dir.path());
-        let python_sdk = install_python_sdk(&dir.join("sdk/python"))
+    fn set_up() -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("cellbus-cells-")
+            .tempdir()?;
+        set_mode(dir.path(), 0o711)?;
+        let executables = dir.path().join("bin");
+        std::fs::create_dir(&executables)?;
+        set_mode(&executables, 0o711)?;
+        let cells = dir.path().join("cells");
+        std::fs::create_dir(&cells)?;
+        // Anyone may make an entry, nobody may list them, and only its owner may remove
+        // one; Landlock keeps a cell from making any but its own.
+        set_mode(&cells, 0o1733)?;
+        let python_sdk = install_python_sdk(&dir.path().join("sdk/python"))
             .inspect_err(
                 |error| warn!(%error, "process cells will not find the Python SDK (cellbus_cell)"),
             )
             .ok();
-        Self {
-            executables: dir.join("bin"),
+        Ok(Self {
+            executables,
             python_sdk,
-            _private: private,
-        }
+            cells,
+            _dir: dir,
+        })
     }
 }
 
@@ -121,28 +238,30 @@ impl CellFiles {
 /// runtime so `import cellbus_cell` works in any pool image with a python3.
 pub(crate) const PYTHON_SDK: &str = include_str!("../../../sdk/python/cellbus_cell.py");
 
-/// Writes the Python SDK into `dir` (readable by a cell running as another user) and
+/// Writes the Python SDK into `dir` (readable by cells, which run as other users) and
 /// returns `dir`.
 fn install_python_sdk(dir: &std::path::Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    open_to_everyone(dir)?;
-    let file = dir.join("cellbus_cell.py");
-    if std::fs::read_to_string(&file).ok().as_deref() != Some(PYTHON_SDK) {
-        std::fs::write(&file, PYTHON_SDK)?;
+    for dir in [dir, dir.parent().unwrap_or(dir)] {
+        set_mode(dir, 0o755)?;
     }
+    let file = dir.join("cellbus_cell.py");
+    std::fs::write(&file, PYTHON_SDK)?;
+    set_mode(&file, 0o444)?;
     Ok(dir.to_owned())
 }
 
-/// Lets every user read and enter `dir`: cells may run as another user than the runtime.
-fn open_to_everyone(dir: &std::path::Path) -> std::io::Result<()> {
+fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
     }
     #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
 }
 
 fn sandbox_program() -> PathBuf {
@@ -154,32 +273,50 @@ fn sandbox_program() -> PathBuf {
     }
 }
 
-/// Stores `bytes` (whose digest is `digest`, already checked) as an executable file and
-/// returns its path. Written to a temporary file and renamed, so a process never runs a
-/// half-written file.
-pub fn install_executable(
-    dir: &std::path::Path,
-    digest: &str,
-    bytes: &[u8],
-) -> std::io::Result<PathBuf> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(digest.replace(':', "-"));
-    // Named by its digest and only ever renamed into place whole: one already there is
-    // these bytes.
-    if path.is_file() {
-        return Ok(path);
+/// An executable fetched by digest, stored where only the runtime writes.
+#[derive(Clone, Debug)]
+pub struct Executable {
+    pub path: PathBuf,
+    pub digest: String,
+}
+
+impl Executable {
+    /// Stores `bytes` (whose digest is `digest`, already checked) as a read-only
+    /// executable file. Written to a temporary file and renamed, so a process never runs
+    /// a half-written file; one already there is checked, and replaced if it is not these
+    /// bytes.
+    pub fn install(dir: &std::path::Path, digest: &str, bytes: &[u8]) -> std::io::Result<Self> {
+        use std::io::Write;
+        let executable = Self {
+            path: dir.join(digest.replace(':', "-")),
+            digest: digest.to_owned(),
+        };
+        if executable.verify().is_ok() {
+            return Ok(executable);
+        }
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        file.write_all(bytes)?;
+        file.as_file().sync_all()?;
+        set_mode(file.path(), 0o555)?;
+        file.persist(&executable.path).map_err(|e| e.error)?;
+        Ok(executable)
     }
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    file.write_all(bytes)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o755))?;
+
+    /// Checks the file still holds the bytes of its digest: done before every start, so
+    /// nothing but those bytes ever runs under the cell's name.
+    pub fn verify(&self) -> Result<(), String> {
+        let bytes = std::fs::read(&self.path)
+            .map_err(|e| format!("reading the executable {}: {e}", self.path.display()))?;
+        let actual = cellbus_control::digest_of(&bytes);
+        if actual != self.digest {
+            return Err(format!(
+                "the executable {} has digest {actual}, not {}; it is not run",
+                self.path.display(),
+                self.digest
+            ));
+        }
+        Ok(())
     }
-    file.persist(&path).map_err(|e| e.error)?;
-    Ok(path)
 }
 
 /// A process cell: its program, its limits, and the process serving it now.
@@ -190,8 +327,12 @@ pub struct ProcessCell {
 struct Supervisor {
     service: String,
     command: Vec<String>,
+    /// The executable fetched by digest the command runs, checked before every start.
+    executable: Option<Executable>,
     env: Vec<(String, String)>,
     limits: SandboxLimits,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    confinement: sandbox::Confinement,
     /// Longest reply line accepted; a longer one stops the process.
     max_line: usize,
     settings: ProcessSettings,
@@ -237,11 +378,13 @@ struct Pending {
 }
 
 impl ProcessCell {
-    /// A cell running `command` (a program and its arguments) whose replies may have
-    /// `reply_limit` bytes; nothing starts until its first request.
+    /// A cell running `command` (a program and its arguments; `executable`, fetched by
+    /// digest, is its program) whose replies may have `reply_limit` bytes; nothing starts
+    /// until its first request.
     pub fn new(
         spec: &AssignedCell,
         command: Vec<String>,
+        executable: Option<Executable>,
         reply_limit: usize,
         settings: &ProcessSettings,
         metrics: Arc<Metrics>,
@@ -249,19 +392,28 @@ impl ProcessCell {
         if command.is_empty() {
             return Err("spec.module.command is empty: it needs at least the program".into());
         }
+        if let Some(var) = spec.env.iter().find(|var| steers_the_loader(&var.name)) {
+            return Err(format!(
+                "spec.env: `{}` steers the dynamic loader; a cell may not set it",
+                var.name
+            ));
+        }
         let limits = SandboxLimits::of(&spec.limits)?;
         // Decided, and said, when the runtime's first process cell arrives.
         settings.cgroups.get(&metrics);
+        let confinement = settings.confinement(spec, &command, executable.as_ref(), &metrics)?;
         Ok(Self {
             supervisor: Arc::new(Supervisor {
                 service: spec.service.clone(),
                 command,
+                executable,
                 env: spec
                     .env
                     .iter()
                     .map(|var| (var.name.clone(), var.value.clone()))
                     .collect(),
                 limits,
+                confinement,
                 // A reply line past the limit is still read whole, so its request gets
                 // `resource_exhausted` by id; one longer than the limit and room for the
                 // envelope is a broken process.
@@ -402,18 +554,33 @@ impl Supervisor {
             None => None,
         };
         let leaf = LeafGuard(leaf);
+        if let Some(executable) = &self.executable {
+            executable.verify().map_err(std::io::Error::other)?;
+        }
         let mut command = Command::new(&self.settings.sandbox_program);
+        command.arg("sandbox").args(limits.to_args());
+        #[cfg(target_os = "linux")]
+        command.args(self.confinement.to_args());
+        command.arg("--").args(&self.command);
+        // The runtime's environment holds its credentials; a cell sees only its own,
+        // which on Linux the supervisor itself never takes as its environment.
+        command.env_clear();
+        let prefix = if cfg!(target_os = "linux") {
+            sandbox::CELL_ENV_PREFIX
+        } else {
+            ""
+        };
+        let env = [
+            ("PATH", sandbox::PATH.to_owned()),
+            ("LANG", "C.UTF-8".to_owned()),
+        ]
+        .into_iter()
+        .chain(self.env.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        .chain(self.python_path().map(|path| ("PYTHONPATH", path)));
+        for (name, value) in env {
+            command.env(format!("{prefix}{name}"), value);
+        }
         command
-            .arg("sandbox")
-            .args(limits.to_args())
-            .arg("--")
-            .args(&self.command)
-            // The runtime's environment holds its credentials; a cell sees only its own.
-            .env_clear()
-            .env("PATH", sandbox::PATH)
-            .env("LANG", "C.UTF-8")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .envs(self.python_path().map(|path| ("PYTHONPATH", path)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -465,6 +632,7 @@ impl Supervisor {
         let sdk = self
             .settings
             .files()
+            .ok()?
             .python_sdk
             .as_ref()?
             .display()

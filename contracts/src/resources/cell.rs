@@ -347,6 +347,36 @@ pub struct Capabilities {
     /// Read random bytes.
     #[serde(default)]
     pub random: bool,
+    /// Open network connections of its own (process cells). Without it a process cell
+    /// has no network at all: it reaches the bus and its database through the runtime
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+}
+
+/// The network a process cell may use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.allow) || size(self.allow) == 0",
+    "message": "network.allow (host:port) is not enforced yet; grant egress: true or leave network out",
+    "fieldPath": ".allow"
+}]))]
+pub struct Network {
+    /// Outbound TCP and UDP connections to anywhere.
+    #[serde(default)]
+    pub egress: bool,
+    /// Only these `host:port` destinations. Refused for now: the sandbox cannot yet hold
+    /// a cell to a list of hosts, and a list it does not enforce would be a promise broken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+impl Network {
+    /// Whether the cell may open sockets of its own.
+    pub fn granted(network: Option<&Network>) -> bool {
+        network.is_some_and(|network| network.egress)
+    }
 }
 
 impl Default for Capabilities {
@@ -356,6 +386,7 @@ impl Default for Capabilities {
             log: true,
             clocks: false,
             random: false,
+            network: None,
         }
     }
 }

@@ -116,6 +116,11 @@ impl SandboxLimits {
 /// One environment variable handed to a cell.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!self.name.startsWith('LD_') && self.name != 'GLIBC_TUNABLES'",
+    "messageExpression": "'`' + self.name + '` steers the dynamic loader; a cell may not set it'",
+    "fieldPath": ".name"
+}]))]
 pub struct EnvVar {
     /// Variable name: letters, digits and `_`, not starting with a digit.
     #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
@@ -124,4 +129,11 @@ pub struct EnvVar {
     #[serde(default)]
     #[schemars(length(max = 32_768))]
     pub value: String,
+}
+
+/// Whether `name` is read by the dynamic loader (or the C library) of every program
+/// started with it: `LD_PRELOAD`, `LD_LIBRARY_PATH`, `LD_AUDIT` and the rest of `LD_*`,
+/// and `GLIBC_TUNABLES`. A Cell may not set one.
+pub fn steers_the_loader(name: &str) -> bool {
+    name.starts_with("LD_") || name == "GLIBC_TUNABLES"
 }
