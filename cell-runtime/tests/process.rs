@@ -87,6 +87,7 @@ async fn a_process_cell_answers_many_requests_at_once_matched_by_id() {
         .shared
         .processes
         .files()
+        .unwrap()
         .python_sdk
         .clone()
         .unwrap();
@@ -94,7 +95,11 @@ async fn a_process_cell_answers_many_requests_at_once_matched_by_id() {
     assert!(sdk.join("cellbus_cell.py").is_file());
     let mut names: Vec<&String> = env.as_object().unwrap().keys().collect();
     names.sort();
-    assert_eq!(names, ["GREETING", "LANG", "PATH", "PYTHONPATH"], "{env}");
+    assert_eq!(
+        names,
+        ["GREETING", "HOME", "LANG", "PATH", "PYTHONPATH", "TMPDIR"],
+        "{env}"
+    );
     // The sandbox refuses to let it leave its process group.
     assert_eq!(
         bus.call("lines", "escape", json!({})).await.unwrap(),
@@ -394,13 +399,24 @@ async fn a_cell_written_with_the_python_sdk_answers() {
 fn no_process_of_a_cell_outlives_a_killed_runtime() {
     let mark = format!("cellbus-test-{}-orphan", std::process::id());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/process_cells/cell.py");
+    let cells = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        cells.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1733),
+    )
+    .unwrap();
+    // A uid of its own, past any block a runtime of this test binary claims.
+    let uid = cellbus_runtime::process::FIRST_CELL_UID - 1 - std::process::id() % 1000;
     // A stand-in for the runtime: a shell that starts the sandbox and is then SIGKILLed.
     let mut runtime = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "exec 3<&0; {} sandbox -- python3 {script} grandchild {mark} <&3 & wait",
-            env!("CARGO_BIN_EXE_cellbus")
+            "exec 3<&0; {} sandbox --uid {uid} --cells-dir {} --read {script} -- \
+             python3 {script} grandchild {mark} <&3 & wait",
+            env!("CARGO_BIN_EXE_cellbus"),
+            cells.path().display()
         ))
+        .env("CELLBUS_CELL_ENV_PATH", "/usr/bin:/bin")
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -50,12 +50,14 @@ const EXIT_GRACE: Duration = Duration::from_millis(200);
 /// Longest stderr line logged as one; a longer one is logged in pieces.
 const MAX_LOG_LINE: usize = 4096;
 
-/// The first uid (and gid) handed to process cells; each cell of a runtime gets the next.
-/// Far from the ids of people (1000–60000), systemd's dynamic users and the ranges
-/// container engines give out (from 100000 and 524288 up to 0x6fffffff).
+/// The first uid (and gid) handed to process cells. Far from the ids of people
+/// (1000–60000), systemd's dynamic users and the ranges container engines give out (from
+/// 100000 and 524288 up to 0x6fffffff).
 pub const FIRST_CELL_UID: u32 = 0x7000_0000;
-/// How many cells one runtime can hand uids to.
-pub const CELL_UIDS: u32 = 65_536;
+/// Uids of one runtime: its cells' users, one per Cell.
+pub const CELL_UIDS: u32 = 4096;
+/// Blocks of [`CELL_UIDS`] runtimes on one machine choose from.
+const UID_BLOCKS: u32 = 16_384;
 
 /// How this runtime starts process cells.
 #[derive(Clone, Debug)]
@@ -70,29 +72,75 @@ pub struct ProcessSettings {
 }
 
 /// The uid each process cell of this runtime runs as, one per Cell, kept for the
-/// runtime's life (a replaced Cell keeps its user, and so its home).
+/// runtime's life (a replaced Cell keeps its user, and so its home). Runtimes sharing a
+/// machine (two `cellbus up`, or tests) each hold a block of uids of their own, claimed
+/// with a lock on a file in the temporary directory that the kernel lets go when the
+/// runtime dies; a pod's runtime has its own /tmp and takes the first block.
 #[derive(Debug, Default)]
 struct CellUsers {
-    assigned: Mutex<HashMap<String, u32>>,
+    block: OnceLock<Result<(u32, std::fs::File), String>>,
+    assigned: Mutex<HashMap<String, CellUser>>,
+}
+
+/// A cell's user, and the turn its processes take: the sandbox of one ends by killing
+/// every process of the user, so the next starts only once it has exited.
+#[derive(Clone, Debug)]
+struct CellUser {
+    uid: u32,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl CellUsers {
-    fn of(&self, cell: &str) -> Result<u32, String> {
+    fn of(&self, cell: &str) -> Result<CellUser, String> {
+        let (first, _lock) = self
+            .block
+            .get_or_init(claim_uid_block)
+            .as_ref()
+            .map_err(Clone::clone)?;
         let mut assigned = self.assigned.lock().expect("users lock");
-        let next = u32::try_from(assigned.len()).unwrap_or(u32::MAX);
-        if let Some(uid) = assigned.get(cell) {
-            return Ok(*uid);
+        if let Some(user) = assigned.get(cell) {
+            return Ok(user.clone());
         }
+        let next = u32::try_from(assigned.len()).unwrap_or(u32::MAX);
         if next >= CELL_UIDS {
             return Err(format!(
                 "this runtime has run {CELL_UIDS} process cells, each under a user of its own, \
                  and has no user left"
             ));
         }
-        let uid = FIRST_CELL_UID + next;
-        assigned.insert(cell.to_owned(), uid);
-        Ok(uid)
+        let user = CellUser {
+            uid: first + next,
+            turn: Arc::default(),
+        };
+        assigned.insert(cell.to_owned(), user.clone());
+        Ok(user)
     }
+}
+
+/// The first uid of a block no other runtime of this machine holds, and the lock that
+/// holds it.
+fn claim_uid_block() -> Result<(u32, std::fs::File), String> {
+    let dir = std::env::temp_dir();
+    for block in 0..UID_BLOCKS {
+        let path = dir.join(format!("cellbus-cell-users-{block}.lock"));
+        // Another user's lock file opens read-only, which is enough to lock it.
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .or_else(|_| std::fs::File::open(&path));
+        let Ok(file) = file else { continue };
+        if file.try_lock().is_ok() {
+            return Ok((FIRST_CELL_UID + block * CELL_UIDS, file));
+        }
+    }
+    Err(format!(
+        "every block of uids for process cells is held by another runtime (lock files \
+         cellbus-cell-users-*.lock in {})",
+        dir.display()
+    ))
 }
 
 /// The files process cells run or read, set up when the runtime's first process cell
@@ -143,7 +191,7 @@ impl ProcessSettings {
         command: &[String],
         executable: Option<&Executable>,
         metrics: &Metrics,
-    ) -> Result<sandbox::Confinement, String> {
+    ) -> Result<(sandbox::Confinement, Arc<tokio::sync::Mutex<()>>), String> {
         self.say_how_cells_are_confined(metrics);
         if cfg!(target_os = "linux") && !sandbox::can_switch_users() {
             return Err(
@@ -161,12 +209,14 @@ impl ProcessSettings {
                 .filter(|path| path.is_absolute() && path.is_file()),
         );
         readable.extend(files.python_sdk.clone());
-        Ok(sandbox::Confinement {
-            uid: self.users.of(&spec.name)?,
+        let user = self.users.of(&spec.name)?;
+        let confinement = sandbox::Confinement {
+            uid: user.uid,
             cells_dir: files.cells.clone(),
             readable,
             network: Network::granted(spec.capabilities.network.as_ref()),
-        })
+        };
+        Ok((confinement, user.turn))
     }
 
     /// Says once, in the log and `metrics`, what holds process cells on this kernel.
@@ -333,6 +383,8 @@ struct Supervisor {
     limits: SandboxLimits,
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     confinement: sandbox::Confinement,
+    /// Held by the sandbox process running now, until it has exited.
+    turn: Arc<tokio::sync::Mutex<()>>,
     /// Longest reply line accepted; a longer one stops the process.
     max_line: usize,
     settings: ProcessSettings,
@@ -401,7 +453,8 @@ impl ProcessCell {
         let limits = SandboxLimits::of(&spec.limits)?;
         // Decided, and said, when the runtime's first process cell arrives.
         settings.cgroups.get(&metrics);
-        let confinement = settings.confinement(spec, &command, executable.as_ref(), &metrics)?;
+        let (confinement, turn) =
+            settings.confinement(spec, &command, executable.as_ref(), &metrics)?;
         Ok(Self {
             supervisor: Arc::new(Supervisor {
                 service: spec.service.clone(),
@@ -414,6 +467,7 @@ impl ProcessCell {
                     .collect(),
                 limits,
                 confinement,
+                turn,
                 // A reply line past the limit is still read whole, so its request gets
                 // `resource_exhausted` by id; one longer than the limit and room for the
                 // envelope is a broken process.
@@ -528,7 +582,18 @@ impl Supervisor {
                     .with_retryable(true),
             );
         }
-        match self.start() {
+        // The previous process of this cell's user (a restart, or the Cell replaced) ends
+        // by killing every process of the user: it must be gone first.
+        let Ok(turn) =
+            tokio::time::timeout_at(deadline.into(), self.turn.clone().lock_owned()).await
+        else {
+            return Err(ErrorBody::new(
+                ErrorCode::Unavailable,
+                "the cell's previous process had not exited by this request's deadline",
+            )
+            .with_retryable(true));
+        };
+        match self.start(turn) {
             Ok(running) => {
                 slot.running = Some(running.clone());
                 slot.next_start = None;
@@ -543,7 +608,10 @@ impl Supervisor {
         }
     }
 
-    fn start(self: &Arc<Self>) -> std::io::Result<Arc<Running>> {
+    fn start(
+        self: &Arc<Self>,
+        turn: tokio::sync::OwnedMutexGuard<()>,
+    ) -> std::io::Result<Arc<Running>> {
         let mut limits = self.limits.clone();
         let leaf = match self.settings.cgroups.get(&self.metrics) {
             Some(cgroups) => {
@@ -617,6 +685,7 @@ impl Supervisor {
                     child.wait().await
                 }
             };
+            drop(turn);
             this.exited(&reaped, status).await;
             // Removing may wait a moment for the leaf to empty.
             let _ = tokio::task::spawn_blocking(move || drop(leaf)).await;
