@@ -27,6 +27,16 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libpython3.11 python3 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /out/cellbus /usr/local/bin/cellbus
+# Process cells run under users of their own: the runtime (uid 65532) holds CAP_SETUID
+# and CAP_SETGID for that alone, permitted (not effective) by these file capabilities, as
+# Kubernetes sets no ambient ones. The process pool's pod adds both capabilities and
+# allows privilege escalation (which file capabilities need); a python pool's pod adds
+# neither, drops ALL and sets no-new-privileges, so there the runtime gets none.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libcap2-bin \
+    && setcap cap_setuid,cap_setgid=p /usr/local/bin/cellbus \
+    && apt-get purge -y libcap2-bin \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=builder --chown=65532:65532 /out/cache /var/cache/cellbus
 ENV CELLBUS_CACHE_DIR=/var/cache/cellbus
 USER 65532:65532

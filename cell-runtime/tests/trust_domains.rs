@@ -171,11 +171,16 @@ fn start_runtime(who: &As, dir: &Path, cache: &Path, nats: &NatsServer) -> Runti
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
     let logs = Arc::new(Mutex::new(String::new()));
+    // Killed when dropped, a failed start included.
+    let mut runtime = Runtime {
+        child: command.spawn().unwrap(),
+        uid,
+        logs: logs.clone(),
+    };
     {
         let logs = logs.clone();
-        let stderr = child.stderr.take().unwrap();
+        let stderr = runtime.child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut logs = logs.lock().unwrap();
@@ -184,12 +189,12 @@ fn start_runtime(who: &As, dir: &Path, cache: &Path, nats: &NatsServer) -> Runti
             }
         });
     }
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let stdout = BufReader::new(runtime.child.stdout.take().unwrap());
     let until = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
     for line in stdout.lines().map_while(Result::ok) {
         if line.starts_with("ready") {
-            return Runtime { child, uid, logs };
+            return runtime;
         }
         seen.push(line);
         assert!(Instant::now() < until, "`cellbus up` not ready: {seen:?}");

@@ -35,6 +35,10 @@ pub const READYZ_PATH: &str = "/readyz";
 /// Volume and mount path of the runtime's compiled-code cache.
 pub const CACHE_VOLUME: &str = "cache";
 pub const CACHE_DIR: &str = "/var/cache/cellbus";
+/// Volume and mount path of the service account's token on Linux pods: where the
+/// automounted one would be.
+pub const SERVICE_ACCOUNT_VOLUME: &str = "service-account";
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Volume and mount path of a writable `/tmp` on Linux pods.
 pub const TMP_VOLUME: &str = "tmp";
 pub const TMP_DIR: &str = "/tmp";

@@ -6,10 +6,12 @@ use std::collections::BTreeSet;
 use cellbus_contracts::resources::{CellPool, Os, Runtime};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodOS, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Toleration, Volume, VolumeMount, WindowsSecurityContextOptions,
+    Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
+    DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, PodOS, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Toleration, Volume,
+    VolumeMount, VolumeProjection, WindowsSecurityContextOptions,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -141,6 +143,13 @@ pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
         // scratch file still find a writable /tmp. Windows keeps its root writable.
         volumes.push(empty_dir(names::TMP_VOLUME));
         mounts.push(mount(names::TMP_VOLUME, names::TMP_DIR));
+        // The token the runtime reads its cells' database Secrets with, readable by the
+        // runtime's user only (mode 0600, owned by runAsUser), never by a cell's.
+        volumes.push(service_account_volume());
+        mounts.push(VolumeMount {
+            read_only: Some(true),
+            ..mount(names::SERVICE_ACCOUNT_VOLUME, names::SERVICE_ACCOUNT_DIR)
+        });
     }
 
     let mut env = vec![
@@ -213,7 +222,7 @@ pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
         ),
         liveness_probe: Some(http_probe(names::HEALTHZ_PATH, 10, 3)),
         readiness_probe: Some(http_probe(names::READYZ_PATH, 5, 2)),
-        security_context: Some(security_context(os)),
+        security_context: Some(security_context(os, spec.runtime)),
         volume_mounts: Some(mounts),
         ..Container::default()
     };
@@ -237,8 +246,9 @@ pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
         }),
         service_account_name: Some(names::child_name(&pool.name_any())),
         // The runtime reads its cells' database Secrets with this token (kubelet rotates
-        // it); the account can read nothing else.
-        automount_service_account_token: Some(true),
+        // it; the runtime reads it anew for every request); the account can read nothing
+        // else. Linux pods mount it themselves, readable by the runtime's user alone.
+        automount_service_account_token: Some(os == Os::Windows),
         // The runtime reads NATS_* variables; service links would add NATS_SERVICE_HOST,
         // NATS_PORT and the like for a Service named `nats` in the namespace.
         enable_service_links: Some(false),
@@ -369,21 +379,31 @@ fn termination_grace_seconds(pool: &CellPool) -> i64 {
 }
 
 /// The container's security context: everything the restricted Pod Security Standard asks
-/// for on Linux. On Windows the API server refuses the Linux-only fields when
-/// `spec.os.name` is `windows` (seccompProfile, capabilities, readOnlyRootFilesystem,
-/// allowPrivilegeEscalation, runAsUser, runAsGroup and more); what stays is running as
-/// the images' built-in non-administrator account, which `runAsNonRoot` then checks.
-fn security_context(os: Os) -> SecurityContext {
+/// for on Linux, but in process pools. On Windows the API server refuses the Linux-only
+/// fields when `spec.os.name` is `windows` (seccompProfile, capabilities,
+/// readOnlyRootFilesystem, allowPrivilegeEscalation, runAsUser, runAsGroup and more); what
+/// stays is running as the images' built-in non-administrator account, which
+/// `runAsNonRoot` then checks.
+///
+/// A Linux process pool's runtime starts each process cell under a user of its own, for
+/// which it holds CAP_SETUID and CAP_SETGID and nothing else: added here, and given to the
+/// non-root runtime by the file capabilities of `cellbus` in the process image
+/// (`cap_setuid,cap_setgid=p`; Kubernetes sets no ambient capabilities, so an added one is
+/// lost at exec without them). File capabilities need `allowPrivilegeEscalation: true`,
+/// which the baseline Pod Security Standard allows; the runtime sets no-new-privileges on
+/// every cell itself.
+fn security_context(os: Os, runtime: Runtime) -> SecurityContext {
+    let switches_users = runtime == Runtime::Process;
     match os {
         Os::Linux => SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(names::LINUX_RUNTIME_UID),
             run_as_group: Some(names::LINUX_RUNTIME_UID),
             read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
+            allow_privilege_escalation: Some(switches_users),
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
+                add: switches_users.then(|| vec!["SETUID".into(), "SETGID".into()]),
             }),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
@@ -399,6 +419,56 @@ fn security_context(os: Os) -> SecurityContext {
             }),
             ..SecurityContext::default()
         },
+    }
+}
+
+/// The service account's token, the cluster's CA and the namespace, where a pod's
+/// automounted token would be, but with mode 0600: the kubelet makes a projected token
+/// the pod's runAsUser's when every container runs as that user and there is no fsGroup.
+fn service_account_volume() -> Volume {
+    Volume {
+        name: names::SERVICE_ACCOUNT_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o600),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(3607),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            ..KeyToPath::default()
+                        }]),
+                        ..ConfigMapProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.namespace".into(),
+                                ..ObjectFieldSelector::default()
+                            }),
+                            ..DownwardAPIVolumeFile::default()
+                        }]),
+                        ..DownwardAPIProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
     }
 }
 
@@ -536,9 +606,40 @@ mod tests {
         );
         assert_eq!(pod.tolerations, None);
         assert_eq!(pod.service_account_name.as_deref(), Some("cellbus-wasm"));
-        assert_eq!(pod.automount_service_account_token, Some(true));
-
+        // The token is mounted by the pod itself, for the runtime's user alone.
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let token = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "service-account")
+            .unwrap();
+        let projected = token.projected.as_ref().unwrap();
+        assert_eq!(projected.default_mode, Some(0o600));
+        let sources = projected.sources.as_ref().unwrap();
+        assert_eq!(
+            sources[0].service_account_token.as_ref().unwrap().path,
+            "token"
+        );
+        assert_eq!(
+            sources[1].config_map.as_ref().unwrap().name,
+            "kube-root-ca.crt"
+        );
         let runtime = container(&deployment);
+        let mount = runtime
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "service-account")
+            .unwrap();
+        assert_eq!(
+            mount.mount_path,
+            "/var/run/secrets/kubernetes.io/serviceaccount"
+        );
+        assert_eq!(mount.read_only, Some(true));
+
         assert_eq!(
             runtime.image.as_deref(),
             Some("ghcr.io/cellbus/cellbus-runtime:0.1.0")
@@ -558,6 +659,33 @@ mod tests {
             "RuntimeDefault"
         );
         assert_eq!(security.windows_options, None);
+        assert_eq!(security.capabilities.as_ref().unwrap().add, None);
+    }
+
+    /// A process pool's runtime holds CAP_SETUID and CAP_SETGID, to start each cell under
+    /// a user of its own, and nothing else; the file capabilities that give them to a
+    /// non-root runtime need privilege escalation allowed. Python pools run cells inside
+    /// the runtime and get neither.
+    #[test]
+    fn a_process_pool_runtime_may_switch_users_and_nothing_more() {
+        for (runtime, switches) in [
+            (Runtime::Process, true),
+            (Runtime::Python, false),
+            (Runtime::Wasm, false),
+        ] {
+            let deployment = deployment(&CellPool::test().runtime(runtime), &Config::default());
+            let security = container(&deployment).security_context.clone().unwrap();
+            let capabilities = security.capabilities.unwrap();
+            assert_eq!(capabilities.drop, Some(vec!["ALL".to_owned()]));
+            assert_eq!(
+                capabilities.add,
+                switches.then(|| vec!["SETUID".to_owned(), "SETGID".to_owned()]),
+                "{runtime:?}"
+            );
+            assert_eq!(security.allow_privilege_escalation, Some(switches));
+            assert_eq!(security.run_as_user, Some(65532));
+            assert_eq!(security.run_as_non_root, Some(true));
+        }
     }
 
     #[test]
