@@ -1,9 +1,8 @@
 //! Process cells through the bus, as real processes in the Linux sandbox: JSON lines in
 //! and out with several requests in flight, typed errors, and hostile processes — garbage,
 //! a 100 MB line, a closed stdout, silence, an instant exit, a CPU spinner, a memory hog,
-//! a fork bomb (in tests/process_fork_bomb.rs, alone: its processes count against every
-//! cell of the same user), a grandchild left behind, an attempt to leave the process group — each
-//! contained with a typed error while another cell keeps serving, and no process of a
+//! a fork bomb (in tests/process_fork_bomb.rs, alone: it loads the machine), a grandchild
+//! left behind, an attempt to leave the process group — each contained with a typed error while another cell keeps serving, and no process of a
 //! cell outliving its runtime.
 
 #![cfg(target_os = "linux")]

@@ -1,7 +1,6 @@
-//! A fork bomb in a process cell, in a test binary of its own: without a delegated cgroup
-//! its processes count against the process limit of the user every cell runs as, so it
-//! must not run beside other tests' cells. It is stopped at its deadline with its whole
-//! process group, and the cell beside it serves again.
+//! A fork bomb in a process cell, in a test binary of its own (it loads the machine): its
+//! processes count against the process limit of its own user, not its neighbour's. It is
+//! stopped at its deadline with every process of its user, and the cell beside it serves.
 
 #![cfg(target_os = "linux")]
 

@@ -408,6 +408,37 @@ async fn hostile_cells_stay_in_their_domains(who: As) {
     // Until its threads let go, the attacker cannot start one to take a request.
     tokio::time::sleep_until(exhausted + Duration::from_secs(10)).await;
 
+    // An executable changed behind the runtime's back (here by root) is not run again.
+    std::fs::set_permissions(&executable, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&executable, format!("{ECHO_EXECUTABLE}# changed\n")).unwrap();
+    let binary = cell_process(&executable);
+    // SAFETY: kill(2) on the binary cell's process, which this test owns the fate of.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(binary as i32, libc::SIGKILL)
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        assert!(Instant::now() < until, "the changed executable was run");
+        let request = Request::new("binary", "echo", json!(1));
+        let reply = client
+            .request(
+                "cbs.binary.echo",
+                serde_json::to_vec(&request).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        match serde_json::from_slice::<Reply>(&reply.payload).unwrap() {
+            Reply::Err(error) if error.error.message.contains("it is not run") => {
+                break error.error
+            }
+            // Answered by the process before it died, or refused during the backoff.
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(refused.code, cellbus_contracts::wire::ErrorCode::CellFailed);
+    assert!(refused.message.contains("has digest"), "{refused:?}");
+
     // Processes that stop themselves or try to leave: none outlives the runtime.
     let mark = marker("attacker-leftover");
     call(&client, "attacker", "leave-behind", json!({"mark": mark})).await;

@@ -137,7 +137,7 @@ def serve(request):
         "write-cache": lambda: write(os.path.join(p["cache"], "planted")),
         "list-cache": lambda: os.listdir(p["cache"]),
         "swap-executable": lambda: write(p["executable"]),
-        "replace-executable": lambda: os.rename(os.environ["TMPDIR"], p["executable"]),
+        "replace-executable": lambda: os.replace(write(os.path.join(os.environ["HOME"], "evil")), p["executable"]),
         "read-executable": lambda: read(p["executable"]),
         "token": lambda: read(p["token"]),
         "victim-home": lambda: os.listdir(p["victimHome"]),
