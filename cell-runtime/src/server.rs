@@ -457,6 +457,7 @@ impl Inner {
             pod: self.identity.pod.clone(),
             updated_at: Timestamp::now(),
             cells,
+            sandbox: cfg!(target_os = "linux").then(process::sandbox::report),
         };
         let key = status_key(
             &self.identity.namespace,

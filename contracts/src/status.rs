@@ -27,6 +27,46 @@ pub struct PodStatus {
     pub updated_at: Timestamp,
     /// One entry per assigned cell, ordered by service.
     pub cells: Vec<CellLoadState>,
+    /// What this pod's kernel holds process cells to (Linux runtimes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxReport>,
+}
+
+/// What a pod's kernel holds process cells to, beside their own users, seccomp and limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxReport {
+    /// The kernel's Landlock ABI (0: no Landlock).
+    pub landlock_abi: u32,
+    /// What it cannot hold cells to, in words; empty when everything holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lacking: Vec<String>,
+}
+
+impl SandboxReport {
+    /// The report of a kernel with Landlock ABI `landlock_abi`: files need ABI 1, TCP 4,
+    /// signals and abstract sockets 6.
+    pub fn of(landlock_abi: u32) -> Self {
+        let lacking = [
+            (
+                1,
+                "files outside the cell's own (user permissions alone hold them)",
+            ),
+            (4, "TCP (seccomp alone holds it)"),
+            (
+                6,
+                "signals and abstract sockets past the cell (its user alone holds them)",
+            ),
+        ]
+        .into_iter()
+        .filter(|(needs, _)| landlock_abi < *needs)
+        .map(|(_, what)| what.to_owned())
+        .collect();
+        Self {
+            landlock_abi,
+            lacking,
+        }
+    }
 }
 
 /// Whether a pod serves a cell.
@@ -65,4 +105,21 @@ pub struct PingPayload {
     /// Digest of the module the pod runs for the service.
     pub digest: Option<String>,
     pub loaded_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SandboxReport;
+
+    #[test]
+    fn a_kernel_lacks_what_its_landlock_abi_does_not_reach() {
+        assert_eq!(SandboxReport::of(0).lacking.len(), 3);
+        assert_eq!(SandboxReport::of(3).lacking.len(), 2);
+        assert_eq!(
+            SandboxReport::of(5).lacking,
+            ["signals and abstract sockets past the cell (its user alone holds them)"]
+        );
+        assert!(SandboxReport::of(6).lacking.is_empty());
+        assert!(SandboxReport::of(7).lacking.is_empty());
+    }
 }

@@ -67,6 +67,11 @@ pub mod reasons {
     pub const REPLICAS_READY: &str = "ReplicasReady";
     /// CellPool Ready=False, Degraded=True: fewer runtime pods are ready than wanted.
     pub const REPLICAS_UNAVAILABLE: &str = "ReplicasUnavailable";
+    /// SandboxEnforced=True: every pod's kernel holds process cells with Landlock.
+    pub const LANDLOCK: &str = "Landlock";
+    /// SandboxEnforced=False: a pod's kernel lacks (some of) Landlock; its process cells
+    /// are held by their own users, seccomp and limits, without the rest.
+    pub const KERNEL_LACKS_LANDLOCK: &str = "KernelLacksLandlock";
 }
 
 /// Status of a condition.

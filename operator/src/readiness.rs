@@ -2,10 +2,11 @@
 //! path works) and the load states they report in `cbs-status`. Ready means a pod
 //! answered through NATS with the digest the Cell names, never merely that a Deployment
 //! exists; when it is not ready the message says why, copying the runtime's own error
-//! when a pod failed to load the module.
+//! when a pod failed to load the module. And a process pool's SandboxEnforced condition
+//! from what its pods' kernels hold process cells to.
 
 use cellbus_contracts::resources::condition;
-use cellbus_contracts::status::{LoadState, PingPayload, PodStatus};
+use cellbus_contracts::status::{LoadState, PingPayload, PodStatus, SandboxReport};
 
 use crate::conditions::{reasons, NewCondition, Status};
 
@@ -80,6 +81,61 @@ pub fn cell_ready(
     ready(Status::False, reasons::WAITING, message)
 }
 
+/// A process pool's SandboxEnforced condition from its pods' reports: False naming the
+/// pods whose kernel lacks some of Landlock and what it lacks, never a silently weaker
+/// sandbox; Unknown until a pod has reported.
+pub fn sandbox_enforced(statuses: &[PodStatus]) -> NewCondition {
+    let condition = |status, reason, message: String| {
+        NewCondition::new(condition::SANDBOX_ENFORCED, status, reason, message)
+    };
+    let reported: Vec<(&str, &SandboxReport)> = statuses
+        .iter()
+        .filter_map(|status| Some((status.pod.as_str(), status.sandbox.as_ref()?)))
+        .collect();
+    if reported.is_empty() {
+        return condition(
+            Status::Unknown,
+            reasons::WAITING,
+            "no runtime pod has reported its kernel yet".into(),
+        );
+    }
+    let mut lacking: Vec<String> = reported
+        .iter()
+        .filter(|(_, report)| !report.lacking.is_empty())
+        .map(|(pod, report)| {
+            format!(
+                "{pod} (Landlock ABI {}) cannot hold cells to {}",
+                report.landlock_abi,
+                report.lacking.join(", ")
+            )
+        })
+        .collect();
+    lacking.sort();
+    if lacking.is_empty() {
+        let lowest = reported
+            .iter()
+            .map(|(_, report)| report.landlock_abi)
+            .min()
+            .unwrap_or(0);
+        return condition(
+            Status::True,
+            reasons::LANDLOCK,
+            format!(
+                "process cells run under users of their own, held by Landlock (ABI {lowest} \
+                 or newer) to their files, without a network unless granted"
+            ),
+        );
+    }
+    condition(
+        Status::False,
+        reasons::KERNEL_LACKS_LANDLOCK,
+        format!(
+            "{}; schedule the pool onto nodes with Linux 6.12 or newer",
+            lacking.join("; ")
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +168,7 @@ mod tests {
                 loaded_at: None,
                 reason: reason.map(Into::into),
             }],
+            sandbox: None,
         }
     }
 
@@ -169,5 +226,55 @@ mod tests {
         let ready = cell_ready("echo", "echo", Some(NEW), &[], &[]);
         assert_eq!(ready.reason, reasons::WAITING);
         assert_eq!(ready.message, "no pod answered $ping for echo yet");
+    }
+
+    fn kernel(pod: &str, landlock_abi: u32) -> PodStatus {
+        PodStatus {
+            sandbox: Some(SandboxReport::of(landlock_abi)),
+            ..report(pod, LoadState::Loaded, None)
+        }
+    }
+
+    #[test]
+    fn a_process_pool_says_which_pods_kernels_hold_cells_less_than_they_should() {
+        let unknown = sandbox_enforced(&[report("a", LoadState::Loaded, None)]);
+        assert_eq!(
+            (unknown.status, unknown.reason),
+            (Status::Unknown, reasons::WAITING)
+        );
+        let enforced = sandbox_enforced(&[kernel("a", 7), kernel("b", 6)]);
+        assert_eq!(
+            (enforced.status, enforced.reason),
+            (Status::True, reasons::LANDLOCK)
+        );
+        assert!(
+            enforced.message.contains("ABI 6 or newer"),
+            "{}",
+            enforced.message
+        );
+        let lacking = sandbox_enforced(&[kernel("a", 7), kernel("c", 0), kernel("b", 3)]);
+        assert_eq!(
+            (lacking.status, lacking.reason),
+            (Status::False, reasons::KERNEL_LACKS_LANDLOCK)
+        );
+        assert!(
+            lacking
+                .message
+                .starts_with("b (Landlock ABI 3) cannot hold cells to TCP"),
+            "{}",
+            lacking.message
+        );
+        assert!(
+            lacking
+                .message
+                .contains("; c (Landlock ABI 0) cannot hold cells to files"),
+            "{}",
+            lacking.message
+        );
+        assert!(
+            !lacking.message.contains("a (Landlock"),
+            "{}",
+            lacking.message
+        );
     }
 }

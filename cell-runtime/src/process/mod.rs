@@ -226,23 +226,20 @@ impl ProcessSettings {
             return;
         }
         SAID.call_once(|| {
-            let abi = sandbox::landlock_abi();
-            metrics.process_landlock_abi.set(i64::from(abi));
-            let lacking: Vec<&str> = [
-                (1, "files outside their own (user permissions alone hold them)"),
-                (4, "TCP (seccomp alone holds it)"),
-                (6, "signals and abstract sockets past the cell (user alone holds them)"),
-            ]
-            .into_iter()
-            .filter(|(needs, _)| abi < *needs)
-            .map(|(_, what)| what)
-            .collect();
-            if lacking.is_empty() {
-                info!(landlock_abi = abi, "process cells run under users of their own, held by Landlock to their files, without TCP unless granted, signals or abstract sockets past themselves");
+            let report = sandbox::report();
+            metrics
+                .process_landlock_abi
+                .set(i64::from(report.landlock_abi));
+            if report.lacking.is_empty() {
+                info!(
+                    landlock_abi = report.landlock_abi,
+                    "process cells run under users of their own, held by Landlock to their \
+                     files, without TCP unless granted, signals or abstract sockets past themselves"
+                );
             } else {
                 warn!(
-                    landlock_abi = abi,
-                    lacking = %lacking.join("; "),
+                    landlock_abi = report.landlock_abi,
+                    lacking = %report.lacking.join("; "),
                     "this kernel's Landlock does not hold process cells to all it should"
                 );
             }

@@ -258,6 +258,11 @@ pub fn landlock_abi() -> i32 {
     }
 }
 
+/// What this kernel holds process cells to, for the pod's report and the log.
+pub fn report() -> cellbus_contracts::status::SandboxReport {
+    cellbus_contracts::status::SandboxReport::of(u32::try_from(landlock_abi()).unwrap_or(0))
+}
+
 /// Stops the cell the sandbox process `sandbox` runs: the sandbox kills every process of
 /// the cell and exits.
 #[cfg(unix)]

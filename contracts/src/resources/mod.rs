@@ -35,4 +35,7 @@ pub mod condition {
     pub const DATABASE_READY: &str = "DatabaseReady";
     pub const PROGRESSING: &str = "Progressing";
     pub const DEGRADED: &str = "Degraded";
+    /// Process pools: whether every pod's kernel holds process cells to all the sandbox
+    /// asks of it (Landlock).
+    pub const SANDBOX_ENFORCED: &str = "SandboxEnforced";
 }

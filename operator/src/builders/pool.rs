@@ -461,7 +461,6 @@ fn service_account_volume() -> Volume {
                             }),
                             ..DownwardAPIVolumeFile::default()
                         }]),
-                        ..DownwardAPIProjection::default()
                     }),
                     ..VolumeProjection::default()
                 },

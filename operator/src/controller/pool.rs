@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use cellbus_contracts::assignment::PoolAssignment;
-use cellbus_contracts::resources::{CellPoolStatus, PoolCells};
+use cellbus_contracts::resources::{CellPoolStatus, Os, PoolCells, Runtime};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
@@ -26,6 +26,8 @@ use crate::conditions::{reasons, set_conditions, types, NewCondition, Status};
 use crate::context::Context;
 use crate::names::{self, FIELD_MANAGER};
 use crate::observed::{ObservedPool, PoolObject};
+use crate::readiness;
+use crate::scheduling::bus;
 use crate::Error;
 
 /// How metrics and logs name this controller.
@@ -113,6 +115,15 @@ async fn reconcile_pool(
         .collect();
     let wanted = typed.spec.replicas;
     let rollout = Rollout::of(&deployment, wanted);
+    let sandbox = if typed.spec.runtime == Runtime::Process && typed.spec.os == Os::Linux {
+        let statuses = match ctx.buses.get(bus(&typed.spec, &ctx.config)).await {
+            Ok(bus) => bus.pod_statuses(namespace, pool.name()),
+            Err(_) => Vec::new(),
+        };
+        Some(readiness::sandbox_enforced(&statuses))
+    } else {
+        None
+    };
     let status = next_status(
         pool,
         CellPoolStatus {
@@ -125,7 +136,7 @@ async fn reconcile_pool(
             },
             ..pool.status.clone()
         },
-        rollout.conditions(&deployment),
+        rollout.conditions(&deployment).into_iter().chain(sandbox),
         ctx,
     );
     update_status(object, pool, &status, ctx).await?;
