@@ -1,7 +1,9 @@
 //! One trust domain per process cell, tried by a hostile process cell
-//! (tests/process_cells/attacker.py) against a real `cellbus up`, twice: with the runtime
-//! as root, as `cellbus up` often runs, and as a pool's pods run it — uid 65532 holding
-//! only CAP_SETUID and CAP_SETGID (through `setpriv`). The attacker is told where
+//! (tests/process_cells/attacker.py) against a real `cellbus up`, three times: with the
+//! runtime as root, as `cellbus up` often runs, and as a pool's pods run it — uid 65532
+//! holding only CAP_SETUID and CAP_SETGID (through `setpriv`), once as ambient
+//! capabilities and once as the process image gives them, file capabilities on a copy of
+//! `cellbus`. The attacker is told where
 //! everything is (the runtime's pid, a victim's pid, home and executable, the cache, a
 //! runtime-only token, the NATS port) and tries to reach each; every attempt fails, the
 //! victims keep answering correctly, a cell granted the network reaches it, and no process
@@ -117,8 +119,33 @@ fn manifests(dir: &Path) {
 
 enum As {
     Root,
-    /// uid 65532 with CAP_SETUID and CAP_SETGID, nothing else.
+    /// uid 65532 with CAP_SETUID and CAP_SETGID (ambient), nothing else.
     PodUser,
+    /// uid 65532 running a copy of `cellbus` with the file capabilities of the process
+    /// image (`cap_setuid,cap_setgid=p`), CAP_SETUID and CAP_SETGID in its bounding set:
+    /// what a process pool's pod does.
+    PodImage,
+}
+
+/// A copy of `cellbus` with the process image's file capabilities, somewhere the pods'
+/// user may run it.
+fn cellbus_with_file_capabilities() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("file-capabilities");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join(format!("cellbus-{}", std::process::id()));
+    std::fs::copy(env!("CARGO_BIN_EXE_cellbus"), &copy).unwrap();
+    let setcap = ["setcap", "/usr/sbin/setcap", "/sbin/setcap"]
+        .into_iter()
+        .find(|tool| Command::new(tool).arg("-h").output().is_ok())
+        .expect("setcap is missing: apt-get install libcap2-bin (scripts/setup does)");
+    let set = Command::new(setcap)
+        .args(["cap_setuid,cap_setgid=p"])
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(set.success(), "setcap on {}", copy.display());
+    copy
 }
 
 struct Runtime {
@@ -139,6 +166,28 @@ fn start_runtime(who: &As, dir: &Path, cache: &Path, nats: &NatsServer) -> Runti
     let cellbus = env!("CARGO_BIN_EXE_cellbus");
     let (mut command, uid) = match who {
         As::Root => (Command::new(cellbus), 0),
+        As::PodImage => {
+            for path in [dir, cache] {
+                let owned = Command::new("chown")
+                    .args(["-R", "65532:65532"])
+                    .arg(path)
+                    .status()
+                    .unwrap();
+                assert!(owned.success());
+            }
+            let mut command = Command::new("setpriv");
+            command
+                .args([
+                    "--reuid=65532",
+                    "--regid=65532",
+                    "--clear-groups",
+                    "--inh-caps=-all",
+                    "--bounding-set=-all,+setuid,+setgid",
+                    "--",
+                ])
+                .arg(cellbus_with_file_capabilities());
+            (command, 65532)
+        }
         As::PodUser => {
             for path in [dir, cache] {
                 let owned = Command::new("chown")
@@ -483,6 +532,13 @@ async fn process_cells_are_apart_from_each_other_and_the_runtime_as_the_pods_use
     hostile_cells_stay_in_their_domains(As::PodUser).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_cells_are_apart_from_each_other_and_the_runtime_with_the_images_file_capabilities()
+{
+    require_root();
+    hostile_cells_stay_in_their_domains(As::PodImage).await;
+}
+
 /// The pod's user without CAP_SETUID and CAP_SETGID: process cells are refused with a
 /// message saying what the runtime needs, never run under the runtime's own user.
 #[test]
@@ -567,4 +623,34 @@ fn a_loader_variable_in_a_cells_env_is_refused() {
         text.contains("spec.env[0].name") && text.contains("LD_PRELOAD"),
         "{text}"
     );
+}
+
+/// An assignment that did not pass the checks (written to the bucket by hand) still gets
+/// no loader variable into a cell: the runtime refuses the cell, naming the variable, and
+/// serves the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_refuses_a_loader_variable_that_reached_the_assignment() {
+    require_root();
+    let bus = support::Bus::start().await;
+    let verbs = json!([{"name": "echo"}]);
+    let preload = support::TestCell::process(
+        "preload",
+        "well-behaved",
+        verbs.clone(),
+        json!({"env": [{"name": "LD_PRELOAD", "value": "/tmp/evil.so"}]}),
+    );
+    let fine = support::TestCell::process("fine", "well-behaved", verbs, json!({}));
+    let server = bus.deploy(&[preload, fine]).await;
+    let states = server.states();
+    let refused = states.iter().find(|s| s.service == "preload").unwrap();
+    assert_eq!(refused.state, cellbus_contracts::status::LoadState::Failed);
+    assert!(
+        refused
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("`LD_PRELOAD` steers the dynamic loader")),
+        "{refused:?}"
+    );
+    assert_eq!(bus.call("fine", "echo", json!(1)).await.unwrap(), json!(1));
+    server.shutdown().await;
 }

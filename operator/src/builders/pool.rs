@@ -8,10 +8,10 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
     DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    ObjectFieldSelector, PodOS, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Toleration, Volume,
-    VolumeMount, VolumeProjection, WindowsSecurityContextOptions,
+    ObjectFieldSelector, PodOS, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Toleration,
+    Volume, VolumeMount, VolumeProjection, WindowsSecurityContextOptions,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -144,7 +144,7 @@ pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
         volumes.push(empty_dir(names::TMP_VOLUME));
         mounts.push(mount(names::TMP_VOLUME, names::TMP_DIR));
         // The token the runtime reads its cells' database Secrets with, readable by the
-        // runtime's user only (mode 0600, owned by runAsUser), never by a cell's.
+        // runtime's user and group (fsGroup) only, never by a cell's.
         volumes.push(service_account_volume());
         mounts.push(VolumeMount {
             read_only: Some(true),
@@ -185,6 +185,9 @@ pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
             name: names::NATS_CREDENTIALS_VOLUME.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.into()),
+                // The runtime's group (fsGroup) reads it; a process cell, under a user
+                // of its own with no groups, does not.
+                default_mode: Some(0o440),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
@@ -257,6 +260,12 @@ pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         containers: vec![container],
         volumes: Some(volumes),
+        // Volumes (the NATS credentials, the token) belong to the runtime's group, which
+        // no process cell is in.
+        security_context: (os == Os::Linux).then(|| PodSecurityContext {
+            fs_group: Some(names::LINUX_RUNTIME_UID),
+            ..PodSecurityContext::default()
+        }),
         ..PodSpec::default()
     };
 
@@ -423,8 +432,8 @@ fn security_context(os: Os, runtime: Runtime) -> SecurityContext {
 }
 
 /// The service account's token, the cluster's CA and the namespace, where a pod's
-/// automounted token would be, but with mode 0600: the kubelet makes a projected token
-/// the pod's runAsUser's when every container runs as that user and there is no fsGroup.
+/// automounted token would be, but not readable by every user: mode 0600, to which the
+/// kubelet adds group read for the pod's fsGroup (the runtime's group).
 fn service_account_volume() -> Volume {
     Volume {
         name: names::SERVICE_ACCOUNT_VOLUME.into(),
@@ -616,6 +625,7 @@ mod tests {
             .unwrap();
         let projected = token.projected.as_ref().unwrap();
         assert_eq!(projected.default_mode, Some(0o600));
+        assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(65532));
         let sources = projected.sources.as_ref().unwrap();
         assert_eq!(
             sources[0].service_account_token.as_ref().unwrap().path,
@@ -964,6 +974,7 @@ mod tests {
                 .unwrap();
             let source = volume.secret.as_ref().unwrap();
             assert_eq!(source.secret_name.as_deref(), Some(secret));
+            assert_eq!(source.default_mode, Some(0o440));
             assert_eq!(source.optional, None);
         }
     }
