@@ -51,6 +51,8 @@ const ATTEMPTS: &[&str] = &[
     "udp",
     "netlink",
     "abstract-socket",
+    "unix-socket",
+    "unix-datagram",
     "setuid-root",
     "user-namespace",
     "io-uring",
@@ -332,6 +334,15 @@ async fn hostile_cells_stay_in_their_domains(who: As) {
         let address = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
         std::os::unix::net::UnixListener::bind_addr(&address).unwrap()
     };
+    // A Unix socket anyone may connect to, as a machine's database or daemon has.
+    let sockets = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(sockets.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let unix_socket = sockets.path().join("daemon.sock");
+    let _daemon = std::os::unix::net::UnixListener::bind(&unix_socket).unwrap();
+    std::fs::set_permissions(&unix_socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let unix_datagram = sockets.path().join("syslog.sock");
+    let _syslog = std::os::unix::net::UnixDatagram::bind(&unix_datagram).unwrap();
+    std::fs::set_permissions(&unix_datagram, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut runtime = start_runtime(&who, dir.path(), cache.path(), &nats);
     let client = async_nats::ConnectOptions::new()
         .request_timeout(Some(Duration::from_secs(30)))
@@ -391,6 +402,8 @@ async fn hostile_cells_stay_in_their_domains(who: As) {
         "token": token,
         "natsPort": port,
         "abstract": abstract_name,
+        "unixSocket": unix_socket,
+        "unixDatagram": unix_datagram,
     });
     let mut everything: Vec<&str> = ATTEMPTS.to_vec();
     everything.extend(CONTROLS);
@@ -401,8 +414,13 @@ async fn hostile_cells_stay_in_their_domains(who: As) {
         for name in ATTEMPTS {
             let outcome = &outcomes[name];
             // The network is the networked cell's to use (netlink too, which the C
-            // library's resolver asks for its addresses); nothing else is.
-            let may = service == "networked" && matches!(*name, "nats" | "udp" | "netlink");
+            // library's resolver asks for its addresses, and the machine's Unix
+            // sockets); nothing else is.
+            let may = service == "networked"
+                && matches!(
+                    *name,
+                    "nats" | "udp" | "netlink" | "unix-socket" | "unix-datagram"
+                );
             assert_eq!(
                 outcome["blocked"],
                 json!(!may),

@@ -7,9 +7,9 @@
 //!   and `CAP_SETGID` (or is root) for this alone;
 //! - seeing, through Landlock, only the read-only system paths a program needs, the files
 //!   it is given (`--read`: its executable, its script, the SDK) and a home and a private
-//!   tmp of its own (read-write); with no network (no sockets but Unix ones, no TCP bind or
-//!   connect) unless its Cell grants it, and unable to signal or reach an abstract socket
-//!   outside itself;
+//!   tmp of its own (read-write); with no network unless its Cell grants it (no sockets
+//!   but Unix stream ones, no connecting anywhere, no TCP bind or connect), and unable to
+//!   signal or reach an abstract socket outside itself;
 //! - with its Cell's environment only (handed over as `CELLBUS_CELL_ENV_*`, so nothing of
 //!   it, `LD_PRELOAD` least of all, reaches the supervisor before the cell is confined);
 //! - with resource limits (address space, CPU seconds, open files, processes of its user,
@@ -776,11 +776,20 @@ mod linux {
             .collect::<Result<Vec<_>, _>>()?;
         denied.insert(libc::SYS_clone, clone_rules);
         if !network {
-            // Unix sockets only: no IP, packet, netlink or other family.
+            // Unix stream sockets only (no IP, packet, netlink or other family, and no
+            // datagrams, which reach a socket by address without connecting), and no
+            // connecting: a cell talks to no one but its runtime and its own processes
+            // (socketpair), not to a Unix socket of the machine's, which Landlock does
+            // not hold it from.
+            let datagram = libc::SOCK_DGRAM as u64;
             denied.insert(
                 libc::SYS_socket,
-                vec![rule(vec![arg(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?])?],
+                vec![
+                    rule(vec![arg(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?])?,
+                    rule(vec![arg(1, SeccompCmpOp::MaskedEq(0xf), datagram)?])?,
+                ],
             );
+            denied.insert(libc::SYS_connect, Vec::new());
         }
         let denied = SeccompFilter::new(
             denied,

@@ -60,6 +60,12 @@ def connect_tcp(port):
         return "connected"
 
 
+def connect_unix(path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        unix.connect(path)
+        return "connected"
+
+
 def connect_abstract(name):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
         unix.connect("\0" + name)
@@ -149,6 +155,8 @@ def serve(request):
         "udp": lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", p["natsPort"])),
         "netlink": lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0),
         "abstract-socket": lambda: connect_abstract(p["abstract"]),
+        "unix-socket": lambda: connect_unix(p["unixSocket"]),
+        "unix-datagram": lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"x", p["unixDatagram"]),
         "setuid-root": lambda: os.setuid(0),
         "user-namespace": lambda: syscall(272, 0x10000000),  # unshare(CLONE_NEWUSER)
         "io-uring": lambda: syscall(425, 8, ctypes.create_string_buffer(120)),
