@@ -4,6 +4,8 @@
 //! nats-server never drops the runtime as a slow consumer. Alone in its binary: it loads
 //! both cores.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -39,45 +41,23 @@ fn manifests() -> tempfile::TempDir {
     dir
 }
 
-/// `cellbus`, started as a pool's pods run it when the test runs as root: uid and gid
-/// 65532, no supplementary groups, no capabilities (`setpriv`); `dirs` are handed to that
-/// user.
-fn as_the_pods_user(dirs: &[&std::path::Path]) -> Command {
-    let cellbus = env!("CARGO_BIN_EXE_cellbus");
-    // SAFETY: geteuid has no preconditions and touches no memory of ours.
-    #[allow(unsafe_code)]
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        return Command::new(cellbus);
-    }
-    for dir in dirs {
-        let owned = Command::new("chown")
-            .args(["-R", "65532:65532"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(owned.success(), "chown -R 65532:65532 {}", dir.display());
-    }
-    let mut command = Command::new("setpriv");
-    command.args([
-        "--reuid=65532",
-        "--regid=65532",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-        "--",
-        cellbus,
-    ]);
-    command
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_gets_typed_replies_and_another_cell_keeps_answering() {
     let nats = NatsServer::start();
     let dir = manifests();
     let cache = tempfile::tempdir().unwrap();
     // The runtime in a process of its own, as in a pod: the flood comes from outside.
-    let mut runtime = as_the_pods_user(&[dir.path(), cache.path()]);
+    // As a pool's pods run it when the test runs as root.
+    let cellbus = std::path::Path::new(env!("CARGO_BIN_EXE_cellbus"));
+    let mut runtime = if support::root() {
+        support::as_the_pods_user(
+            cellbus,
+            &[dir.path(), cache.path()],
+            support::Grant::Nothing,
+        )
+    } else {
+        Command::new(cellbus)
+    };
     runtime
         .arg("up")
         .arg(dir.path())

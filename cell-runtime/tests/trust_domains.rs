@@ -25,7 +25,7 @@ use cellbus_contracts::wire::{Reply, Request};
 use cellbus_runtime::process::{CELL_UIDS, FIRST_CELL_UID};
 use cellbus_testkit::NatsServer;
 use serde_json::{json, Value};
-use support::{marker, processes_marked};
+use support::{as_the_pods_user, marker, processes_marked, Grant};
 
 /// Every attempt the attacker makes; each must be blocked.
 const ATTEMPTS: &[&str] = &[
@@ -165,51 +165,14 @@ impl Drop for Runtime {
 }
 
 fn start_runtime(who: &As, dir: &Path, cache: &Path, nats: &NatsServer) -> Runtime {
-    let cellbus = env!("CARGO_BIN_EXE_cellbus");
+    let cellbus = Path::new(env!("CARGO_BIN_EXE_cellbus"));
+    let dirs = [dir, cache];
     let (mut command, uid) = match who {
         As::Root => (Command::new(cellbus), 0),
+        As::PodUser => (as_the_pods_user(cellbus, &dirs, Grant::Ambient), 65532),
         As::PodImage => {
-            for path in [dir, cache] {
-                let owned = Command::new("chown")
-                    .args(["-R", "65532:65532"])
-                    .arg(path)
-                    .status()
-                    .unwrap();
-                assert!(owned.success());
-            }
-            let mut command = Command::new("setpriv");
-            command
-                .args([
-                    "--reuid=65532",
-                    "--regid=65532",
-                    "--clear-groups",
-                    "--inh-caps=-all",
-                    "--bounding-set=-all,+setuid,+setgid",
-                    "--",
-                ])
-                .arg(cellbus_with_file_capabilities());
-            (command, 65532)
-        }
-        As::PodUser => {
-            for path in [dir, cache] {
-                let owned = Command::new("chown")
-                    .args(["-R", "65532:65532"])
-                    .arg(path)
-                    .status()
-                    .unwrap();
-                assert!(owned.success());
-            }
-            let mut command = Command::new("setpriv");
-            command.args([
-                "--reuid=65532",
-                "--regid=65532",
-                "--clear-groups",
-                "--inh-caps=-all,+setuid,+setgid",
-                "--ambient-caps=-all,+setuid,+setgid",
-                "--bounding-set=-all,+setuid,+setgid",
-                "--",
-                cellbus,
-            ]);
+            let program = cellbus_with_file_capabilities();
+            let command = as_the_pods_user(&program, &dirs, Grant::FileCapabilities);
             (command, 65532)
         }
     };
@@ -529,11 +492,8 @@ async fn hostile_cells_stay_in_their_domains(who: As) {
 }
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    #[allow(unsafe_code)]
-    let root = unsafe { libc::geteuid() } == 0;
     assert!(
-        root,
+        support::root(),
         "run as root: this test starts the runtime as root and as uid 65532 through setpriv"
     );
 }
@@ -566,26 +526,10 @@ fn without_the_capabilities_process_cells_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     manifests(dir.path());
-    for path in [dir.path(), cache.path()] {
-        assert!(Command::new("chown")
-            .args(["-R", "65532:65532"])
-            .arg(path)
-            .status()
-            .unwrap()
-            .success());
-    }
     let nats = NatsServer::start();
-    let mut runtime = Command::new("setpriv")
-        .args([
-            "--reuid=65532",
-            "--regid=65532",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--",
-            env!("CARGO_BIN_EXE_cellbus"),
-            "up",
-        ])
+    let cellbus = Path::new(env!("CARGO_BIN_EXE_cellbus"));
+    let mut runtime = as_the_pods_user(cellbus, &[dir.path(), cache.path()], Grant::Nothing)
+        .arg("up")
         .arg(dir.path())
         .env("NATS_URL", nats.url())
         .env("CELLBUS_CACHE_DIR", cache.path())

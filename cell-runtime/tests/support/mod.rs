@@ -458,3 +458,56 @@ pub fn processes_marked(marker: &str) -> Vec<u32> {
     }
     found
 }
+
+/// What a runtime started as the pods' user holds to start process cells under users of
+/// their own.
+pub enum Grant {
+    /// No capability (a wasm pool's pod).
+    Nothing,
+    /// CAP_SETUID and CAP_SETGID as ambient capabilities.
+    Ambient,
+    /// CAP_SETUID and CAP_SETGID in the bounding set, for `program`'s file capabilities
+    /// to give (a process pool's pod running the process image).
+    FileCapabilities,
+}
+
+/// `program`, started as a pool's pods run it: uid and gid 65532, no supplementary
+/// groups, no capabilities but what `grant` says (`setpriv`); `dirs` are handed to that
+/// user first. Needs root.
+pub fn as_the_pods_user(program: &Path, dirs: &[&Path], grant: Grant) -> std::process::Command {
+    for dir in dirs {
+        let owned = std::process::Command::new("chown")
+            .args(["-R", "65532:65532"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(owned.success(), "chown -R 65532:65532 {}", dir.display());
+    }
+    let switch = "-all,+setuid,+setgid";
+    let (inheritable, ambient, bounding) = match grant {
+        Grant::Nothing => ("-all", None, "-all"),
+        Grant::Ambient => (switch, Some(switch), switch),
+        Grant::FileCapabilities => ("-all", None, switch),
+    };
+    let mut command = std::process::Command::new("setpriv");
+    command.args([
+        "--reuid=65532",
+        "--regid=65532",
+        "--clear-groups",
+        &format!("--inh-caps={inheritable}"),
+        &format!("--bounding-set={bounding}"),
+    ]);
+    if let Some(ambient) = ambient {
+        command.arg(format!("--ambient-caps={ambient}"));
+    }
+    command.arg("--").arg(program);
+    command
+}
+
+/// Whether the tests run as root.
+pub fn root() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory of ours.
+    #[allow(unsafe_code)]
+    let root = unsafe { libc::geteuid() } == 0;
+    root
+}
