@@ -404,8 +404,9 @@ fn no_process_of_a_cell_outlives_a_killed_runtime() {
         std::os::unix::fs::PermissionsExt::from_mode(0o1733),
     )
     .unwrap();
-    // A uid of its own, past any block a runtime of this test binary claims.
-    let uid = cellbus_runtime::process::FIRST_CELL_UID - 1 - std::process::id() % 1000;
+    // A uid of its own, in the last block, which no runtime claims before 16,383 others.
+    use cellbus_runtime::process::{CELL_UIDS, CELL_UID_RANGE};
+    let uid = CELL_UID_RANGE.end - CELL_UIDS + std::process::id() % CELL_UIDS;
     // A stand-in for the runtime: a shell that starts the sandbox and is then SIGKILLed.
     let mut runtime = std::process::Command::new("sh")
         .arg("-c")

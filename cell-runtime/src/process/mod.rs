@@ -57,7 +57,12 @@ pub const FIRST_CELL_UID: u32 = 0x7000_0000;
 /// Uids of one runtime: its cells' users, one per Cell.
 pub const CELL_UIDS: u32 = 4096;
 /// Blocks of [`CELL_UIDS`] runtimes on one machine choose from.
-const UID_BLOCKS: u32 = 16_384;
+pub const UID_BLOCKS: u32 = 16_384;
+/// Every uid a process cell may run as: `cellbus sandbox` refuses any other, so a copy of
+/// `cellbus` holding CAP_SETUID cannot be made to run a program as a person or a system
+/// user.
+pub const CELL_UID_RANGE: std::ops::Range<u32> =
+    FIRST_CELL_UID..FIRST_CELL_UID + CELL_UIDS * UID_BLOCKS;
 
 /// How this runtime starts process cells.
 #[derive(Clone, Debug)]

@@ -400,9 +400,11 @@ mod linux {
         let uid = confinement.uid;
         // SAFETY: geteuid(2) cannot fail.
         let own = unsafe { libc::geteuid() };
-        if uid == 0 || uid == own {
+        if uid == own || !super::super::CELL_UID_RANGE.contains(&uid) {
             return Err(format!(
-                "a cell runs under a user of its own, not uid {uid} (root's or the runtime's)"
+                "a cell runs under a user of its own, from {} to {}, not uid {uid}",
+                super::super::CELL_UID_RANGE.start,
+                super::super::CELL_UID_RANGE.end - 1
             ));
         }
         // The file capabilities of the runtime's binary land in the permitted set only.
