@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod cmdline;
+pub mod container;
 pub mod policy;
 pub mod shim;
 
@@ -18,6 +19,7 @@ pub mod shim;
 mod job;
 
 pub use cmdline::{command_line, CommandLineError};
+pub use container::{capabilities, environment_block, Capability, Confinement, Grant};
 #[cfg(windows)]
 pub use job::{logical_processors, Accounting, InfoClass, Job, JobError, Process};
 pub use policy::{
