@@ -140,12 +140,17 @@ impl Confinement {
     /// plain `NAME`; then HOME and USERPROFILE set to the home, TMP, TEMP and TMPDIR to
     /// the tmp. Names are compared as Windows does, ignoring case, and the list is sorted
     /// the way an environment block must be.
-    pub fn environment(&self, own: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    pub fn environment(
+        &self,
+        own: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<(String, String)> {
         let mut plain = Vec::new();
         let mut prefixed = Vec::new();
         for (name, value) in own {
             match name.strip_prefix(CELL_ENV_PREFIX) {
-                Some(stripped) if !stripped.is_empty() => prefixed.push((stripped.to_owned(), value)),
+                Some(stripped) if !stripped.is_empty() => {
+                    prefixed.push((stripped.to_owned(), value))
+                }
                 _ => plain.push((name, value)),
             }
         }
@@ -238,7 +243,11 @@ mod tests {
         assert!(name.starts_with("cellbus.cell.1007."), "{name}");
         assert_eq!(name.len(), "cellbus.cell.1007.".len() + 8);
         // The same directory, however it is spelt, is the same runtime.
-        for spelling in [r"c:\CELLBUS\cells", r"C:\cellbus\cells\", "C:/cellbus/cells"] {
+        for spelling in [
+            r"c:\CELLBUS\cells",
+            r"C:\cellbus\cells\",
+            "C:/cellbus/cells",
+        ] {
             assert_eq!(cell(1007, spelling).profile_name(), name, "{spelling}");
         }
         assert_ne!(cell(1008, r"C:\cellbus\cells").profile_name(), name);
@@ -292,7 +301,10 @@ mod tests {
             ],
             ..cell(7, r"C:\cellbus\cells\")
         };
-        assert_eq!(confinement.home(), PathBuf::from(r"C:\cellbus\cells\7\home"));
+        assert_eq!(
+            confinement.home(),
+            PathBuf::from(r"C:\cellbus\cells\7\home")
+        );
         assert_eq!(confinement.tmp(), PathBuf::from(r"C:\cellbus\cells\7\tmp"));
         let grants = confinement.grants(|path| path.to_string_lossy().ends_with("sdk"));
         let read_execute = 0x0012_00A9;
@@ -342,8 +354,8 @@ mod tests {
 
     #[test]
     fn the_environment_block_is_nul_separated_utf16_ending_in_two_nuls() {
-        let environment = [("A", "1"), ("B", "ü")]
-            .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        let environment =
+            [("A", "1"), ("B", "ü")].map(|(name, value)| (name.to_owned(), value.to_owned()));
         let block = environment_block(&environment);
         let expected: Vec<u16> = "A=1\0B=ü\0\0".encode_utf16().collect();
         assert_eq!(block, expected);

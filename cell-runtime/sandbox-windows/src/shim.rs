@@ -69,7 +69,10 @@ impl fmt::Display for ShimError {
             ShimError::Policy(error) => write!(f, "{error}"),
             ShimError::NoProgram => write!(f, "no program to run after `--`"),
             ShimError::MissingFlag(flag) => {
-                write!(f, "`{flag}` is required: a cell runs only in an AppContainer of its own")
+                write!(
+                    f,
+                    "`{flag}` is required: a cell runs only in an AppContainer of its own"
+                )
             }
             ShimError::Repeated(flag) => write!(f, "`{flag}` is given more than once"),
         }
