@@ -153,8 +153,9 @@ fn last_error() -> u32 {
 /// One cell's AppContainer: its SID and the capability SIDs its processes' tokens get.
 pub struct AppContainer {
     name: String,
-    /// Allocated by userenv, freed with FreeSid.
     sid: PSID,
+    /// Who allocated `sid`, and so how it is freed.
+    allocated_by: Allocator,
     /// Each a SID of SECURITY_MAX_SID_SIZE bytes, pointed at by `attributes`.
     capability_sids: Vec<Vec<u8>>,
     attributes: Vec<SID_AND_ATTRIBUTES>,
@@ -208,13 +209,39 @@ impl AppContainer {
                 hresult: created,
             });
         }
+        AppContainer::with_sid(name, sid, Allocator::Userenv, confinement.network)
+    }
+
+    /// An AppContainer of the SID `sid` (`S-1-15-2-…`), with no profile behind it. For the
+    /// probe: Wine has no profiles, and this shows what it does with the other calls.
+    pub fn unregistered(sid: &str, network: bool) -> Result<AppContainer, ContainerError> {
+        let text = wide(sid);
+        let mut converted: PSID = null_mut();
+        // SAFETY: a NUL-terminated string and a valid out pointer.
+        if unsafe { authz::ConvertStringSidToSidW(text.as_ptr(), &mut converted) } == 0 {
+            return Err(ContainerError::Profile {
+                name: sid.to_owned(),
+                call: "ConvertStringSidToSidW",
+                hresult: (0x8007_0000 | last_error()) as HRESULT,
+            });
+        }
+        AppContainer::with_sid(sid.to_owned(), converted, Allocator::Local, network)
+    }
+
+    fn with_sid(
+        name: String,
+        sid: PSID,
+        allocated_by: Allocator,
+        network: bool,
+    ) -> Result<AppContainer, ContainerError> {
         let mut container = AppContainer {
             name,
             sid,
+            allocated_by,
             capability_sids: Vec::new(),
             attributes: Vec::new(),
         };
-        for &capability in capabilities(confinement.network) {
+        for &capability in capabilities(network) {
             let mut buffer = vec![0u8; sec::SECURITY_MAX_SID_SIZE as usize];
             let mut size = buffer.len() as u32;
             // SAFETY: a documented SID type, no domain, and a buffer of the size given.
@@ -343,10 +370,22 @@ impl AppContainer {
     }
 }
 
+enum Allocator {
+    /// userenv: freed with FreeSid.
+    Userenv,
+    /// ConvertStringSidToSidW: freed with LocalFree.
+    Local,
+}
+
 impl Drop for AppContainer {
     fn drop(&mut self) {
-        // SAFETY: the SID userenv allocated, freed once, here.
-        unsafe { sec::FreeSid(self.sid) };
+        match self.allocated_by {
+            // SAFETY: the SID userenv allocated, freed once, here.
+            Allocator::Userenv => unsafe {
+                sec::FreeSid(self.sid);
+            },
+            Allocator::Local => drop(Local(self.sid)),
+        }
     }
 }
 
@@ -418,13 +457,19 @@ impl std::error::Error for TokenError {}
 
 /// Whether the calling process runs in an AppContainer, and at which integrity level.
 pub fn current_token() -> Result<TokenFacts, TokenError> {
+    // SAFETY: the current process's pseudo-handle, always valid.
+    token_of(unsafe { th::GetCurrentProcess() })
+}
+
+/// What the token of `process` (a handle with PROCESS_QUERY_LIMITED_INFORMATION) is.
+pub(crate) fn token_of(process: HANDLE) -> Result<TokenFacts, TokenError> {
     let failed = |call| TokenError {
         call,
         code: last_error(),
     };
     let mut token: HANDLE = null_mut();
-    // SAFETY: the current process's pseudo-handle and a valid out pointer.
-    if unsafe { th::OpenProcessToken(th::GetCurrentProcess(), sec::TOKEN_QUERY, &mut token) } == 0 {
+    // SAFETY: an open process handle and a valid out pointer.
+    if unsafe { th::OpenProcessToken(process, sec::TOKEN_QUERY, &mut token) } == 0 {
         return Err(failed("OpenProcessToken"));
     }
     let token = TokenHandle(token);

@@ -20,7 +20,7 @@ use windows_sys::Win32::System::Console::{
 use windows_sys::Win32::System::JobObjects as jo;
 use windows_sys::Win32::System::Threading as th;
 
-use crate::appcontainer::{wide_path, AppContainer, AttributeList};
+use crate::appcontainer::{token_of, wide_path, AppContainer, AttributeList, TokenFacts};
 use crate::cmdline::{self, CommandLineError};
 use crate::policy::{self, CpuRateLimit, ExtendedLimits, JobLimits};
 
@@ -86,27 +86,66 @@ impl InfoClass {
 /// A failed system call, with the `GetLastError` code it left.
 #[derive(Debug)]
 pub enum JobError {
-    CreateJob { code: u32 },
-    SetInformation { class: InfoClass, code: u32 },
-    QueryInformation { class: InfoClass, code: u32 },
+    CreateJob {
+        code: u32,
+    },
+    SetInformation {
+        class: InfoClass,
+        code: u32,
+    },
+    QueryInformation {
+        class: InfoClass,
+        code: u32,
+    },
     CommandLine(CommandLineError),
-    CreateProcess { program: String, code: u32 },
-    AssignProcess { pid: u32, code: u32 },
-    ResumeThread { pid: u32, code: u32 },
-    IsProcessInJob { code: u32 },
-    Terminate { code: u32 },
-    Wait { pid: u32, code: u32 },
-    ExitCode { pid: u32, code: u32 },
-    ProcessorCount { code: u32 },
-    OpenProcess { pid: u32, code: u32 },
-    AttributeList { code: u32 },
+    CreateProcess {
+        program: String,
+        code: u32,
+    },
+    AssignProcess {
+        pid: u32,
+        code: u32,
+    },
+    ResumeThread {
+        pid: u32,
+        code: u32,
+    },
+    IsProcessInJob {
+        code: u32,
+    },
+    Terminate {
+        code: u32,
+    },
+    Wait {
+        pid: u32,
+        code: u32,
+    },
+    ExitCode {
+        pid: u32,
+        code: u32,
+    },
+    ProcessorCount {
+        code: u32,
+    },
+    OpenProcess {
+        pid: u32,
+        code: u32,
+    },
+    AttributeList {
+        code: u32,
+    },
+    /// A cell's process whose token is not an AppContainer's: never resumed.
+    NotContained {
+        pid: u32,
+        token: Result<TokenFacts, String>,
+    },
 }
 
 impl JobError {
     /// The `GetLastError` code (`None` for a command line refused before any call).
     pub fn code(&self) -> Option<u32> {
         match self {
-            JobError::CommandLine(_) => None,
+            JobError::CommandLine(_) | JobError::NotContained { .. } => None,
             JobError::CreateJob { code }
             | JobError::SetInformation { code, .. }
             | JobError::QueryInformation { code, .. }
@@ -140,6 +179,7 @@ impl JobError {
             JobError::ProcessorCount { .. } => "processor_count",
             JobError::OpenProcess { .. } => "open_process",
             JobError::AttributeList { .. } => "attribute_list",
+            JobError::NotContained { .. } => "not_contained",
         }
     }
 }
@@ -162,6 +202,19 @@ impl fmt::Display for JobError {
             JobError::OpenProcess { pid, .. } => write!(f, "opening process {pid}")?,
             JobError::AttributeList { .. } => {
                 write!(f, "building the AppContainer's process attribute")?
+            }
+            JobError::NotContained { pid, token } => {
+                return match token {
+                    Ok(facts) => write!(
+                        f,
+                        "process {pid} was made outside its AppContainer ({facts:?}) and is \
+                         ended unrun"
+                    ),
+                    Err(error) => write!(
+                        f,
+                        "process {pid}'s token could not be read ({error}); it is ended unrun"
+                    ),
+                };
             }
         }
         if let Some(code) = self.code() {
@@ -423,6 +476,21 @@ impl Job {
             id: info.dwProcessId,
         };
         let thread = Handle(info.hThread);
+
+        if cell.is_some() {
+            // Windows may take the attribute and still not apply it (Wine refuses it today;
+            // a later one might ignore it): the token says what the process really is.
+            match token_of(process.handle.0) {
+                Ok(facts) if facts.app_container => {}
+                token => {
+                    process.kill();
+                    return Err(JobError::NotContained {
+                        pid: process.id,
+                        token: token.map_err(|e| e.to_string()),
+                    });
+                }
+            }
+        }
 
         // SAFETY: both handles are open; the job's has JOB_OBJECT_ALL_ACCESS, the process's
         // PROCESS_ALL_ACCESS, as their creators return them.

@@ -16,7 +16,7 @@
 //! job-probe child-sleep | child-exit CODE | child-args OUT ARG... | child-spawn-sleep
 //!           child-alloc BYTES | child-spin MILLIS | child-error-mode | child-raise
 //!           child-echo | child-pid-sleep FILE | child-supervise PROGRAM ARG...
-//!           child-confinement OUTSIDE_FILE HOST:PORT...
+//!           child-confinement OUTSIDE_FILE HOST:PORT... | child-wine-cell CELLS_DIR UID
 //! ```
 #![deny(unsafe_code)]
 
@@ -38,7 +38,8 @@ mod windows {
 
     use cellbus_sandbox_windows::policy::UI_RESTRICTIONS;
     use cellbus_sandbox_windows::{
-        current_token, supervise, Confinement, Job, JobError, JobPolicy, Process,
+        current_token, environment_block, supervise, AppContainer, CellStart, Confinement, Job,
+        JobError, JobPolicy, Process,
     };
 
     /// Exit code of `child-alloc` when the allocation was refused.
@@ -110,6 +111,7 @@ mod windows {
             "child-raise" => ffi::raise(RAISED),
             "child-supervise" if args.len() > 2 => child_supervise(&args[2], &args[3..]),
             "child-confinement" if args.len() > 2 => child_confinement(&args[2], &args[3..]),
+            "child-wine-cell" if args.len() == 4 => child_wine_cell(&args[2], &args[3]),
             _ => {
                 eprintln!("usage: job-probe run RESULT_FILE (see the source for child-* modes)");
                 process::exit(2);
@@ -295,6 +297,7 @@ mod windows {
                 "sandbox_refuses_to_run_without_an_appcontainer",
                 sandbox_refuses(&sandbox, &cell, exe),
             );
+            report.info("wine_appcontainer_calls", wine_calls(&cell, exe));
             Supervisor::Library
         } else {
             report.info(
@@ -325,6 +328,81 @@ mod windows {
             }
         }
         let _ = fs::remove_dir_all(&cells);
+    }
+
+    /// What Wine does with the calls an AppContainer takes besides the profile's: runs
+    /// `child-wine-cell`, whose output (and that of the cell it starts) is the answer.
+    fn wine_calls(cell: &Confinement, exe: &str) -> String {
+        let output = process::Command::new(exe)
+            .arg("child-wine-cell")
+            .arg(&cell.cells_dir)
+            .arg((cell.uid + 1).to_string())
+            .output();
+        match output {
+            Ok(output) => {
+                let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                    + &String::from_utf8_lossy(&output.stderr);
+                let lines: Vec<&str> = text.lines().collect();
+                format!("{}; {}", lines.join("; "), output.status)
+            }
+            Err(error) => format!("starting child-wine-cell: {error}"),
+        }
+    }
+
+    /// A cell started the way `cellbus-sandbox` starts one, in an AppContainer of a SID of
+    /// the AppContainer form that no profile stands behind (Wine makes no profiles).
+    fn child_wine_cell(cells_dir: &str, uid: &str) -> ! {
+        let exe = env::current_exe().expect("own path");
+        let exe = exe.to_str().expect("a UTF-8 path").to_owned();
+        match current_token() {
+            Ok(facts) => println!("the probe's own token: {facts:?}"),
+            Err(error) => println!("the probe's own token: {error}"),
+        }
+        let sid = "S-1-15-2-1-2-3-4-5-6-7";
+        let mut network = true;
+        let container = loop {
+            match AppContainer::unregistered(sid, network) {
+                Ok(container) => break container,
+                Err(error) => {
+                    println!("{sid}, network {network}: {error}");
+                    if !network {
+                        process::exit(0)
+                    }
+                    network = false;
+                }
+            }
+        };
+        println!("{sid}, network {network}: made");
+        let cell = Confinement {
+            uid: uid.parse().unwrap_or(1),
+            cells_dir: cells_dir.into(),
+            readable: vec![exe.clone().into()],
+            network,
+        };
+        match container.prepare(&cell) {
+            Ok(()) => println!("prepare: home and tmp made, every grant written"),
+            Err(error) => println!("prepare: {error}"),
+        }
+        let environment = environment_block(&cell.environment(env::vars()));
+        let home = cell.home();
+        let start = CellStart {
+            container: &container,
+            environment: &environment,
+            directory: &home,
+        };
+        let outside = env::temp_dir().join(format!("cellbus-wine-{}.txt", process::id()));
+        let outside = outside.display().to_string();
+        let run = Job::create().and_then(|job| {
+            let child = job.spawn_cell(&exe, &["child-confinement", &outside], &start)?;
+            supervise(&job, &child)
+        });
+        match run {
+            Ok(code) => println!("spawn_cell: the cell ran and exited with {code}"),
+            Err(error) => println!("spawn_cell: {error}"),
+        }
+        let _ = fs::remove_file(&outside);
+        let _ = fs::remove_dir_all(cell.cell_dir());
+        process::exit(0)
     }
 
     /// What runs a cell in these checks.
