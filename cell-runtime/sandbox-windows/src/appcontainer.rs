@@ -339,6 +339,14 @@ impl AppContainer {
             return Err(failed("adding the entry", set));
         }
         let _merged = Local(merged as *mut c_void);
+        // SAFETY: both ACLs are valid (the old one inside the live descriptor), each
+        // `AclSize` bytes long.
+        let unchanged = unsafe { same_acl(dacl, merged) };
+        if unchanged {
+            // Already granted by an earlier run: writing it again would walk everything
+            // below a directory, the cell's whole home, on every start.
+            return Ok(());
+        }
         // SAFETY: a NUL-terminated path and a valid DACL; null for what is not set.
         let written = unsafe {
             authz::SetNamedSecurityInfoW(
@@ -387,6 +395,20 @@ impl Drop for AppContainer {
             Allocator::Local => drop(Local(self.sid)),
         }
     }
+}
+
+/// Whether two ACLs are byte for byte the same.
+///
+/// # Safety
+/// Each pointer is null or a valid ACL.
+unsafe fn same_acl(a: *const sec::ACL, b: *const sec::ACL) -> bool {
+    if a.is_null() || b.is_null() {
+        return false;
+    }
+    let size = usize::from((*a).AclSize);
+    size == usize::from((*b).AclSize)
+        && std::slice::from_raw_parts(a as *const u8, size)
+            == std::slice::from_raw_parts(b as *const u8, size)
 }
 
 /// A LocalAlloc'd block, freed when dropped.
