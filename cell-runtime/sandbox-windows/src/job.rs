@@ -6,6 +6,7 @@ use std::ffi::c_void;
 use std::fmt;
 use std::io;
 use std::mem::{size_of, zeroed};
+use std::path::Path;
 use std::ptr::{null, null_mut};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use windows_sys::Win32::System::Console::{
 use windows_sys::Win32::System::JobObjects as jo;
 use windows_sys::Win32::System::Threading as th;
 
+use crate::appcontainer::{token_of, wide_path, AppContainer, AttributeList, TokenFacts};
 use crate::cmdline::{self, CommandLineError};
 use crate::policy::{self, CpuRateLimit, ExtendedLimits, JobLimits};
 
@@ -84,26 +86,66 @@ impl InfoClass {
 /// A failed system call, with the `GetLastError` code it left.
 #[derive(Debug)]
 pub enum JobError {
-    CreateJob { code: u32 },
-    SetInformation { class: InfoClass, code: u32 },
-    QueryInformation { class: InfoClass, code: u32 },
+    CreateJob {
+        code: u32,
+    },
+    SetInformation {
+        class: InfoClass,
+        code: u32,
+    },
+    QueryInformation {
+        class: InfoClass,
+        code: u32,
+    },
     CommandLine(CommandLineError),
-    CreateProcess { program: String, code: u32 },
-    AssignProcess { pid: u32, code: u32 },
-    ResumeThread { pid: u32, code: u32 },
-    IsProcessInJob { code: u32 },
-    Terminate { code: u32 },
-    Wait { pid: u32, code: u32 },
-    ExitCode { pid: u32, code: u32 },
-    ProcessorCount { code: u32 },
-    OpenProcess { pid: u32, code: u32 },
+    CreateProcess {
+        program: String,
+        code: u32,
+    },
+    AssignProcess {
+        pid: u32,
+        code: u32,
+    },
+    ResumeThread {
+        pid: u32,
+        code: u32,
+    },
+    IsProcessInJob {
+        code: u32,
+    },
+    Terminate {
+        code: u32,
+    },
+    Wait {
+        pid: u32,
+        code: u32,
+    },
+    ExitCode {
+        pid: u32,
+        code: u32,
+    },
+    ProcessorCount {
+        code: u32,
+    },
+    OpenProcess {
+        pid: u32,
+        code: u32,
+    },
+    AttributeList {
+        code: u32,
+    },
+    /// A cell's process whose token is not an AppContainer's: never resumed.
+    NotContained {
+        pid: u32,
+        token: Result<TokenFacts, String>,
+    },
 }
 
 impl JobError {
     /// The `GetLastError` code (`None` for a command line refused before any call).
     pub fn code(&self) -> Option<u32> {
         match self {
-            JobError::CommandLine(_) => None,
+            JobError::CommandLine(_) | JobError::NotContained { .. } => None,
             JobError::CreateJob { code }
             | JobError::SetInformation { code, .. }
             | JobError::QueryInformation { code, .. }
@@ -115,7 +157,8 @@ impl JobError {
             | JobError::Wait { code, .. }
             | JobError::ExitCode { code, .. }
             | JobError::ProcessorCount { code }
-            | JobError::OpenProcess { code, .. } => Some(*code),
+            | JobError::OpenProcess { code, .. }
+            | JobError::AttributeList { code } => Some(*code),
         }
     }
 
@@ -135,6 +178,8 @@ impl JobError {
             JobError::ExitCode { .. } => "exit_code",
             JobError::ProcessorCount { .. } => "processor_count",
             JobError::OpenProcess { .. } => "open_process",
+            JobError::AttributeList { .. } => "attribute_list",
+            JobError::NotContained { .. } => "not_contained",
         }
     }
 }
@@ -155,6 +200,22 @@ impl fmt::Display for JobError {
             JobError::ExitCode { pid, .. } => write!(f, "reading the exit code of process {pid}")?,
             JobError::ProcessorCount { .. } => write!(f, "counting logical processors")?,
             JobError::OpenProcess { pid, .. } => write!(f, "opening process {pid}")?,
+            JobError::AttributeList { .. } => {
+                write!(f, "building the AppContainer's process attribute")?
+            }
+            JobError::NotContained { pid, token } => {
+                return match token {
+                    Ok(facts) => write!(
+                        f,
+                        "process {pid} was made outside its AppContainer ({facts:?}) and is \
+                         ended unrun"
+                    ),
+                    Err(error) => write!(
+                        f,
+                        "process {pid}'s token could not be read ({error}); it is ended unrun"
+                    ),
+                };
+            }
         }
         if let Some(code) = self.code() {
             // The system's message, then "(os error N)" with the GetLastError code.
@@ -301,7 +362,7 @@ impl Job {
     /// job, and neither does any process it starts. It does not inherit the caller's
     /// handles or error mode.
     pub fn spawn<S: AsRef<str>>(&self, program: &str, args: &[S]) -> Result<Process, JobError> {
-        self.create_process(program, args, false)
+        self.create_process(program, args, false, None)
     }
 
     /// [`Job::spawn`], with the caller's standard input, output and error handed to the
@@ -311,7 +372,20 @@ impl Job {
         program: &str,
         args: &[S],
     ) -> Result<Process, JobError> {
-        self.create_process(program, args, true)
+        self.create_process(program, args, true, None)
+    }
+
+    /// [`Job::spawn_with_standard_handles`], in `cell.container` (its token holds the
+    /// AppContainer's SID and capabilities, at low integrity), with `cell.environment`
+    /// as its whole environment and `cell.directory` as its working directory: how
+    /// `cellbus-sandbox` starts a cell.
+    pub fn spawn_cell<S: AsRef<str>>(
+        &self,
+        program: &str,
+        args: &[S],
+        cell: &CellStart<'_>,
+    ) -> Result<Process, JobError> {
+        self.create_process(program, args, true, Some(cell))
     }
 
     fn create_process<S: AsRef<str>>(
@@ -319,13 +393,15 @@ impl Job {
         program: &str,
         args: &[S],
         standard_handles: bool,
+        cell: Option<&CellStart<'_>>,
     ) -> Result<Process, JobError> {
         let line = cmdline::command_line(program, args).map_err(JobError::CommandLine)?;
         let application = wide(program);
         // CreateProcessW may write into the command line, so it gets a buffer of its own.
         let mut line = wide(&line);
         // SAFETY: plain integers and null pointers; `cb` is set below as documented.
-        let mut startup: th::STARTUPINFOW = unsafe { zeroed() };
+        let mut extended: th::STARTUPINFOEXW = unsafe { zeroed() };
+        let startup = &mut extended.StartupInfo;
         startup.cb = size_of::<th::STARTUPINFOW>() as u32;
         let mut inherit = FALSE;
         if standard_handles {
@@ -351,11 +427,29 @@ impl Job {
             // by default), so these three are all the process gets.
             inherit = TRUE;
         }
+        let mut flags = th::CREATE_SUSPENDED | th::CREATE_DEFAULT_ERROR_MODE;
+        let mut environment: *const c_void = null();
+        let mut directory: Option<Vec<u16>> = None;
+        // Declared here so both outlive CreateProcessW, which reads what the list points to.
+        let capabilities = cell.map(|cell| cell.container.security_capabilities());
+        let mut attributes = None;
+        if let (Some(cell), Some(capabilities)) = (cell, &capabilities) {
+            let list = attributes.insert(
+                AttributeList::security_capabilities(capabilities)
+                    .map_err(|code| JobError::AttributeList { code })?,
+            );
+            extended.lpAttributeList = list.raw();
+            extended.StartupInfo.cb = size_of::<th::STARTUPINFOEXW>() as u32;
+            flags |= th::EXTENDED_STARTUPINFO_PRESENT | th::CREATE_UNICODE_ENVIRONMENT;
+            environment = cell.environment.as_ptr() as *const c_void;
+            directory = Some(wide_path(cell.directory));
+        }
         // SAFETY: as above; filled in by CreateProcessW.
         let mut info: th::PROCESS_INFORMATION = unsafe { zeroed() };
         // SAFETY: both strings are NUL-terminated UTF-16 that outlive the call, the line
-        // buffer is mutable, the null pointers are documented defaults (security
-        // attributes, environment, directory), and `startup`/`info` are valid structs.
+        // buffer is mutable, the environment is a block `environment_block` made (or null:
+        // the caller's), the directory NUL-terminated (or null: the caller's), and
+        // `extended`/`info` are valid structs, `extended.cb` saying which one it is.
         let created = unsafe {
             th::CreateProcessW(
                 application.as_ptr(),
@@ -363,13 +457,14 @@ impl Job {
                 null(),
                 null(),
                 inherit,
-                th::CREATE_SUSPENDED | th::CREATE_DEFAULT_ERROR_MODE,
-                null(),
-                null(),
-                &startup,
+                flags,
+                environment,
+                directory.as_ref().map_or(null(), |d| d.as_ptr()),
+                &extended as *const th::STARTUPINFOEXW as *const th::STARTUPINFOW,
                 &mut info,
             )
         };
+        drop(attributes);
         if created == 0 {
             return Err(JobError::CreateProcess {
                 program: program.to_owned(),
@@ -381,6 +476,21 @@ impl Job {
             id: info.dwProcessId,
         };
         let thread = Handle(info.hThread);
+
+        if cell.is_some() {
+            // Windows may take the attribute and still not apply it (Wine refuses it today;
+            // a later one might ignore it): the token says what the process really is.
+            match token_of(process.handle.0) {
+                Ok(facts) if facts.app_container => {}
+                token => {
+                    process.kill();
+                    return Err(JobError::NotContained {
+                        pid: process.id,
+                        token: token.map_err(|e| e.to_string()),
+                    });
+                }
+            }
+        }
 
         // SAFETY: both handles are open; the job's has JOB_OBJECT_ALL_ACCESS, the process's
         // PROCESS_ALL_ACCESS, as their creators return them.
@@ -486,6 +596,27 @@ impl Job {
         }
         Ok(info)
     }
+}
+
+/// How a cell's process starts, besides its program and arguments.
+pub struct CellStart<'a> {
+    pub container: &'a AppContainer,
+    /// Its whole environment, as [`environment_block`](crate::environment_block) makes it.
+    pub environment: &'a [u16],
+    /// Its working directory.
+    pub directory: &'a Path,
+}
+
+/// Waits for `cell` to end and returns its exit code, then ends whatever it left in `job`:
+/// what a cell starts goes with it, as on Linux.
+pub fn supervise(job: &Job, cell: &Process) -> Result<u32, JobError> {
+    let code = loop {
+        if let Some(code) = cell.wait(Duration::from_secs(3600))? {
+            break code;
+        }
+    };
+    let _ = job.terminate(code);
+    Ok(code)
 }
 
 /// A process started by [`Job::spawn`]. Dropping it closes the handle and leaves the

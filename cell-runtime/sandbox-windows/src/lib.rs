@@ -1,5 +1,7 @@
 //! The Windows sandbox of process cells: one Job Object per cell, holding its memory,
-//! process and CPU limits, with every process of the cell started inside it.
+//! process and CPU limits, and one AppContainer per cell, holding what it may reach (its
+//! own home and tmp, the files it is given, the network only when granted), with every
+//! process of the cell started inside both.
 //!
 //! [`JobPolicy`] turns the Kubernetes quantities of a Cell's limits into the raw values of
 //! the job's information classes ([`JobLimits`]), and [`command_line`] quotes arguments the
@@ -10,16 +12,25 @@
 #![deny(unsafe_code)]
 
 pub mod cmdline;
+pub mod container;
 pub mod policy;
 pub mod shim;
 
 #[cfg(windows)]
 #[allow(unsafe_code)]
+mod appcontainer;
+#[cfg(windows)]
+#[allow(unsafe_code)]
 mod job;
 
-pub use cmdline::{command_line, CommandLineError};
 #[cfg(windows)]
-pub use job::{logical_processors, Accounting, InfoClass, Job, JobError, Process};
+pub use appcontainer::{current_token, AppContainer, ContainerError, TokenError, TokenFacts};
+pub use cmdline::{command_line, CommandLineError};
+pub use container::{capabilities, environment_block, Capability, Confinement, Grant};
+#[cfg(windows)]
+pub use job::{
+    logical_processors, supervise, Accounting, CellStart, InfoClass, Job, JobError, Process,
+};
 pub use policy::{
     cpu_rate, CpuRateLimit, ExtendedLimits, Field, JobLimits, JobPolicy, PolicyError,
 };

@@ -1,7 +1,8 @@
-//! cellbus-sandbox: runs one process cell inside a Job Object of its own, for the runtime on
-//! Windows, which starts it exactly as it starts `cellbus sandbox` on Linux (the flags are
-//! in the library's `shim` module). The cell gets this process's standard streams — the
-//! runtime's pipes — and nothing else; its exit code becomes ours. Whatever the cell leaves
+//! cellbus-sandbox: runs one process cell inside a Job Object and an AppContainer of its
+//! own, for the runtime on Windows, which starts it exactly as it starts `cellbus sandbox`
+//! on Linux (the flags are in the library's `shim` module). The cell gets this process's
+//! standard streams — the runtime's pipes — and nothing else; its exit code becomes ours.
+//! Where no AppContainer can be made (Wine), it refuses to run the cell. Whatever the cell leaves
 //! behind is ended with it, and if this process is killed (the runtime stopping the cell,
 //! or the runtime itself dying), the job's last handle closes and Windows ends every
 //! process in it.
@@ -43,12 +44,13 @@ fn main() -> ExitCode {
 
 #[cfg(windows)]
 mod windows {
-    use std::time::Duration;
-
     use cellbus_sandbox_windows::shim::{self, Invocation};
-    use cellbus_sandbox_windows::{logical_processors, Job};
+    use cellbus_sandbox_windows::{
+        environment_block, logical_processors, supervise as wait_for, AppContainer, CellStart, Job,
+    };
 
-    /// Runs the cell to its end and returns its exit code.
+    /// Runs the cell to its end and returns its exit code. The AppContainer comes first:
+    /// where there is none to be had, nothing is made and nothing runs.
     pub fn supervise(invocation: &Invocation) -> Result<u32, String> {
         let path = std::env::var("PATH").unwrap_or_default();
         let program = shim::resolve(&invocation.program, &path, |p| p.is_file())
@@ -56,23 +58,27 @@ mod windows {
         let program = program
             .to_str()
             .ok_or_else(|| format!("{} is not a Unicode path", program.display()))?;
+        let confinement = &invocation.confinement;
+        let container = AppContainer::for_cell(confinement).map_err(|e| e.to_string())?;
+        container.prepare(confinement).map_err(|e| e.to_string())?;
+        // Variables that are not Unicode cannot be the Cell's, which are strings.
+        let own = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        let environment = environment_block(&confinement.environment(own));
+        let home = confinement.home();
         let job = Job::create().map_err(|e| e.to_string())?;
         let processors = logical_processors().map_err(|e| e.to_string())?;
         job.set_limits(&invocation.policy.limits(processors))
             .map_err(|e| e.to_string())?;
-        let cell = job
-            .spawn_with_standard_handles(program, &invocation.args)
-            .map_err(|e| e.to_string())?;
-        let code = loop {
-            if let Some(code) = cell
-                .wait(Duration::from_secs(3600))
-                .map_err(|e| e.to_string())?
-            {
-                break code;
-            }
+        let start = CellStart {
+            container: &container,
+            environment: &environment,
+            directory: &home,
         };
-        // What the cell started goes with it, as on Linux.
-        let _ = job.terminate(code);
-        Ok(code)
+        let cell = job
+            .spawn_cell(program, &invocation.args, &start)
+            .map_err(|e| e.to_string())?;
+        wait_for(&job, &cell).map_err(|e| e.to_string())
     }
 }
