@@ -383,7 +383,6 @@ struct Supervisor {
     executable: Option<Executable>,
     env: Vec<(String, String)>,
     limits: SandboxLimits,
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     confinement: sandbox::Confinement,
     /// Held by the sandbox process running now, until it has exited.
     turn: Arc<tokio::sync::Mutex<()>>,
@@ -628,18 +627,15 @@ impl Supervisor {
             executable.verify().map_err(std::io::Error::other)?;
         }
         let mut command = Command::new(&self.settings.sandbox_program);
-        command.arg("sandbox").args(limits.to_args());
-        #[cfg(target_os = "linux")]
-        command.args(self.confinement.to_args());
-        command.arg("--").args(&self.command);
+        command
+            .arg("sandbox")
+            .args(limits.to_args())
+            .args(self.confinement.to_args())
+            .arg("--")
+            .args(&self.command);
         // The runtime's environment holds its credentials; a cell sees only its own,
-        // which on Linux the supervisor itself never takes as its environment.
+        // which the supervisor itself never takes as its environment.
         command.env_clear();
-        let prefix = if cfg!(target_os = "linux") {
-            sandbox::CELL_ENV_PREFIX
-        } else {
-            ""
-        };
         let env = [
             ("PATH", sandbox::PATH.to_owned()),
             ("LANG", "C.UTF-8".to_owned()),
@@ -648,7 +644,15 @@ impl Supervisor {
         .chain(self.env.iter().map(|(k, v)| (k.as_str(), v.clone())))
         .chain(self.python_path().map(|path| ("PYTHONPATH", path)));
         for (name, value) in env {
-            command.env(format!("{prefix}{name}"), value);
+            command.env(format!("{}{name}", sandbox::CELL_ENV_PREFIX), value);
+        }
+        // Windows programs, the supervisor among them, need these to load system DLLs and
+        // sockets; they name system directories, nothing of the runtime's.
+        #[cfg(windows)]
+        for name in ["SystemRoot", "windir", "SystemDrive", "PATHEXT", "ComSpec"] {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
         }
         command
             .stdin(Stdio::piped())
