@@ -300,8 +300,14 @@ async fn requests_wait_in_the_stream_while_no_cell_serves_them_and_in_flight_is_
 
     let _server = bus.deploy(&[cell]).await;
     let stream = js.get_stream("CBS_LEDGER").await.unwrap();
-    let mut consumer: consumer::PullConsumer =
-        stream.get_consumer(&consumer_name("append")).await.unwrap();
+    // The cell reports loaded once its code is ready; its consumer follows a moment later.
+    let mut found = None;
+    eventually(30, "the verb's consumer to exist", async || {
+        found = stream.get_consumer(&consumer_name("append")).await.ok();
+        found.is_some()
+    })
+    .await;
+    let mut consumer: consumer::PullConsumer = found.unwrap();
     eventually(30, "every request to be served", async || {
         let info = consumer.info().await.unwrap();
         assert!(

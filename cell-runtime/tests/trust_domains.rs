@@ -429,6 +429,7 @@ async fn hostile_cells_stay_in_their_domains(who: As) {
         );
     }
     let threads = exhaust.await.unwrap()["threads"].as_u64().unwrap();
+    println!("the attacker held {threads} threads while both victims answered 20 requests each");
     assert!(
         (100..100_000).contains(&threads),
         "the attacker started {threads} threads"
