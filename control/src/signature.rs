@@ -556,7 +556,7 @@ impl PrivateKey {
             KeyType::P256 => Private::P256(p256::ecdsa::SigningKey::random(&mut rng)),
             KeyType::Rsa { bits } if bits < MIN_RSA_BITS => {
                 return Err(SignatureError::WeakKey {
-                    key_id: "(new key)".into(),
+                    key_id: "the new key".into(),
                     bits,
                 })
             }
@@ -695,7 +695,7 @@ pub enum SignatureError {
     ServiceMismatch { signed: String, expected: String },
     #[error("the module is signed by key {key_id}, which is not trusted")]
     UnknownKey { key_id: String },
-    #[error("key {key_id} is RSA of {bits} bits; at least {MIN_RSA_BITS} are required")]
+    #[error("{key_id} is an RSA key of {bits} bits; at least {MIN_RSA_BITS} are required")]
     WeakKey { key_id: String, bits: usize },
     #[error("algorithm {algorithm} does not fit key {key_id} ({key_type})")]
     AlgorithmKeyMismatch {
