@@ -1,5 +1,5 @@
 //! The Cellbus cell runtime and the `cellbus` command line: serving cells over NATS
-//! request/reply, local mode, calls, module pushes and the benchmark.
+//! request/reply, local mode, calls, module pushes and signatures, and the benchmark.
 
 #![deny(unsafe_code)]
 
@@ -20,6 +20,7 @@ pub mod process;
 pub mod python;
 pub mod serve;
 pub mod server;
+pub mod signing;
 pub mod up;
 // The one module allowed `unsafe`: loading compiled code from the cache.
 #[allow(unsafe_code)]

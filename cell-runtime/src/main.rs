@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use cellbus_contracts::error_chain;
 use cellbus_contracts::manifest::Object;
 use cellbus_control::NatsArgs;
-use cellbus_runtime::{bench, call, serve, up};
+use cellbus_runtime::{bench, call, serve, signing, up};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
@@ -74,6 +74,12 @@ enum ModuleCommand {
         /// The module file.
         file: PathBuf,
     },
+    /// Make a key pair for signing modules.
+    Keygen(signing::KeygenArgs),
+    /// Write a detached signature over a module's digest (and service, if given).
+    Sign(signing::SignArgs),
+    /// Check a module against its signature and trusted keys, and print the signer.
+    Verify(signing::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -134,6 +140,26 @@ async fn run(command: Command) -> ExitCode {
         Command::Module {
             command: ModuleCommand::Push { nats, file },
         } => report(push(&nats, &file).await.map(|digest| println!("{digest}"))),
+        Command::Module {
+            command: ModuleCommand::Keygen(args),
+        } => report(signing::keygen(&args).map(|(private, public, key_id)| {
+            println!("private {}", private.display());
+            println!("public  {}", public.display());
+            println!("keyId   {key_id}");
+        })),
+        Command::Module {
+            command: ModuleCommand::Sign(args),
+        } => report(signing::sign(&args).map(|(out, document)| {
+            println!("signed  {} -> {}", args.file.display(), out.display());
+            println!("digest  {}", document.claims.digest);
+            println!("keyId   {}", document.key_id);
+        })),
+        Command::Module {
+            command: ModuleCommand::Verify(args),
+        } => report(
+            signing::verify(&args)
+                .map(|signer| println!("ok      {} signed by {signer}", args.file.display())),
+        ),
         Command::Bench(args) => report(
             bench::run(&args)
                 .await

@@ -1,7 +1,7 @@
 //! What the operator, the runtime and `cellbus up` share beyond the contracts: the NATS
 //! side (connecting with any of the supported credentials, the buckets, module storage by
 //! digest, assignment writes, the `$ping` readiness check), reading manifest files, and
-//! redacting the secrets of URLs before anything prints them. It depends on the contracts
+//! redacting the secrets of URLs before anything prints them, and module signatures. It depends on the contracts
 //! and async-nats only, so neither binary compiles the other's heavy dependencies.
 
 #![forbid(unsafe_code)]
@@ -13,6 +13,7 @@ pub mod manifests;
 pub mod pgtls;
 mod redact;
 mod responders;
+pub mod signature;
 mod store;
 mod streams;
 
