@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use cellbus_contracts::error_chain;
 use cellbus_contracts::manifest::Object;
+use cellbus_control::signature;
 use cellbus_control::NatsArgs;
 use cellbus_runtime::{bench, call, serve, signing, up};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -152,7 +153,12 @@ async fn run(command: Command) -> ExitCode {
         } => report(signing::sign(&args).map(|(out, document)| {
             println!("signed  {} -> {}", args.file.display(), out.display());
             println!("digest  {}", document.claims.digest);
-            println!("keyId   {}", document.key_id);
+            match &document.signed_by {
+                signature::SignedBy::Key(key_id) => println!("keyId   {key_id}"),
+                signature::SignedBy::Certificates(chain) => {
+                    println!("chain   {} certificate(s)", chain.len())
+                }
+            }
         })),
         Command::Module {
             command: ModuleCommand::Verify(args),

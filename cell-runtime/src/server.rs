@@ -20,6 +20,7 @@ use cellbus_contracts::resources::Runtime;
 use cellbus_contracts::status::{status_key, CellLoadState, LoadState, PingPayload, PodStatus};
 use cellbus_contracts::subject::{self, PING_VERB};
 use cellbus_contracts::wire::{ErrorBody, ErrorCode, Reply, Request};
+use cellbus_control::signature::{self, Trust, TrustError};
 use cellbus_control::Buckets;
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -295,9 +296,32 @@ impl Inner {
 
     /// Makes the served cells match `assignment`.
     async fn apply(self: &Arc<Self>, assignment: Option<&PoolAssignment>) {
-        let wanted: Vec<AssignedCell> = assignment.map(|a| a.cells.clone()).unwrap_or_default();
+        let assigned: Vec<AssignedCell> =
+            assignment.map(|a| a.cells.clone()).unwrap_or_default();
         let runtime = assignment.map_or(Runtime::Wasm, |a| a.runtime);
         let mut states = Vec::new();
+        // Verified again here, whatever the operator found: the assignment's bucket is
+        // the pods' only word on what to run, and a loaded cell is dropped the moment its
+        // signature stops verifying (a trust rotated away from its key, a certificate
+        // that expired).
+        let trust = assignment.and_then(|a| a.trust.as_ref()).map(Trust::from_spec);
+        let mut wanted = Vec::with_capacity(assigned.len());
+        for spec in assigned {
+            match verify_signature(trust.as_ref(), &spec) {
+                Ok(()) => wanted.push(spec),
+                Err(reason) => {
+                    warn!(service = %spec.service, digest = ?spec.module.digest, %reason, "cell not loaded");
+                    states.push(CellLoadState {
+                        name: spec.name.clone(),
+                        service: spec.service.clone(),
+                        digest: spec.module.digest.clone(),
+                        state: LoadState::Failed,
+                        loaded_at: None,
+                        reason: Some(reason),
+                    });
+                }
+            }
+        }
         for spec in wanted.iter() {
             let current = self.cell(&spec.service);
             if let Some(current) = current.filter(|c| &c.spec == spec) {
@@ -714,6 +738,40 @@ struct Admitted {
 fn parse_subject(subject: &str) -> Option<(&str, &str)> {
     let rest = subject.strip_prefix(subject::PREFIX)?.strip_prefix('.')?;
     rest.split_once('.')
+}
+
+/// Whether the pool's `trust` (absent: signatures are not checked) vouches for `spec`'s
+/// module; the error is the reason to report.
+fn verify_signature(
+    trust: Option<&Result<Trust, TrustError>>,
+    spec: &AssignedCell,
+) -> Result<(), String> {
+    let trust = match trust {
+        None => return Ok(()),
+        Some(Ok(trust)) => trust,
+        Some(Err(error)) => {
+            return Err(format!(
+                "the pool's trust cannot be read: {}",
+                cellbus_contracts::error_chain(error)
+            ))
+        }
+    };
+    let signer = signature::verify_module(
+        spec.signature.as_ref(),
+        spec.module.digest.as_deref(),
+        &spec.service,
+        trust,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|error| {
+        format!(
+            "signature refused ({}): {}",
+            error.reason(),
+            cellbus_contracts::error_chain(&error)
+        )
+    })?;
+    info!(service = %spec.service, %signer, "signature verified");
+    Ok(())
 }
 
 fn loaded_state(cell: &LoadedCell) -> CellLoadState {

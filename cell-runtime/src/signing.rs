@@ -5,9 +5,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use cellbus_contracts::resources::{SignedClaims, SignerConstraints};
 use cellbus_control::signature::{
-    self, Algorithm, Claims, KeyType, PrivateKey, PublicKey, SignatureDocument, SignatureError,
-    Signer, Trust,
+    self, Algorithm, KeyType, PrivateKey, PublicKey, SignatureDocument, SignatureError, Signer,
+    Trust,
 };
 
 /// The kind of key `keygen` makes.
@@ -45,6 +46,13 @@ pub struct SignArgs {
     /// The signature algorithm; by default the key's (RSA: rsa-pss-sha256).
     #[arg(long, value_parser = parse_algorithm)]
     pub algorithm: Option<Algorithm>,
+    /// The key's certificate (PEM): the signature then carries it, for pools that trust
+    /// its authority rather than the key.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Intermediate certificates (PEM) from `--cert` up to the trusted authority.
+    #[arg(long, requires = "cert")]
+    pub chain: Option<PathBuf>,
     /// Where the signature document goes; default FILE.sig.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -57,9 +65,13 @@ pub struct VerifyArgs {
     /// The signature document.
     #[arg(long)]
     pub sig: PathBuf,
-    /// A trusted public key (PEM); repeat for several.
+    /// A trusted public key or CA certificates (PEM); repeat for several.
     #[arg(long, required = true)]
     pub trust: Vec<PathBuf>,
+    /// A name (subject common name or alternative name) a signing certificate must
+    /// carry; repeat for several, one of which must match.
+    #[arg(long)]
+    pub signer: Vec<String>,
     /// The service the module is to serve; a signature bound to another is refused.
     #[arg(long)]
     pub service: Option<String>,
@@ -106,6 +118,13 @@ pub enum SigningError {
     Generate {
         #[source]
         source: SignatureError,
+    },
+    #[error("{flag} {path}")]
+    Certificates {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("signing {file}")]
     Sign {
@@ -199,15 +218,29 @@ pub fn sign(args: &SignArgs) -> Result<(PathBuf, SignatureDocument), SigningErro
             source,
         }
     })?;
-    let claims = Claims {
+    let mut certificates = Vec::new();
+    for (flag, path) in [("--cert", &args.cert), ("--chain", &args.chain)] {
+        if let Some(path) = path {
+            let pem = read_text(flag, path)?;
+            certificates.extend(signature::certificates_from_pem(&pem).map_err(|source| {
+                SigningError::Certificates {
+                    flag,
+                    path: path.clone(),
+                    source,
+                }
+            })?);
+        }
+    }
+    let claims = SignedClaims {
         digest: cellbus_control::digest_of(&module),
         service: args.service.clone(),
     };
-    let document =
-        signature::sign(claims, &key, args.algorithm).map_err(|source| SigningError::Sign {
+    let document = signature::sign(claims, &key, args.algorithm, certificates).map_err(
+        |source| SigningError::Sign {
             file: args.file.clone(),
             source,
-        })?;
+        },
+    )?;
     let out = args.out.clone().unwrap_or_else(|| {
         let mut name = args.file.clone().into_os_string();
         name.push(".sig");
@@ -229,22 +262,32 @@ pub fn verify(args: &VerifyArgs) -> Result<Signer, SigningError> {
             source,
         }
     })?;
-    let mut keys = Vec::with_capacity(args.trust.len());
+    let mut trust = Trust::default();
     for path in &args.trust {
         let pem = read_text("--trust", path)?;
-        keys.push(
-            PublicKey::from_pem(&pem).map_err(|source| SigningError::Key {
-                flag: "--trust",
-                path: path.clone(),
-                source,
-            })?,
-        );
+        let key = |source| SigningError::Key {
+            flag: "--trust",
+            path: path.clone(),
+            source,
+        };
+        if pem.contains("-----BEGIN CERTIFICATE-----") {
+            trust.add_authorities(&pem).map_err(key)?;
+        } else {
+            trust.add_key(PublicKey::from_pem(&pem).map_err(key)?);
+        }
+    }
+    if !args.signer.is_empty() {
+        trust.constrain_signers(SignerConstraints {
+            common_names: args.signer.clone(),
+            subject_alt_names: args.signer.clone(),
+        });
     }
     signature::verify(
         &document,
         &cellbus_control::digest_of(&module),
         args.service.as_deref(),
-        &Trust::new(keys),
+        &trust,
+        std::time::SystemTime::now(),
     )
     .map_err(|source| SigningError::Refused {
         file: args.file.clone(),

@@ -163,6 +163,11 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
                 })?;
                 cellbus_control::push_module(&node.shared.buckets.modules, &bytes).await?;
             }
+            None if cell.module.url.is_none() && cell.signature.is_some() => report.push(format!(
+                "note    Cell {name}: no file in {} has digest {digest}, the digest its signature covers; \
+                 a module changed after signing never runs. Expecting it in cbs-modules",
+                args.dir.display()
+            )),
             None if cell.module.url.is_none() => report.push(format!(
                 "note    Cell {name}: no file in {} has digest {digest}; expecting it in cbs-modules",
                 args.dir.display()

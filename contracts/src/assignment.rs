@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::resources::{
-    Capabilities, CellPoolSpec, CellSpec, DatabaseSpec, EnvVar, ModuleSpec, Os, Runtime,
+    Capabilities, CellPoolSpec, ModuleSignature, TrustSpec, CellSpec, DatabaseSpec, EnvVar, ModuleSpec, Os, Runtime,
     SandboxLimits, VerbSpec,
 };
 use crate::subject::{self, SubjectError};
@@ -51,9 +51,10 @@ pub struct PoolAssignment {
     pub runtime: Runtime,
     /// The pool's OS.
     pub os: Os,
-    /// Keys allowed to sign modules; empty means signatures are not checked.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub trusted_keys: Vec<String>,
+    /// Who may sign the pool's modules; without it, signatures are not checked. The
+    /// pods verify every cell against it again before loading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustSpec>,
     /// The cells, ordered by service so the same set always serializes the same.
     pub cells: Vec<AssignedCell>,
 }
@@ -70,9 +71,9 @@ pub struct AssignedCell {
     pub verbs: Vec<VerbSpec>,
     /// Its module.
     pub module: ModuleSpec,
-    /// Signature over the module digest.
+    /// The module's signature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
+    pub signature: Option<ModuleSignature>,
     /// The limits it runs with: the cell's own over the pool's defaults.
     pub limits: SandboxLimits,
     /// The stream of its durable verbs.
@@ -117,11 +118,7 @@ impl PoolAssignment {
             pool: pool.into(),
             runtime: pool_spec.runtime,
             os: pool_spec.os,
-            trusted_keys: pool_spec
-                .trust
-                .as_ref()
-                .map(|t| t.keys.clone())
-                .unwrap_or_default(),
+            trust: pool_spec.trust.clone(),
             cells,
         })
     }

@@ -80,8 +80,38 @@ pub struct Checked {
     pub others: Vec<ObjectRef>,
 }
 
-/// Checks every document: Cells and CellPools are judged, other kinds are passed over.
+/// Rules the contracts cannot judge alone: module signatures need cryptography, which
+/// lives with the callers (`cellbus_control::signature::SignatureCheck`).
+pub trait Verifier {
+    /// A pool's own errors beyond its schema and rules (its trust, read).
+    fn pool(&self, spec: &CellPoolSpec) -> Vec<FieldError>;
+    /// A cell's errors in `pool` (its signature, verified against the pool's trust).
+    fn cell_in_pool(&self, cell: &CellSpec, pool: &CellPoolSpec) -> Vec<FieldError>;
+}
+
+/// Checks shapes and rules only: signatures are not verified. For the contracts' own
+/// tests and tools that never run a module.
+pub struct ShapeOnly;
+
+impl Verifier for ShapeOnly {
+    fn pool(&self, _: &CellPoolSpec) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    fn cell_in_pool(&self, _: &CellSpec, _: &CellPoolSpec) -> Vec<FieldError> {
+        Vec::new()
+    }
+}
+
+/// Checks every document's shape and rules, without verifying signatures (see
+/// [`check_with`]).
 pub fn check(documents: &[Value]) -> Checked {
+    check_with(documents, &ShapeOnly)
+}
+
+/// Checks every document: Cells and CellPools are judged, signatures verified with
+/// `verifier`, other kinds are passed over.
+pub fn check_with(documents: &[Value], verifier: &dyn Verifier) -> Checked {
     let mut checked = Checked::default();
     let mut cells = Vec::new();
     let mut pools = Vec::new();
@@ -108,6 +138,10 @@ pub fn check(documents: &[Value]) -> Checked {
             "Cell" if is_ours => judge::<CellSpec>(document, cell_schema(), validate::cell)
                 .map(|spec| cells.push((at.clone(), spec))),
             "CellPool" if is_ours => judge::<CellPoolSpec>(document, pool_schema(), validate::pool)
+                .and_then(|spec| match verifier.pool(&spec) {
+                    errors if errors.is_empty() => Ok(spec),
+                    errors => Err(errors),
+                })
                 .map(|spec| pools.push((at.clone(), spec))),
             "Cell" | "CellPool" => Err(vec![FieldError::new(
                 "apiVersion",
@@ -136,10 +170,10 @@ pub fn check(documents: &[Value]) -> Checked {
             .map(|(pool, spec)| (pool.name.as_str(), spec))
             .collect();
         let mut errors = match select_pool(&spec, &candidates) {
-            Ok((name, pool)) => validate::cell_in_pool(&spec, name, pool)
-                .err()
-                .map(|e| e.0)
-                .unwrap_or_default(),
+            Ok((name, pool)) => match validate::cell_in_pool(&spec, name, pool) {
+                Ok(()) => verifier.cell_in_pool(&spec, pool),
+                Err(invalid) => invalid.0,
+            },
             Err(error @ PoolChoiceError::Several { .. }) => {
                 vec![FieldError::new("spec.poolRef", error.to_string())]
             }

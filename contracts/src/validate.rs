@@ -261,13 +261,26 @@ pub fn cell_in_pool(cell: &CellSpec, pool_name: &str, pool: &CellPoolSpec) -> Re
         ),
         (_, None) => {}
     }
-    if pool.trust.is_some() && cell.signature.is_none() {
-        errors.add(
-            "spec.signature",
-            format!(
-                "pool {pool_name} trusts only signed modules; sign it with `cellbus module sign`"
-            ),
-        );
+    if pool.trust.is_some() {
+        if cell.module.digest.is_none() {
+            // A command runs the image's code, which the image's own supply chain vouches
+            // for; a module signature covers bytes fetched by digest only.
+            errors.add(
+                "spec.module.digest",
+                format!(
+                    "pool {pool_name} runs only signed modules, and a signature covers a module's digest; \
+                     give the module by digest (`cellbus module push`) rather than as a command"
+                ),
+            );
+        } else if cell.signature.is_none() {
+            errors.add(
+                "spec.signature",
+                format!(
+                    "pool {pool_name} runs only signed modules; sign it with `cellbus module sign FILE --key KEY` \
+                     and put the .sig document here"
+                ),
+            );
+        }
     }
     if let Some(limits) = &cell.limits {
         check_within("spec.limits", limits, &pool.sandbox, pool_name, &mut errors);

@@ -48,9 +48,12 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Value>, LoadError> {
     Ok(documents)
 }
 
-/// Loads and checks manifests.
+/// Loads and checks manifests, verifying signatures now.
 pub fn check(paths: &[PathBuf]) -> Result<Checked, LoadError> {
-    Ok(manifest::check(&load(paths)?))
+    Ok(manifest::check_with(
+        &load(paths)?,
+        &crate::signature::SignatureCheck::now(),
+    ))
 }
 
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {

@@ -35,7 +35,8 @@
 //!
 //! # The document
 //!
-//! A small JSON object, written next to the module as `FILE.sig`:
+//! A small JSON object ([`ModuleSignature`]), written next to the module as `FILE.sig`
+//! and pasted as it is under a Cell's `spec.signature` (JSON is YAML):
 //!
 //! ```json
 //! {
@@ -47,17 +48,32 @@
 //! }
 //! ```
 //!
-//! `keyId` is the sha256 of the signer's public key as DER SubjectPublicKeyInfo
+//! A raw key names itself with `keyId`, the sha256 of its DER SubjectPublicKeyInfo
 //! (`openssl pkey -pubin -outform DER | sha256sum`); it only picks the trusted key to
-//! try, the signature itself proves the key. Algorithms: `ed25519` (the signed bytes as
-//! they are), `ecdsa-p256-sha256` (ASN.1 DER signature, as openssl writes it),
-//! `rsa-pss-sha256` (MGF1-SHA256, 32-byte salt) and `rsa-pkcs1-sha256`, RSA keys of at
-//! least 2048 bits. Unknown fields are refused rather than ignored: a later version may
-//! add constraints (certificates) that a verifier must not skip.
+//! try, the signature itself proves the key. A certificate signer instead carries
+//! `certificates`: its own certificate and the intermediates up to an authority the pool
+//! trusts, leaf first, each PEM. Algorithms: `ed25519` (the signed bytes as they are),
+//! `ecdsa-p256-sha256` (ASN.1 DER signature, as openssl writes it), `rsa-pss-sha256`
+//! (MGF1-SHA256, 32-byte salt) and `rsa-pkcs1-sha256`, RSA keys of at least 2048 bits,
+//! for signers and authorities alike. Unknown fields are refused rather than ignored: a
+//! later version may add constraints that a verifier must not skip.
+//!
+//! # Certificates
+//!
+//! The chain is built and checked by webpki (the path validation rustls uses): every
+//! certificate within its validity at the time of verification, each issued by the next
+//! up to a trusted authority, CA certificates marked as such, and the signer's extended
+//! key usage, when it has one, including code signing. The signer's names (subject common
+//! name, subject alternative names) are then matched against the pool's `signers`.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use base64::Engine as _;
+use cellbus_contracts::resources::{
+    CellPoolSpec, CellSpec, ModuleSignature, SignedClaims, SignerConstraints, TrustSpec,
+};
+use cellbus_contracts::validate::FieldError;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use p256::ecdsa::signature::{
     RandomizedSigner, SignatureEncoding as _, Signer as _, Verifier as _,
@@ -65,15 +81,20 @@ use p256::ecdsa::signature::{
 use pkcs8::der::zeroize::Zeroizing;
 use pkcs8::LineEnding;
 use rsa::traits::PublicKeyParts;
-use serde::{Deserialize, Serialize};
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use sha2::Sha256;
+use x509_cert::der::{Decode as _, DecodePem as _, Encode as _};
 
 /// The first line of the signed bytes: what they are and the encoding's version.
 pub const DOMAIN: &str = "cellbus-module-signature-v1\n";
 /// The version of the signature document this code reads and writes.
-pub const VERSION: u64 = 1;
+pub const VERSION: u32 = 1;
 /// The smallest RSA key accepted, for signing and for verifying.
 pub const MIN_RSA_BITS: usize = 2048;
+/// The extended key usage `id-kp-codeSigning` (1.3.6.1.5.5.7.3.3), DER contents.
+const CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+/// Certificates a signature may carry: the signer and its intermediates.
+pub const MAX_CERTIFICATES: usize = 8;
 
 /// A signature algorithm, named as in the document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,34 +146,21 @@ const ED25519: &str = "Ed25519";
 const P256: &str = "ECDSA P-256";
 const RSA: &str = "RSA";
 
-/// What a signature vouches for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Claims {
-    /// The module's digest, `sha256:` and 64 lowercase hex digits.
-    pub digest: String,
-    /// The only service the module may serve; none means any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-}
-
-impl Claims {
-    /// The bytes a signer signs for these claims (see the module documentation), after
-    /// checking that each claim is well formed.
-    pub fn signed_bytes(&self) -> Result<Vec<u8>, SignatureError> {
-        check_digest(&self.digest)?;
-        let mut text = format!("{DOMAIN}digest {}\n", self.digest);
-        if let Some(service) = &self.service {
-            cellbus_contracts::subject::check_service(service).map_err(|source| {
-                SignatureError::InvalidService {
-                    service: service.clone(),
-                    source,
-                }
-            })?;
-            text.push_str(&format!("service {service}\n"));
-        }
-        Ok(text.into_bytes())
+/// The bytes a signer signs for `claims` (see the module documentation), after checking
+/// that each claim is well formed.
+pub fn signed_bytes(claims: &SignedClaims) -> Result<Vec<u8>, SignatureError> {
+    check_digest(&claims.digest)?;
+    let mut text = format!("{DOMAIN}digest {}\n", claims.digest);
+    if let Some(service) = &claims.service {
+        cellbus_contracts::subject::check_service(service).map_err(|source| {
+            SignatureError::InvalidService {
+                service: service.clone(),
+                source,
+            }
+        })?;
+        text.push_str(&format!("service {service}\n"));
     }
+    Ok(text.into_bytes())
 }
 
 fn check_digest(digest: &str) -> Result<(), SignatureError> {
@@ -170,48 +178,87 @@ fn check_digest(digest: &str) -> Result<(), SignatureError> {
     }
 }
 
-/// A detached signature document, as `cellbus module sign` writes it.
+/// Who signed, as a document says: a trusted raw key, or a certificate chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignedBy {
+    /// `sha256:` and the hex sha256 of the signer's DER SubjectPublicKeyInfo.
+    Key(String),
+    /// DER certificates, the signer's first.
+    Certificates(Vec<Vec<u8>>),
+}
+
+/// A detached signature document, read and checked for shape (not yet verified).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignatureDocument {
     pub algorithm: Algorithm,
-    pub claims: Claims,
-    /// `sha256:` and the hex sha256 of the signer's DER SubjectPublicKeyInfo.
-    pub key_id: String,
+    pub claims: SignedClaims,
+    pub signed_by: SignedBy,
     /// The raw signature bytes (base64 in the document).
     pub signature: Vec<u8>,
 }
 
-/// The document as JSON; the algorithm stays text here so that an unknown one is
-/// reported as such rather than as a shapeless document.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Document {
-    version: u64,
-    algorithm: String,
-    claims: Claims,
-    key_id: String,
-    signature: String,
-}
-
 impl SignatureDocument {
-    /// Reads a document, checking its version, algorithm, claims and encodings (not the
-    /// signature: that is [`verify`]).
+    /// Reads a JSON document, as `cellbus module sign` writes it.
     pub fn from_json(bytes: &[u8]) -> Result<Self, SignatureError> {
-        let document: Document =
+        let document: ModuleSignature =
             serde_json::from_slice(bytes).map_err(|source| SignatureError::Malformed {
-                what:
-                    "not a JSON signature document (version, algorithm, claims, keyId, signature)"
-                        .into(),
+                what: "not a JSON signature document (version, algorithm, claims, keyId or certificates, signature)".into(),
                 source: Some(Box::new(source)),
             })?;
+        SignatureDocument::read(&document)
+    }
+
+    /// Checks a document's version, algorithm, claims and encodings (not the signature:
+    /// that is [`verify`]).
+    pub fn read(document: &ModuleSignature) -> Result<Self, SignatureError> {
         if document.version != VERSION {
             return Err(SignatureError::UnsupportedVersion {
                 version: document.version,
             });
         }
         let algorithm = document.algorithm.parse()?;
-        document.claims.signed_bytes()?;
-        check_key_id(&document.key_id)?;
+        signed_bytes(&document.claims)?;
+        let signed_by = match (&document.key_id, document.certificates.as_slice()) {
+            (Some(_), [_, ..]) => {
+                return Err(SignatureError::Malformed {
+                    what: "a document names a keyId or carries certificates, not both".into(),
+                    source: None,
+                })
+            }
+            (Some(key_id), []) => {
+                check_digest(key_id).map_err(|_| SignatureError::Malformed {
+                    what: format!("keyId {key_id:?} is not `sha256:` and 64 lowercase hex digits"),
+                    source: None,
+                })?;
+                SignedBy::Key(key_id.clone())
+            }
+            (None, []) => {
+                return Err(SignatureError::Malformed {
+                    what: "the document names no keyId and carries no certificates".into(),
+                    source: None,
+                })
+            }
+            (None, pems) if pems.len() > MAX_CERTIFICATES => {
+                return Err(SignatureError::Malformed {
+                    what: format!(
+                        "{} certificates; a chain carries at most {MAX_CERTIFICATES}",
+                        pems.len()
+                    ),
+                    source: None,
+                })
+            }
+            (None, pems) => SignedBy::Certificates(
+                pems.iter()
+                    .enumerate()
+                    .map(|(index, pem)| {
+                        certificate_der(pem).map_err(|source| SignatureError::Malformed {
+                            what: format!("certificates[{index}] is not a PEM certificate"),
+                            source: Some(source),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
         let signature = base64::engine::general_purpose::STANDARD
             .decode(&document.signature)
             .map_err(|source| SignatureError::Malformed {
@@ -220,32 +267,66 @@ impl SignatureDocument {
             })?;
         Ok(SignatureDocument {
             algorithm,
-            claims: document.claims,
-            key_id: document.key_id,
+            claims: document.claims.clone(),
+            signed_by,
             signature,
         })
     }
 
-    /// The document as pretty JSON with a final newline.
-    pub fn to_json(&self) -> String {
-        let document = Document {
+    /// The document as a manifest carries it.
+    pub fn to_manifest(&self) -> ModuleSignature {
+        let (key_id, certificates) = match &self.signed_by {
+            SignedBy::Key(key_id) => (Some(key_id.clone()), Vec::new()),
+            SignedBy::Certificates(ders) => (None, ders.iter().map(|der| pem("CERTIFICATE", der)).collect()),
+        };
+        ModuleSignature {
             version: VERSION,
             algorithm: self.algorithm.as_str().to_owned(),
             claims: self.claims.clone(),
-            key_id: self.key_id.clone(),
+            key_id,
+            certificates,
             signature: base64::engine::general_purpose::STANDARD.encode(&self.signature),
-        };
-        let mut text = serde_json::to_string_pretty(&document).expect("a document serializes");
+        }
+    }
+
+    /// The document as pretty JSON with a final newline.
+    pub fn to_json(&self) -> String {
+        let mut text =
+            serde_json::to_string_pretty(&self.to_manifest()).expect("a document serializes");
         text.push('\n');
         text
     }
 }
 
-fn check_key_id(key_id: &str) -> Result<(), SignatureError> {
-    check_digest(key_id).map_err(|_| SignatureError::Malformed {
-        what: format!("keyId {key_id:?} is not `sha256:` and 64 lowercase hex digits"),
-        source: None,
-    })
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The DER of one PEM certificate.
+fn certificate_der(text: &str) -> Result<Vec<u8>, BoxError> {
+    let certificate = x509_cert::Certificate::from_pem(text.trim().as_bytes())?;
+    Ok(certificate.to_der()?)
+}
+
+/// Every certificate of a PEM bundle, DER.
+pub fn certificates_from_pem(text: &str) -> Result<Vec<Vec<u8>>, BoxError> {
+    let certificates = x509_cert::Certificate::load_pem_chain(text.as_bytes())?;
+    if certificates.is_empty() {
+        return Err("no PEM certificate".into());
+    }
+    certificates
+        .iter()
+        .map(|certificate| Ok(certificate.to_der()?))
+        .collect()
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut text = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        text.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        text.push('\n');
+    }
+    text.push_str(&format!("-----END {label}-----\n"));
+    text
 }
 
 /// A public key that may sign modules.
@@ -264,8 +345,7 @@ enum Public {
 
 impl PublicKey {
     /// Reads a PEM SubjectPublicKeyInfo (`-----BEGIN PUBLIC KEY-----`) of Ed25519,
-    /// ECDSA P-256 or RSA. A weak RSA key is read (so that a trust list holding one still
-    /// works for its other keys) and refused when it signs or verifies.
+    /// ECDSA P-256 or RSA.
     pub fn from_pem(pem: &str) -> Result<Self, SignatureError> {
         let (label, document) =
             spki::Document::from_pem(pem.trim()).map_err(|source| SignatureError::PublicKey {
@@ -349,10 +429,11 @@ impl PublicKey {
         )
     }
 
-    fn check_strength(&self) -> Result<(), SignatureError> {
+    /// Refuses an RSA key below [`MIN_RSA_BITS`]; `whose` names the key in the error.
+    fn check_strength(&self, whose: &str) -> Result<(), SignatureError> {
         match &self.key {
             Public::Rsa(key) if key.n().bits() < MIN_RSA_BITS => Err(SignatureError::WeakKey {
-                key_id: self.key_id.clone(),
+                key: whose.to_owned(),
                 bits: key.n().bits(),
             }),
             _ => Ok(()),
@@ -418,49 +499,201 @@ fn key_kind(algorithm: &spki::AlgorithmIdentifierRef<'_>) -> Result<Kind, Signat
     }
 }
 
-/// The trusted public keys. Several at once, so that a signer can rotate from one key to
-/// the next while modules signed by either are deployed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A trusted certificate authority.
+#[derive(Clone, Debug)]
+struct Authority {
+    anchor: TrustAnchor<'static>,
+    subject: String,
+}
+
+/// The signers a pool trusts, parsed: raw keys, certificate authorities and the names
+/// their certificates must carry. Several at once, so that a signer can rotate from one
+/// key to the next while modules signed by either are deployed.
+#[derive(Clone, Debug, Default)]
 pub struct Trust {
     keys: Vec<PublicKey>,
+    authorities: Vec<Authority>,
+    signers: Option<SignerConstraints>,
+}
+
+/// A trust entry that cannot be used, naming its field (`keys[1]`).
+#[derive(Debug, thiserror::Error)]
+#[error("{field}")]
+pub struct TrustError {
+    pub field: String,
+    #[source]
+    pub source: SignatureError,
 }
 
 impl Trust {
-    pub fn new(keys: Vec<PublicKey>) -> Self {
-        Trust { keys }
+    /// The trust of a pool. Every entry must be usable, weak keys and authorities
+    /// included: a trust that silently drops an entry would refuse, later and far from
+    /// here, modules its author meant to allow.
+    pub fn from_spec(spec: &TrustSpec) -> Result<Self, TrustError> {
+        let mut trust = Trust {
+            signers: spec.signers.clone(),
+            ..Trust::default()
+        };
+        for (index, pem) in spec.keys.iter().enumerate() {
+            let field = || format!("keys[{index}]");
+            let key = PublicKey::from_pem(pem).map_err(|source| TrustError {
+                field: field(),
+                source,
+            })?;
+            key.check_strength(&format!("trusted key {}", key.key_id()))
+                .map_err(|source| TrustError {
+                    field: field(),
+                    source,
+                })?;
+            trust.keys.push(key);
+        }
+        for (index, pem) in spec.certificate_authorities.iter().enumerate() {
+            let authority = Authority::from_pem(pem).map_err(|source| TrustError {
+                field: format!("certificateAuthorities[{index}]"),
+                source,
+            })?;
+            trust.authorities.push(authority);
+        }
+        Ok(trust)
     }
 
-    /// One PEM SubjectPublicKeyInfo per item.
-    pub fn from_pems<I, S>(pems: I) -> Result<Self, SignatureError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let keys = pems
-            .into_iter()
-            .map(|pem| PublicKey::from_pem(pem.as_ref()))
-            .collect::<Result<_, _>>()?;
-        Ok(Trust { keys })
+    /// Trusts one more raw key.
+    pub fn add_key(&mut self, key: PublicKey) {
+        self.keys.push(key);
     }
 
+    /// The raw keys.
     pub fn keys(&self) -> &[PublicKey] {
         &self.keys
     }
+
+    /// Adds the authorities of a PEM bundle, as `cellbus module verify --trust CA` gives
+    /// them.
+    pub fn add_authorities(&mut self, pem: &str) -> Result<(), SignatureError> {
+        for der in certificates_from_pem(pem).map_err(|source| SignatureError::Certificate {
+            what: "not a PEM certificate".into(),
+            source: Some(source),
+        })? {
+            self.authorities.push(Authority::from_der(der)?);
+        }
+        Ok(())
+    }
+
+    /// Requires certificate signers to carry one of these names.
+    pub fn constrain_signers(&mut self, signers: SignerConstraints) {
+        self.signers = Some(signers);
+    }
+}
+
+impl Authority {
+    fn from_pem(pem: &str) -> Result<Self, SignatureError> {
+        let der = certificate_der(pem).map_err(|source| SignatureError::Certificate {
+            what: "not a PEM certificate".into(),
+            source: Some(source),
+        })?;
+        Authority::from_der(der)
+    }
+
+    fn from_der(der: Vec<u8>) -> Result<Self, SignatureError> {
+        let (subject, key) = certificate_key(&der)?;
+        key.check_strength(&format!("authority {subject}"))?;
+        let certificate = CertificateDer::from(der);
+        let anchor = webpki::anchor_from_trusted_cert(&certificate)
+            .map_err(|error| SignatureError::Certificate {
+                what: format!("authority {subject} cannot anchor a chain: {error}"),
+                source: None,
+            })?
+            .to_owned();
+        Ok(Authority { anchor, subject })
+    }
+}
+
+/// A certificate's subject (RFC 4514) and public key.
+fn certificate_key(der: &[u8]) -> Result<(String, PublicKey), SignatureError> {
+    let certificate =
+        x509_cert::Certificate::from_der(der).map_err(|source| SignatureError::Certificate {
+            what: "not a DER certificate".into(),
+            source: Some(Box::new(source)),
+        })?;
+    let subject = certificate.tbs_certificate.subject.to_string();
+    let spki = certificate
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|source| SignatureError::Certificate {
+            what: format!("the public key of {subject}"),
+            source: Some(Box::new(source)),
+        })?;
+    Ok((subject, PublicKey::from_der(&spki)?))
+}
+
+/// The names a signer's certificate carries: subject common names, then subject
+/// alternative names (DNS names, emails, URIs).
+fn certificate_names(der: &[u8]) -> Result<Vec<String>, SignatureError> {
+    use x509_cert::ext::pkix::name::GeneralName;
+    const COMMON_NAME: x509_cert::der::asn1::ObjectIdentifier =
+        x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+    let certificate =
+        x509_cert::Certificate::from_der(der).map_err(|source| SignatureError::Certificate {
+            what: "not a DER certificate".into(),
+            source: Some(Box::new(source)),
+        })?;
+    let tbs = &certificate.tbs_certificate;
+    let mut names: Vec<String> = tbs
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .filter(|attribute| attribute.oid == COMMON_NAME)
+        .filter_map(|attribute| {
+            let text = attribute.to_string();
+            text.strip_prefix("CN=").map(str::to_owned)
+        })
+        .collect();
+    let alt_names = tbs
+        .get::<x509_cert::ext::pkix::SubjectAltName>()
+        .map_err(|source| SignatureError::Certificate {
+            what: "its subject alternative names".into(),
+            source: Some(Box::new(source)),
+        })?;
+    for name in alt_names.into_iter().flat_map(|(_, names)| names.0) {
+        match name {
+            GeneralName::DnsName(name)
+            | GeneralName::Rfc822Name(name)
+            | GeneralName::UniformResourceIdentifier(name) => names.push(name.to_string()),
+            _ => {}
+        }
+    }
+    Ok(names)
 }
 
 /// Who signed a module that verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signer {
-    /// The id of the trusted key that verified the signature.
-    pub key_id: String,
+    /// The trusted key, or the certificate and the authority it chains to.
+    pub identity: SignerIdentity,
     pub algorithm: Algorithm,
     /// The service the signature is bound to, if it names one.
     pub service: Option<String>,
 }
 
+/// A signer as status and logs name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignerIdentity {
+    Key { key_id: String },
+    Certificate { subject: String, authority: String },
+}
+
 impl fmt::Display for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "key {} ({})", self.key_id, self.algorithm)?;
+        match &self.identity {
+            SignerIdentity::Key { key_id } => write!(f, "key {key_id} ({})", self.algorithm)?,
+            SignerIdentity::Certificate { subject, authority } => write!(
+                f,
+                "certificate {subject} ({}) issued under {authority}",
+                self.algorithm
+            )?,
+        }
         match &self.service {
             Some(service) => write!(f, " for service {service}"),
             None => write!(f, " for any service"),
@@ -469,12 +702,13 @@ impl fmt::Display for Signer {
 }
 
 /// Verifies `document` for the module with `digest` served as `service` (none: the
-/// caller does not know, as `cellbus module verify` without `--service`).
+/// caller does not know, as `cellbus module verify` without `--service`), at `now`.
 pub fn verify(
     document: &SignatureDocument,
     digest: &str,
     service: Option<&str>,
     trust: &Trust,
+    now: SystemTime,
 ) -> Result<Signer, SignatureError> {
     if document.claims.digest != digest {
         return Err(SignatureError::DigestMismatch {
@@ -490,32 +724,230 @@ pub fn verify(
             });
         }
     }
-    let key = trust
-        .keys
-        .iter()
-        .find(|key| key.key_id == document.key_id)
-        .ok_or_else(|| SignatureError::UnknownKey {
-            key_id: document.key_id.clone(),
-        })?;
-    if !key.fits(document.algorithm) {
-        return Err(SignatureError::AlgorithmKeyMismatch {
-            algorithm: document.algorithm,
-            key_id: key.key_id.clone(),
-            key_type: key.describe(),
-        });
-    }
-    key.check_strength()?;
-    let message = document.claims.signed_bytes()?;
-    if !key.verify(document.algorithm, &message, &document.signature) {
-        return Err(SignatureError::BadSignature {
-            key_id: key.key_id.clone(),
-        });
-    }
+    let message = signed_bytes(&document.claims)?;
+    let identity = match &document.signed_by {
+        SignedBy::Key(key_id) => {
+            let key = trust
+                .keys
+                .iter()
+                .find(|key| &key.key_id == key_id)
+                .ok_or_else(|| SignatureError::UnknownKey {
+                    key_id: key_id.clone(),
+                })?;
+            check_signature(key, &format!("key {key_id}"), document, &message)?;
+            SignerIdentity::Key {
+                key_id: key_id.clone(),
+            }
+        }
+        SignedBy::Certificates(chain) => verify_chain(chain, document, &message, trust, now)?,
+    };
     Ok(Signer {
-        key_id: key.key_id.clone(),
+        identity,
         algorithm: document.algorithm,
         service: document.claims.service.clone(),
     })
+}
+
+fn check_signature(
+    key: &PublicKey,
+    whose: &str,
+    document: &SignatureDocument,
+    message: &[u8],
+) -> Result<(), SignatureError> {
+    if !key.fits(document.algorithm) {
+        return Err(SignatureError::AlgorithmKeyMismatch {
+            algorithm: document.algorithm,
+            key: whose.to_owned(),
+            key_type: key.describe(),
+        });
+    }
+    key.check_strength(whose)?;
+    if key.verify(document.algorithm, message, &document.signature) {
+        Ok(())
+    } else {
+        Err(SignatureError::BadSignature {
+            key: whose.to_owned(),
+        })
+    }
+}
+
+fn verify_chain(
+    chain: &[Vec<u8>],
+    document: &SignatureDocument,
+    message: &[u8],
+    trust: &Trust,
+    now: SystemTime,
+) -> Result<SignerIdentity, SignatureError> {
+    let (leaf, intermediates) = chain.split_first().ok_or_else(|| SignatureError::Malformed {
+        what: "no certificates".into(),
+        source: None,
+    })?;
+    let (subject, key) = certificate_key(leaf)?;
+    for der in intermediates {
+        let (issuer, key) = certificate_key(der)?;
+        key.check_strength(&format!("intermediate {issuer}"))?;
+    }
+    check_signature(&key, &format!("certificate {subject}"), document, message)?;
+    if trust.authorities.is_empty() {
+        return Err(SignatureError::UnknownAuthority {
+            subject,
+            detail: "the trust lists no certificate authority".into(),
+        });
+    }
+    let anchors: Vec<TrustAnchor<'_>> = trust
+        .authorities
+        .iter()
+        .map(|authority| authority.anchor.clone())
+        .collect();
+    let leaf_der = CertificateDer::from(leaf.as_slice());
+    let end_entity =
+        webpki::EndEntityCert::try_from(&leaf_der).map_err(|error| SignatureError::Certificate {
+            what: format!("{subject} cannot be read as a signer's certificate: {error}"),
+            source: None,
+        })?;
+    let intermediates: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|der| CertificateDer::from(der.as_slice()))
+        .collect();
+    let time = UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    let path = end_entity
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            time,
+            webpki::KeyUsage::required_if_present(CODE_SIGNING),
+            None,
+            None,
+        )
+        .map_err(|error| chain_error(error, &subject))?;
+    let anchor = path.anchor();
+    let authority = trust
+        .authorities
+        .iter()
+        .find(|authority| authority.anchor.subject == anchor.subject)
+        .map(|authority| authority.subject.clone())
+        .unwrap_or_default();
+    if let Some(signers) = &trust.signers {
+        let names = certificate_names(leaf)?;
+        let allowed = names.iter().any(|name| {
+            signers.common_names.contains(name) || signers.subject_alt_names.contains(name)
+        });
+        if !allowed {
+            return Err(SignatureError::SignerNotAllowed { subject, names });
+        }
+    }
+    Ok(SignerIdentity::Certificate { subject, authority })
+}
+
+fn chain_error(error: webpki::Error, subject: &str) -> SignatureError {
+    let subject = subject.to_owned();
+    match error {
+        webpki::Error::CertExpired { .. } => SignatureError::CertificateExpired { subject },
+        webpki::Error::CertNotValidYet { .. } => {
+            SignatureError::CertificateNotYetValid { subject }
+        }
+        webpki::Error::UnknownIssuer => SignatureError::UnknownAuthority {
+            subject,
+            detail: "no trusted authority issued it or an intermediate the signature carries"
+                .into(),
+        },
+        webpki::Error::RequiredEkuNotFoundContext(_) => SignatureError::Certificate {
+            what: format!("{subject} is not for code signing (its extended key usage lacks codeSigning)"),
+            source: None,
+        },
+        other => SignatureError::Certificate {
+            what: format!("the chain of {subject} does not verify: {other}"),
+            source: None,
+        },
+    }
+}
+
+/// The module of `digest` (none: a command, which no signature covers) with `signature`,
+/// served as `service` by a pool that trusts `trust`: who signed it, or why it is
+/// refused. The operator (before a Cell enters an assignment), the runtime (before it
+/// loads one) and `cellbus up` all decide with this.
+pub fn verify_module(
+    signature: Option<&ModuleSignature>,
+    digest: Option<&str>,
+    service: &str,
+    trust: &Trust,
+    now: SystemTime,
+) -> Result<Signer, SignatureError> {
+    let digest = digest.ok_or(SignatureError::NotSignable)?;
+    let signature = signature.ok_or(SignatureError::Unsigned)?;
+    let document = SignatureDocument::read(signature)?;
+    verify(&document, digest, Some(service), trust, now)
+}
+
+/// A pool's trust and its cells' signatures, judged at one moment: the
+/// [`Verifier`](cellbus_contracts::manifest::Verifier) `cellbus check`, `cellbus up` and
+/// `cellbus-operator render` check manifests with, and the operator places Cells with.
+#[derive(Clone, Copy, Debug)]
+pub struct SignatureCheck {
+    pub now: SystemTime,
+}
+
+impl SignatureCheck {
+    pub fn now() -> Self {
+        SignatureCheck {
+            now: SystemTime::now(),
+        }
+    }
+
+    /// Who signed `cell`'s module, when `pool` trusts signers; `Ok(None)` when it does
+    /// not, and signatures are not checked.
+    pub fn verify_cell(
+        &self,
+        cell: &CellSpec,
+        pool: &CellPoolSpec,
+    ) -> Result<Option<Signer>, SignatureError> {
+        let Some(spec) = &pool.trust else {
+            return Ok(None);
+        };
+        // An unreadable trust is the pool's error, reported on the pool; its cells wait.
+        let trust = Trust::from_spec(spec).map_err(|error| error.source)?;
+        verify_module(
+            cell.signature.as_ref(),
+            cell.module.digest.as_deref(),
+            &cell.service,
+            &trust,
+            self.now,
+        )
+        .map(Some)
+    }
+}
+
+impl cellbus_contracts::manifest::Verifier for SignatureCheck {
+    fn pool(&self, spec: &CellPoolSpec) -> Vec<FieldError> {
+        let Some(trust) = &spec.trust else {
+            return Vec::new();
+        };
+        match Trust::from_spec(trust) {
+            Ok(_) => Vec::new(),
+            Err(error) => vec![FieldError::new(
+                format!("spec.trust.{}", error.field),
+                cellbus_contracts::error_chain(&error.source),
+            )],
+        }
+    }
+
+    fn cell_in_pool(&self, cell: &CellSpec, pool: &CellPoolSpec) -> Vec<FieldError> {
+        match self.verify_cell(cell, pool) {
+            Ok(_) => Vec::new(),
+            Err(error) => vec![FieldError::new(
+                "spec.signature",
+                format!(
+                    "{}: {}",
+                    error.reason(),
+                    cellbus_contracts::error_chain(&error)
+                ),
+            )],
+        }
+    }
 }
 
 /// The kind of key [`PrivateKey::generate`] makes.
@@ -556,7 +988,7 @@ impl PrivateKey {
             KeyType::P256 => Private::P256(p256::ecdsa::SigningKey::random(&mut rng)),
             KeyType::Rsa { bits } if bits < MIN_RSA_BITS => {
                 return Err(SignatureError::WeakKey {
-                    key_id: "the new key".into(),
+                    key: "the new key".into(),
                     bits,
                 })
             }
@@ -571,9 +1003,7 @@ impl PrivateKey {
     /// Reads a PEM PKCS#8 private key (`-----BEGIN PRIVATE KEY-----`, what `openssl
     /// genpkey` writes), unencrypted.
     pub fn from_pem(pem: &str) -> Result<Self, SignatureError> {
-        let private = |source: Box<dyn std::error::Error + Send + Sync>| {
-            SignatureError::PrivateKey { source }
-        };
+        let private = |source: BoxError| SignatureError::PrivateKey { source };
         let (label, document) =
             pkcs8::SecretDocument::from_pem(pem.trim()).map_err(|e| private(Box::new(e)))?;
         if label != "PRIVATE KEY" {
@@ -626,22 +1056,39 @@ impl PrivateKey {
     }
 }
 
-/// Signs `claims` with `key`, with `algorithm` or the key's default.
+/// Signs `claims` with `key`, with `algorithm` or the key's default. `certificates`
+/// (DER, the key's own first, then intermediates) make a certificate signer; without
+/// them the signature names the key.
 pub fn sign(
-    claims: Claims,
+    claims: SignedClaims,
     key: &PrivateKey,
     algorithm: Option<Algorithm>,
+    certificates: Vec<Vec<u8>>,
 ) -> Result<SignatureDocument, SignatureError> {
     let algorithm = algorithm.unwrap_or_else(|| key.default_algorithm());
+    let whose = format!("key {}", key.public.key_id);
     if !key.public.fits(algorithm) {
         return Err(SignatureError::AlgorithmKeyMismatch {
             algorithm,
-            key_id: key.public.key_id.clone(),
+            key: whose,
             key_type: key.public.describe(),
         });
     }
-    key.public.check_strength()?;
-    let message = claims.signed_bytes()?;
+    key.public.check_strength(&whose)?;
+    let signed_by = match certificates.first() {
+        None => SignedBy::Key(key.public.key_id.clone()),
+        Some(leaf) => {
+            let (subject, certified) = certificate_key(leaf)?;
+            if certified.key_id != key.public.key_id {
+                return Err(SignatureError::Certificate {
+                    what: format!("certificate {subject} is not for this key"),
+                    source: None,
+                });
+            }
+            SignedBy::Certificates(certificates)
+        }
+    };
+    let message = signed_bytes(&claims)?;
     let signing = |source| SignatureError::Sign { source };
     let signature = match (&key.key, algorithm) {
         (Private::Ed25519(key), _) => key.sign(&message).to_vec(),
@@ -663,7 +1110,7 @@ pub fn sign(
     Ok(SignatureDocument {
         algorithm,
         claims,
-        key_id: key.public.key_id.clone(),
+        signed_by,
         signature,
     })
 }
@@ -675,10 +1122,10 @@ pub enum SignatureError {
     Malformed {
         what: String,
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        source: Option<BoxError>,
     },
     #[error("signature document version {version} is not supported; this cellbus reads version {VERSION}")]
-    UnsupportedVersion { version: u64 },
+    UnsupportedVersion { version: u32 },
     #[error("signature algorithm {algorithm:?} is not supported; use ed25519, ecdsa-p256-sha256, rsa-pss-sha256 or rsa-pkcs1-sha256")]
     UnsupportedAlgorithm { algorithm: String },
     #[error("{digest:?} is not a module digest (`sha256:` and 64 lowercase hex digits)")]
@@ -689,31 +1136,49 @@ pub enum SignatureError {
         #[source]
         source: cellbus_contracts::subject::SubjectError,
     },
+    #[error("the module is not signed, and the pool runs only modules signed by a signer it trusts")]
+    Unsigned,
+    #[error("the module is a command in the image, which no module signature covers, and the pool runs only signed modules")]
+    NotSignable,
     #[error("the signature is for module {signed}, not for this module ({actual})")]
     DigestMismatch { signed: String, actual: String },
     #[error("the signature is for service {signed}, not for {expected}")]
     ServiceMismatch { signed: String, expected: String },
     #[error("the module is signed by key {key_id}, which is not trusted")]
     UnknownKey { key_id: String },
-    #[error("{key_id} is an RSA key of {bits} bits; at least {MIN_RSA_BITS} are required")]
-    WeakKey { key_id: String, bits: usize },
-    #[error("algorithm {algorithm} does not fit key {key_id} ({key_type})")]
+    #[error("{key} is an RSA key of {bits} bits; at least {MIN_RSA_BITS} are required")]
+    WeakKey { key: String, bits: usize },
+    #[error("algorithm {algorithm} does not fit {key} ({key_type})")]
     AlgorithmKeyMismatch {
         algorithm: Algorithm,
-        key_id: String,
+        key: String,
         key_type: String,
     },
-    #[error("the signature does not verify with key {key_id}: the module, its claims or the signature changed after signing")]
-    BadSignature { key_id: String },
+    #[error("the signature does not verify with {key}: the module, its claims or the signature changed after signing")]
+    BadSignature { key: String },
+    #[error("certificate {subject} has expired")]
+    CertificateExpired { subject: String },
+    #[error("certificate {subject} is not valid yet")]
+    CertificateNotYetValid { subject: String },
+    #[error("certificate {subject} does not chain to a trusted authority: {detail}")]
+    UnknownAuthority { subject: String, detail: String },
+    #[error("certificate {subject} is not among the pool's signers (it names {})", names.join(", "))]
+    SignerNotAllowed { subject: String, names: Vec<String> },
+    #[error("certificate: {what}")]
+    Certificate {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("not a PEM public key (SubjectPublicKeyInfo, `-----BEGIN PUBLIC KEY-----`) of Ed25519, ECDSA P-256 or RSA")]
     PublicKey {
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
     #[error("not an unencrypted PEM PKCS#8 private key (`-----BEGIN PRIVATE KEY-----`) of Ed25519, ECDSA P-256 or RSA; `openssl pkcs8 -topk8 -nocrypt` converts other forms")]
     PrivateKey {
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
     #[error("a {key_type} key is not supported; use Ed25519, ECDSA P-256 or RSA")]
     UnsupportedKey { key_type: String },
@@ -736,16 +1201,22 @@ impl SignatureError {
             SignatureError::Malformed { .. }
             | SignatureError::UnsupportedVersion { .. }
             | SignatureError::InvalidDigest { .. }
-            | SignatureError::InvalidService { .. } => "Malformed",
+            | SignatureError::InvalidService { .. } => "MalformedSignature",
             SignatureError::UnsupportedAlgorithm { .. } | SignatureError::UnsupportedKey { .. } => {
                 "UnsupportedAlgorithm"
             }
+            SignatureError::Unsigned | SignatureError::NotSignable => "Unsigned",
             SignatureError::DigestMismatch { .. } => "DigestMismatch",
             SignatureError::ServiceMismatch { .. } => "ServiceMismatch",
             SignatureError::UnknownKey { .. } => "UnknownKey",
             SignatureError::WeakKey { .. } => "WeakKey",
             SignatureError::AlgorithmKeyMismatch { .. } => "AlgorithmKeyMismatch",
             SignatureError::BadSignature { .. } => "BadSignature",
+            SignatureError::CertificateExpired { .. } => "CertificateExpired",
+            SignatureError::CertificateNotYetValid { .. } => "CertificateNotYetValid",
+            SignatureError::UnknownAuthority { .. } => "UnknownAuthority",
+            SignatureError::SignerNotAllowed { .. } => "SignerNotAllowed",
+            SignatureError::Certificate { .. } => "BadCertificate",
             SignatureError::PublicKey { .. } | SignatureError::PrivateKey { .. } => "BadKey",
             SignatureError::GenerateKey { .. } | SignatureError::Sign { .. } => "SigningFailed",
         }

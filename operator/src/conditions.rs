@@ -49,6 +49,11 @@ pub mod reasons {
     pub const SCHEMA_CONFLICT: &str = "Conflict";
     /// ModuleVerified=True: the module with the cell's digest is in the store.
     pub const MODULE_FOUND: &str = "ModuleFound";
+    /// ModuleVerified=True: a signer the pool trusts signed the module, and the module
+    /// with its digest is in the store (or fetched by URL and checked by the pods).
+    /// ModuleVerified=False has the reason the signature is refused instead:
+    /// `cellbus_control::signature::SignatureError::reason`.
+    pub const SIGNED: &str = "Signed";
     /// ModuleVerified=False: no module with the cell's digest is in the store yet.
     pub const MODULE_MISSING: &str = "ModuleMissing";
     /// StreamReady=True: the stream of the durable verbs exists with the planned config.

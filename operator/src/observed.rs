@@ -8,7 +8,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use cellbus_contracts::manifest;
+use cellbus_contracts::manifest::{self, Verifier as _};
+use cellbus_control::signature::SignatureCheck;
 use cellbus_contracts::resources::{
     Cell, CellPool, CellPoolSpec, CellPoolStatus, CellSpec, CellStatus,
 };
@@ -157,7 +158,14 @@ impl ObservedCell {
 
 impl ObservedPool {
     pub fn from_object(object: &PoolObject) -> Self {
-        Observed::judge(object, manifest::pool_spec)
+        Observed::judge(object, |document| {
+            let spec = manifest::pool_spec(document)?;
+            // The trust's keys and authorities must be readable for the pool to be valid.
+            match SignatureCheck::now().pool(&spec) {
+                errors if errors.is_empty() => Ok(spec),
+                errors => Err(errors),
+            }
+        })
     }
 
     /// The typed CellPool, when its spec is valid.

@@ -17,6 +17,7 @@ use cellbus_contracts::manifest::{select_pool, PoolChoiceError};
 use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
 use cellbus_contracts::subject::SubjectError;
 use cellbus_contracts::validate;
+use cellbus_control::signature::{SignatureCheck, SignatureError};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::conditions::{pool_choice_reason, reasons};
@@ -28,6 +29,8 @@ use crate::Config;
 pub struct NotPlaced {
     pub reason: &'static str,
     pub message: String,
+    /// The module's signature is what keeps it out: ModuleVerified says so too.
+    pub unverified: bool,
 }
 
 impl NotPlaced {
@@ -35,6 +38,18 @@ impl NotPlaced {
         Self {
             reason,
             message: message.into(),
+            unverified: false,
+        }
+    }
+
+    fn unverified(pool: &str, error: &SignatureError) -> Self {
+        Self {
+            reason: error.reason(),
+            message: format!(
+                "CellPool {pool} does not run this module: {}",
+                cellbus_contracts::error_chain(error)
+            ),
+            unverified: true,
         }
     }
 }
@@ -53,6 +68,8 @@ pub struct Snapshot {
     pools: Vec<Arc<ObservedPool>>,
     by_service: HashMap<String, Vec<usize>>,
     by_schema: HashMap<String, Vec<usize>>,
+    /// Signatures are judged at this moment: certificates expire.
+    signatures: SignatureCheck,
 }
 
 impl Snapshot {
@@ -62,6 +79,7 @@ impl Snapshot {
             pools,
             by_service: HashMap::new(),
             by_schema: HashMap::new(),
+            signatures: SignatureCheck::now(),
         };
         snapshot.index();
         snapshot
@@ -119,6 +137,12 @@ impl Snapshot {
         }
     }
 
+    /// The snapshot judging signatures at `now` rather than when it was taken.
+    pub fn at(mut self, now: std::time::SystemTime) -> Self {
+        self.signatures.now = now;
+        self
+    }
+
     /// The pool `name` of `namespace`, valid or not.
     pub fn pool(&self, namespace: &str, name: &str) -> Option<&Arc<ObservedPool>> {
         self.pools
@@ -168,6 +192,10 @@ impl Snapshot {
         })?;
         validate::cell_in_pool(spec, name, pool_spec)
             .map_err(|invalid| NotPlaced::new(reasons::INVALID_SPEC, invalid.to_string()))?;
+        // A Cell whose module no trusted signer vouches for never enters the assignment.
+        self.signatures
+            .verify_cell(spec, pool_spec)
+            .map_err(|error| NotPlaced::unverified(name, &error))?;
         let pool = self
             .pool(cell.namespace(), name)
             .expect("select_pool chose a pool of the snapshot");

@@ -87,10 +87,10 @@ pub struct CellSpec {
     pub verbs: Vec<VerbSpec>,
     /// The code that runs.
     pub module: ModuleSpec,
-    /// Base64 signature over the module digest; required when the pool lists trusted keys.
+    /// The module's detached signature, as `cellbus module sign` writes it; required when
+    /// the pool has a `trust`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
-    pub signature: Option<String>,
+    pub signature: Option<super::ModuleSignature>,
     /// Limits below the pool's defaults for this cell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<SandboxLimits>,

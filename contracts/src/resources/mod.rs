@@ -6,10 +6,12 @@ mod cell;
 mod common;
 mod pool;
 pub(crate) mod schema;
+mod signature;
 
 pub use cell::*;
 pub use common::*;
 pub use pool::*;
+pub use signature::*;
 
 pub const GROUP: &str = "cellbus.io";
 pub const VERSION: &str = "v1alpha1";

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Os, Runtime, SandboxLimits};
 use super::k8s::{ResourceRequirements, Toleration};
+use super::TrustSpec;
 
 /// A pool of Cellbus runtime pods of one runtime on one OS.
 // Each `printcolumn(...)` repeats `type_`, which clippy takes for a duplicated attribute.
@@ -72,7 +73,7 @@ pub struct CellPoolSpec {
     /// The NATS the pool serves on; defaults to the operator's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsSpec>,
-    /// Keys allowed to sign modules. When set, every cell must carry a valid signature.
+    /// Who may sign modules. When set, every cell must carry a signature that verifies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustSpec>,
 }
@@ -94,18 +95,6 @@ pub struct NatsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: Option<String>,
-}
-
-/// Module signing keys a pool trusts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TrustSpec {
-    /// Ed25519 public keys as `ed25519:` and the base64 of the 32 key bytes.
-    #[schemars(
-        length(min = 1, max = 32),
-        inner(pattern(r"^ed25519:[A-Za-z0-9+/]{43}=$"))
-    )]
-    pub keys: Vec<String>,
 }
 
 #[cfg(feature = "kube")]

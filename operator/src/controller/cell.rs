@@ -108,7 +108,7 @@ async fn apply(
     let pool = match placed {
         Ok(pool) => pool,
         Err(not_placed) => {
-            let conditions = [
+            let mut conditions = vec![
                 NewCondition::new(
                     types::SCHEDULED,
                     Status::False,
@@ -122,6 +122,14 @@ async fn apply(
                     &not_placed.message,
                 ),
             ];
+            if not_placed.unverified {
+                conditions.push(NewCondition::new(
+                    types::MODULE_VERIFIED,
+                    Status::False,
+                    not_placed.reason,
+                    &not_placed.message,
+                ));
+            }
             let status = CellStatus {
                 pool: None,
                 subjects: Vec::new(),
@@ -129,7 +137,9 @@ async fn apply(
                 ..next_status(&cell, conditions, ctx)
             };
             update_status(object, &cell, &status, ctx).await?;
-            let NotPlaced { reason, message } = not_placed;
+            let NotPlaced {
+                reason, message, ..
+            } = not_placed;
             return Err(Error::NotPlaced {
                 cell: cell.key(),
                 reason,
@@ -207,7 +217,15 @@ async fn observe(
     schema_conflict: Option<NotPlaced>,
     ctx: &Context,
 ) -> Result<Observation, Error> {
-    let module = module_condition(spec, bus).await?;
+    let mut module = module_condition(spec, bus).await?;
+    let pool_spec = pool.spec.as_ref().expect("a placed Cell's pool is valid");
+    let signer = cellbus_control::signature::SignatureCheck::now().verify_cell(spec, pool_spec);
+    if let Ok(Some(signer)) = signer {
+        if module.status == Status::True {
+            module.reason = reasons::SIGNED;
+        }
+        module.message = format!("signed by {signer}; {}", module.message);
+    }
     let (database, database_secret, retry) = match (&spec.database, &schema_conflict) {
         (None, _) => (None, None, None),
         // Neither role nor grant: the schema and its rows are the holder's.
