@@ -296,15 +296,16 @@ impl Inner {
 
     /// Makes the served cells match `assignment`.
     async fn apply(self: &Arc<Self>, assignment: Option<&PoolAssignment>) {
-        let assigned: Vec<AssignedCell> =
-            assignment.map(|a| a.cells.clone()).unwrap_or_default();
+        let assigned: Vec<AssignedCell> = assignment.map(|a| a.cells.clone()).unwrap_or_default();
         let runtime = assignment.map_or(Runtime::Wasm, |a| a.runtime);
         let mut states = Vec::new();
         // Verified again here, whatever the operator found: the assignment's bucket is
         // the pods' only word on what to run, and a loaded cell is dropped the moment its
         // signature stops verifying (a trust rotated away from its key, a certificate
         // that expired).
-        let trust = assignment.and_then(|a| a.trust.as_ref()).map(Trust::from_spec);
+        let trust = assignment
+            .and_then(|a| a.trust.as_ref())
+            .map(Trust::from_spec);
         let mut wanted = Vec::with_capacity(assigned.len());
         for spec in assigned {
             match verify_signature(trust.as_ref(), &spec) {

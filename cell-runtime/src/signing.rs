@@ -235,12 +235,13 @@ pub fn sign(args: &SignArgs) -> Result<(PathBuf, SignatureDocument), SigningErro
         digest: cellbus_control::digest_of(&module),
         service: args.service.clone(),
     };
-    let document = signature::sign(claims, &key, args.algorithm, certificates).map_err(
-        |source| SigningError::Sign {
-            file: args.file.clone(),
-            source,
-        },
-    )?;
+    let document =
+        signature::sign(claims, &key, args.algorithm, certificates).map_err(|source| {
+            SigningError::Sign {
+                file: args.file.clone(),
+                source,
+            }
+        })?;
     let out = args.out.clone().unwrap_or_else(|| {
         let mut name = args.file.clone().into_os_string();
         name.push(".sig");

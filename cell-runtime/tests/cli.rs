@@ -151,6 +151,73 @@ fn secrets_in_finds_passwords_but_not_digests() {
     assert!(secrets_in(&format!("bin/sha256-{password} started")).is_empty());
 }
 
+/// `cellbus up examples/signed` serves the signed module; the same directory with one
+/// byte of the module or of the signature changed serves nothing and says why.
+#[test]
+fn the_signed_example_serves_only_as_signed() {
+    let cache = tempfile::tempdir().unwrap();
+    let up = Up::start("examples/signed", cache.path(), &[]);
+    let reply = call(&up.url, &["signed-echo.say", r#"{"text":"signed"}"#]);
+    assert!(reply.status.success(), "{}", text(&reply.stderr));
+    up.interrupt();
+
+    let changed_module = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("examples/signed"), changed_module.path());
+    let module = changed_module.path().join("echo.wasm");
+    let mut bytes = std::fs::read(&module).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&module, bytes).unwrap();
+    let up = Up::start(changed_module.path().to_str().unwrap(), cache.path(), &[]);
+    assert!(
+        !up.lines.iter().any(|l| l.starts_with("serving")),
+        "{:?}",
+        up.lines
+    );
+    assert!(
+        up.lines
+            .iter()
+            .any(|l| l.starts_with("note    Cell signed-echo: no file in")
+                && l.contains("a module changed after signing never runs")),
+        "{:?}",
+        up.lines
+    );
+    up.interrupt();
+
+    let changed_signature = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("examples/signed"), changed_signature.path());
+    let cell = changed_signature.path().join("cell.yaml");
+    let manifest = std::fs::read_to_string(&cell).unwrap();
+    let at = manifest.find("\"signature\": \"").unwrap() + "\"signature\": \"".len();
+    let mut manifest = manifest.into_bytes();
+    manifest[at] = if manifest[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&cell, manifest).unwrap();
+    let output = cellbus()
+        .args(["up", changed_signature.path().to_str().unwrap()])
+        .env("CELLBUS_CACHE_DIR", cache.path())
+        .env("PATH", path_with_venv())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("Cell signed/signed-echo: spec.signature: BadSignature: "),
+        "{stderr}"
+    );
+    assert!(
+        !text(&output.stdout).contains("serving"),
+        "{}",
+        text(&output.stdout)
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 #[test]
 fn up_serves_every_example_and_call_reaches_them() {
     let cache = tempfile::tempdir().unwrap();
@@ -166,6 +233,7 @@ fn up_serves_every_example_and_call_reaches_them() {
     );
     for subject in [
         "cbs.echo.say",
+        "cbs.signed-echo.say",
         "cbs.greeter.hello",
         "cbs.caller.relay",
         "cbs.ledger.append",

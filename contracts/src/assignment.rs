@@ -7,8 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::resources::{
-    Capabilities, CellPoolSpec, ModuleSignature, TrustSpec, CellSpec, DatabaseSpec, EnvVar, ModuleSpec, Os, Runtime,
-    SandboxLimits, VerbSpec,
+    Capabilities, CellPoolSpec, CellSpec, DatabaseSpec, EnvVar, ModuleSignature, ModuleSpec, Os,
+    Runtime, SandboxLimits, TrustSpec, VerbSpec,
 };
 use crate::subject::{self, SubjectError};
 

@@ -213,11 +213,34 @@ pub fn cell(spec: &CellSpec) -> Result<(), Invalid> {
 pub fn pool(spec: &CellPoolSpec) -> Result<(), Invalid> {
     let mut errors = Errors::default();
     check_limits("spec.sandbox", &spec.sandbox, &mut errors);
+    if let Some(trust) = &spec.trust {
+        if trust.keys.is_empty() && trust.certificate_authorities.is_empty() {
+            errors.add(
+                "spec.trust",
+                "a trust lists at least one key or certificate authority",
+            );
+        }
+        if let Some(signers) = &trust.signers {
+            if trust.certificate_authorities.is_empty() {
+                errors.add(
+                    "spec.trust.signers",
+                    "signers constrain certificates; list the certificateAuthorities that issue them",
+                );
+            }
+            if signers.common_names.is_empty() && signers.subject_alt_names.is_empty() {
+                errors.add(
+                    "spec.trust.signers",
+                    "signers name at least one common name or subject alternative name",
+                );
+            }
+        }
+    }
     errors.finish()
 }
 
 /// Checks that the pool `pool_name` can run the cell: same runtime and OS, limits within
-/// the pool's, a signature where the pool demands one, a module the runtime can load.
+/// the pool's, a module the runtime can load. Signatures are the
+/// [`Verifier`](crate::manifest::Verifier)'s.
 pub fn cell_in_pool(cell: &CellSpec, pool_name: &str, pool: &CellPoolSpec) -> Result<(), Invalid> {
     let mut errors = Errors::default();
     if let Some(runtime) = cell.runtime.filter(|r| *r != pool.runtime) {
@@ -260,27 +283,6 @@ pub fn cell_in_pool(cell: &CellSpec, pool_name: &str, pool: &CellPoolSpec) -> Re
             ),
         ),
         (_, None) => {}
-    }
-    if pool.trust.is_some() {
-        if cell.module.digest.is_none() {
-            // A command runs the image's code, which the image's own supply chain vouches
-            // for; a module signature covers bytes fetched by digest only.
-            errors.add(
-                "spec.module.digest",
-                format!(
-                    "pool {pool_name} runs only signed modules, and a signature covers a module's digest; \
-                     give the module by digest (`cellbus module push`) rather than as a command"
-                ),
-            );
-        } else if cell.signature.is_none() {
-            errors.add(
-                "spec.signature",
-                format!(
-                    "pool {pool_name} runs only signed modules; sign it with `cellbus module sign FILE --key KEY` \
-                     and put the .sig document here"
-                ),
-            );
-        }
     }
     if let Some(limits) = &cell.limits {
         check_within("spec.limits", limits, &pool.sandbox, pool_name, &mut errors);

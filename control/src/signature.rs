@@ -277,7 +277,10 @@ impl SignatureDocument {
     pub fn to_manifest(&self) -> ModuleSignature {
         let (key_id, certificates) = match &self.signed_by {
             SignedBy::Key(key_id) => (Some(key_id.clone()), Vec::new()),
-            SignedBy::Certificates(ders) => (None, ders.iter().map(|der| pem("CERTIFICATE", der)).collect()),
+            SignedBy::Certificates(ders) => (
+                None,
+                ders.iter().map(|der| pem("CERTIFICATE", der)).collect(),
+            ),
         };
         ModuleSignature {
             version: VERSION,
@@ -778,10 +781,12 @@ fn verify_chain(
     trust: &Trust,
     now: SystemTime,
 ) -> Result<SignerIdentity, SignatureError> {
-    let (leaf, intermediates) = chain.split_first().ok_or_else(|| SignatureError::Malformed {
-        what: "no certificates".into(),
-        source: None,
-    })?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| SignatureError::Malformed {
+            what: "no certificates".into(),
+            source: None,
+        })?;
     let (subject, key) = certificate_key(leaf)?;
     for der in intermediates {
         let (issuer, key) = certificate_key(der)?;
@@ -800,11 +805,12 @@ fn verify_chain(
         .map(|authority| authority.anchor.clone())
         .collect();
     let leaf_der = CertificateDer::from(leaf.as_slice());
-    let end_entity =
-        webpki::EndEntityCert::try_from(&leaf_der).map_err(|error| SignatureError::Certificate {
+    let end_entity = webpki::EndEntityCert::try_from(&leaf_der).map_err(|error| {
+        SignatureError::Certificate {
             what: format!("{subject} cannot be read as a signer's certificate: {error}"),
             source: None,
-        })?;
+        }
+    })?;
     let intermediates: Vec<CertificateDer<'_>> = intermediates
         .iter()
         .map(|der| CertificateDer::from(der.as_slice()))
@@ -847,16 +853,16 @@ fn chain_error(error: webpki::Error, subject: &str) -> SignatureError {
     let subject = subject.to_owned();
     match error {
         webpki::Error::CertExpired { .. } => SignatureError::CertificateExpired { subject },
-        webpki::Error::CertNotValidYet { .. } => {
-            SignatureError::CertificateNotYetValid { subject }
-        }
+        webpki::Error::CertNotValidYet { .. } => SignatureError::CertificateNotYetValid { subject },
         webpki::Error::UnknownIssuer => SignatureError::UnknownAuthority {
             subject,
             detail: "no trusted authority issued it or an intermediate the signature carries"
                 .into(),
         },
         webpki::Error::RequiredEkuNotFoundContext(_) => SignatureError::Certificate {
-            what: format!("{subject} is not for code signing (its extended key usage lacks codeSigning)"),
+            what: format!(
+                "{subject} is not for code signing (its extended key usage lacks codeSigning)"
+            ),
             source: None,
         },
         other => SignatureError::Certificate {
@@ -939,7 +945,10 @@ impl cellbus_contracts::manifest::Verifier for SignatureCheck {
         match self.verify_cell(cell, pool) {
             Ok(_) => Vec::new(),
             Err(error) => vec![FieldError::new(
-                "spec.signature",
+                match error {
+                    SignatureError::NotSignable => "spec.module.digest",
+                    _ => "spec.signature",
+                },
                 format!(
                     "{}: {}",
                     error.reason(),
@@ -1136,9 +1145,11 @@ pub enum SignatureError {
         #[source]
         source: cellbus_contracts::subject::SubjectError,
     },
-    #[error("the module is not signed, and the pool runs only modules signed by a signer it trusts")]
+    #[error(
+        "the module is not signed, and the pool runs only modules signed by a signer it trusts"
+    )]
     Unsigned,
-    #[error("the module is a command in the image, which no module signature covers, and the pool runs only signed modules")]
+    #[error("the module is a command in the image, which no module signature covers, and the pool runs only signed modules; give the module by digest (`cellbus module push`)")]
     NotSignable,
     #[error("the signature is for module {signed}, not for this module ({actual})")]
     DigestMismatch { signed: String, actual: String },

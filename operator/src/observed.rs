@@ -9,11 +9,11 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use cellbus_contracts::manifest::{self, Verifier as _};
-use cellbus_control::signature::SignatureCheck;
 use cellbus_contracts::resources::{
     Cell, CellPool, CellPoolSpec, CellPoolStatus, CellSpec, CellStatus,
 };
 use cellbus_contracts::validate::FieldError;
+use cellbus_control::signature::SignatureCheck;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::de::DeserializeOwned;

@@ -85,8 +85,10 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Value>, Error> {
 /// Any broken rule fails the whole render with every error, each naming its object and
 /// field.
 pub fn render(documents: &[Value], config: &Config) -> Result<Rendered, Error> {
-    let checked =
-        manifest::check_with(documents, &cellbus_control::signature::SignatureCheck::now());
+    let checked = manifest::check_with(
+        documents,
+        &cellbus_control::signature::SignatureCheck::now(),
+    );
     if !checked.errors.is_empty() {
         return Err(Error::InvalidManifests {
             errors: checked.errors,

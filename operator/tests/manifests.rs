@@ -22,12 +22,13 @@
 
 use std::path::{Path, PathBuf};
 
-use cellbus_contracts::manifest::{self, schema_error, select_pool};
+use cellbus_contracts::manifest::{self, schema_error, select_pool, Verifier as _};
 use cellbus_contracts::resources::{
     CellPoolSpec, CellSpec, NAMESPACE_PATTERN, OBJECT_NAME_PATTERN,
 };
 use cellbus_contracts::schemas::forbid_unknown_fields;
 use cellbus_contracts::validate;
+use cellbus_control::signature::SignatureCheck;
 use cellbus_operator::crdgen;
 use serde_json::Value;
 
@@ -250,6 +251,7 @@ fn cluster_reading(documents: &[Value]) -> Vec<Refusal> {
             "CellPool" => {
                 let spec: CellPoolSpec = serde_json::from_value(spec).unwrap();
                 operator_refusals(validate::pool(&spec), &mut refusals);
+                verifier_refusals(SignatureCheck::now().pool(&spec), &mut refusals);
                 pools.push((document["metadata"]["name"].as_str().unwrap().into(), spec));
             }
             _ => {
@@ -266,9 +268,23 @@ fn cluster_reading(documents: &[Value]) -> Vec<Refusal> {
     for cell in &cells {
         if let Ok((name, pool)) = select_pool(cell, &candidates) {
             operator_refusals(validate::cell_in_pool(cell, name, pool), &mut refusals);
+            verifier_refusals(
+                SignatureCheck::now().cell_in_pool(cell, pool),
+                &mut refusals,
+            );
         }
     }
     refusals
+}
+
+/// What the operator's signature checks refuse: a pool's trust it cannot read, a Cell
+/// whose module no trusted signer vouches for.
+fn verifier_refusals(errors: Vec<validate::FieldError>, into: &mut Vec<Refusal>) {
+    into.extend(errors.into_iter().map(|error| Refusal {
+        stage: Stage::Operator,
+        message: error.to_string(),
+        field: error.field,
+    }));
 }
 
 fn operator_refusals(result: Result<(), validate::Invalid>, into: &mut Vec<Refusal>) {
@@ -408,7 +424,7 @@ fn collect_rules(schema: &Value, into: &mut Vec<String>) {
 fn cellbus_check_refuses_every_bad_manifest_naming_the_field() {
     let mut wrong = Vec::new();
     for fixture in fixtures() {
-        let checked = manifest::check(&fixture.documents);
+        let checked = manifest::check_with(&fixture.documents, &SignatureCheck::now());
         let named = checked
             .errors
             .iter()

@@ -8,6 +8,7 @@
 
 mod logs;
 mod nats;
+pub mod pki;
 mod postgres;
 
 pub use logs::CapturedLogs;

@@ -81,23 +81,41 @@ impl Bus {
 
     /// Stores the cells' modules and writes the pool's assignment.
     pub async fn assign(&self, cells: &[TestCell]) {
+        let runtime = cells.first().map_or("wasm", |cell| cell.runtime);
+        self.assign_in(POOL, json!({"runtime": runtime}), cells)
+            .await;
+    }
+
+    /// Stores the cells' modules and writes the assignment of the pool `pool` with the
+    /// spec `spec`.
+    pub async fn assign_in(&self, pool: &str, spec: Value, cells: &[TestCell]) {
         for cell in cells.iter().filter(|c| !c.module.is_empty()) {
             cellbus_control::push_module(&self.node.shared.buckets.modules, &cell.module)
                 .await
                 .unwrap();
         }
-        let runtime = cells.first().map_or("wasm", |cell| cell.runtime);
-        let pool: CellPoolSpec = serde_json::from_value(json!({"runtime": runtime})).unwrap();
+        let spec: CellPoolSpec = serde_json::from_value(spec).unwrap();
         let assignment = PoolAssignment::new(
             NAMESPACE,
-            POOL,
-            &pool,
+            pool,
+            &spec,
             cells.iter().map(|c| (c.name.as_str(), &c.spec)),
         )
         .unwrap();
         cellbus_control::write_assignment(&self.node.shared.buckets.assignments, &assignment)
             .await
             .unwrap();
+    }
+
+    /// Serves the pool `pool` once every one of `services` has loaded or failed.
+    pub async fn serve(&self, pool: &str, services: &[&str]) -> PoolServer {
+        let server = self.node.serve_pool(Identity {
+            namespace: NAMESPACE.into(),
+            pool: pool.into(),
+            pod: "pod-0".into(),
+        });
+        settle(&server, services).await;
+        server
     }
 
     /// Sends raw bytes to a subject and reads the reply envelope.
