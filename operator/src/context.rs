@@ -290,7 +290,7 @@ impl Context {
     pub fn snapshot(&self) -> Snapshot {
         let cells = judge_all(&self.cells, &self.judged, ObservedCell::from_object);
         let pools = judge_all(&self.pools, &self.judged_pools, ObservedPool::from_object);
-        Snapshot::new(cells, pools)
+        Snapshot::new(cells, pools).at(self.clock.now().0.into())
     }
 
     /// Drops what the context remembers of a Cell that is gone.

@@ -71,12 +71,12 @@ pub struct SignedClaims {
 pub struct TrustSpec {
     /// Public keys (PEM SubjectPublicKeyInfo, `-----BEGIN PUBLIC KEY-----`) of Ed25519,
     /// ECDSA P-256 or RSA of at least 2048 bits.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 16384)))]
     pub keys: Vec<String>,
     /// CA certificates (PEM) whose certificates may sign, directly or through
     /// intermediates the signature carries.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 16384)))]
     pub certificate_authorities: Vec<String>,
     /// Which certificates of those authorities may sign; without it, any they issued.
@@ -96,11 +96,11 @@ pub struct TrustSpec {
 ]))]
 pub struct SignerConstraints {
     /// Subject common names (`CN=`) accepted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
     pub common_names: Vec<String>,
     /// Subject alternative names accepted: a DNS name, an email or a URI.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 1024)))]
     pub subject_alt_names: Vec<String>,
 }

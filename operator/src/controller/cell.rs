@@ -219,7 +219,10 @@ async fn observe(
 ) -> Result<Observation, Error> {
     let mut module = module_condition(spec, bus).await?;
     let pool_spec = pool.spec.as_ref().expect("a placed Cell's pool is valid");
-    let signer = cellbus_control::signature::SignatureCheck::now().verify_cell(spec, pool_spec);
+    let signatures = cellbus_control::signature::SignatureCheck {
+        now: ctx.clock.now().0.into(),
+    };
+    let signer = signatures.verify_cell(spec, pool_spec);
     if let Ok(Some(signer)) = signer {
         if module.status == Status::True {
             module.reason = reasons::SIGNED;

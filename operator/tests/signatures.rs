@@ -1,0 +1,247 @@
+//! The operator's verification of signed modules, on the matrix the command line and the
+//! runtime are tested with (cell-runtime/tests/signed_modules.rs): keys, certificates and
+//! signatures made by `openssl`. Placement decides from the watch caches alone; the
+//! reconcile then reports the signer, or why not, in `ModuleVerified`, and a Cell that
+//! fails never reaches its pool's assignment in KV.
+
+mod support;
+
+use std::sync::Arc;
+
+use cellbus_contracts::assignment::assignment_key;
+use cellbus_control::NatsArgs;
+use cellbus_operator::controller::cell;
+use cellbus_operator::observed::ObservedCell;
+use cellbus_operator::Error;
+use cellbus_runtime::bench::ECHO_WASM;
+use cellbus_testkit::pki::{Case, Signatures, TrustKind};
+use cellbus_testkit::NatsServer;
+use serde_json::{json, Value};
+use support::api::{mock_client, object_for};
+use support::*;
+
+fn pool_name(kind: TrustKind) -> &'static str {
+    match kind {
+        TrustKind::Keys => "keys",
+        TrustKind::Certificates => "certificates",
+    }
+}
+
+fn spec_of(case: &Case) -> Value {
+    let mut spec = echo_spec(&case.service, &cellbus_control::digest_of(&case.module));
+    spec["poolRef"] = json!(pool_name(case.trust));
+    if let Some(signature) = &case.signature {
+        spec["signature"] = signature.clone();
+    }
+    spec
+}
+
+#[tokio::test]
+async fn only_cells_whose_signature_verifies_are_placed_and_assigned() {
+    let signatures = Signatures::new(ECHO_WASM).unwrap();
+    let (client, _api) = mock_client();
+    let (ctx, mut caches) = context(client, "nats://127.0.0.1:4222");
+    for kind in [TrustKind::Keys, TrustKind::Certificates] {
+        let spec = json!({"runtime": "wasm", "trust": signatures.trust(kind)});
+        caches.apply(&pool(pool_name(kind), spec));
+    }
+    for case in &signatures.cases {
+        caches.apply(&cell(&case.service, spec_of(case), 10));
+    }
+    let snapshot = ctx.snapshot();
+    for case in &signatures.cases {
+        let object = caches_cell(&ctx, &case.service);
+        match (snapshot.placement(&object, &ctx.config), case.refused) {
+            (Ok(pool), None) => assert_eq!(pool.name(), pool_name(case.trust)),
+            (Err(not_placed), Some(reason)) => {
+                assert_eq!(
+                    not_placed.reason, reason,
+                    "{}: {}",
+                    case.service, not_placed.message
+                );
+                assert!(not_placed.unverified, "{}", case.service);
+            }
+            (placed, expected) => panic!(
+                "{}: placed {:?}, expected refusal {expected:?}",
+                case.service,
+                placed.map(|pool| pool.name().to_owned())
+            ),
+        }
+    }
+    for kind in [TrustKind::Keys, TrustKind::Certificates] {
+        let pool = snapshot.pool(NAMESPACE, pool_name(kind)).unwrap().clone();
+        let assignment = snapshot.assignment(&pool, &ctx.config).unwrap().unwrap();
+        let mut assigned: Vec<&str> = assignment.cells.iter().map(|c| c.name.as_str()).collect();
+        assigned.sort();
+        let mut expected: Vec<&str> = signatures
+            .cases
+            .iter()
+            .filter(|case| case.trust == kind && case.refused.is_none())
+            .map(|case| case.service.as_str())
+            .collect();
+        expected.sort();
+        assert_eq!(assigned, expected);
+        // The pods verify again against the trust the assignment carries.
+        assert_eq!(
+            serde_json::to_value(&assignment.trust).unwrap(),
+            signatures.trust(kind)
+        );
+    }
+
+    // Rotating the key pool away from key A takes A's Cell out; B's stays.
+    let spec = json!({"runtime": "wasm", "trust": signatures.trust_without("rotate-a")});
+    let mut rotated = pool("keys", spec);
+    rotated.metadata.resource_version = Some("2".into());
+    rotated.metadata.generation = Some(2);
+    caches.apply(&rotated);
+    let snapshot = ctx.snapshot();
+    let refused = snapshot
+        .placement(&caches_cell(&ctx, "rotate-a"), &ctx.config)
+        .unwrap_err();
+    assert_eq!(refused.reason, "UnknownKey");
+    assert!(snapshot
+        .placement(&caches_cell(&ctx, "rotate-b"), &ctx.config)
+        .is_ok());
+}
+
+/// The Cell as the reconciler reads it from the caches.
+fn caches_cell(ctx: &cellbus_operator::context::Context, name: &str) -> ObservedCell {
+    let object = ctx
+        .cells
+        .iter()
+        .flat_map(|store| store.state())
+        .find(|cell| cell.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("{name} is not in the caches"));
+    ObservedCell::from_object(&object)
+}
+
+#[test]
+fn a_pool_whose_trust_cannot_be_read_is_invalid_naming_the_entry() {
+    let weak = cellbus_testkit::pki::Pki::new().unwrap();
+    let key = weak
+        .key("weak", cellbus_testkit::pki::KeyKind::Rsa(1024))
+        .unwrap();
+    let good = weak
+        .key("good", cellbus_testkit::pki::KeyKind::Ed25519)
+        .unwrap();
+    let read = cellbus_testkit::pki::read;
+    for (trust, field, words) in [
+        (
+            json!({"keys": [read(&good.public), read(&key.public)]}),
+            "spec.trust.keys[1]",
+            "1024 bits; at least 2048",
+        ),
+        (
+            json!({"keys": ["ed25519:AAAA"]}),
+            "spec.trust.keys[0]",
+            "not a PEM public key",
+        ),
+        (
+            json!({"certificateAuthorities": [read(&good.public)]}),
+            "spec.trust.certificateAuthorities[0]",
+            "not a PEM certificate",
+        ),
+    ] {
+        let object = pool("keys", json!({"runtime": "wasm", "trust": trust}));
+        let observed = cellbus_operator::observed::ObservedPool::from_object(&object);
+        let errors = observed.spec.expect_err("the pool is invalid");
+        assert_eq!(errors[0].field, field, "{errors:?}");
+        assert!(errors[0].message.contains(words), "{errors:?}");
+    }
+}
+
+#[tokio::test]
+async fn module_verified_names_the_signer_or_why_not() {
+    let signatures = Signatures::new(ECHO_WASM).unwrap();
+    let nats = NatsServer::start();
+    let client = cellbus_control::connect_once(&NatsArgs::url(nats.url()), "test")
+        .await
+        .unwrap();
+    let buckets = cellbus_control::ensure_buckets(&async_nats::jetstream::new(client))
+        .await
+        .unwrap();
+    cellbus_control::push_module(&buckets.modules, ECHO_WASM)
+        .await
+        .unwrap();
+    let (client, mut api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    for kind in [TrustKind::Keys, TrustKind::Certificates] {
+        let spec = json!({"runtime": "wasm", "trust": signatures.trust(kind)});
+        caches.apply(&pool(pool_name(kind), spec));
+    }
+    let case = |service: &str| {
+        signatures
+            .cases
+            .iter()
+            .find(|case| case.service == service)
+            .unwrap()
+    };
+
+    for (service, status, reason, words) in [
+        (
+            "signed-ed25519",
+            "True",
+            "Signed",
+            "signed by key sha256:".to_owned(),
+        ),
+        (
+            "cert-chained",
+            "True",
+            "Signed",
+            "signed by certificate CN=release-chained (rsa-pss-sha256) issued under CN=cellbus-test-root"
+                .to_owned(),
+        ),
+        (
+            "cert-expired",
+            "False",
+            "CertificateExpired",
+            "CellPool certificates does not run this module: certificate CN=release-expired has expired"
+                .to_owned(),
+        ),
+        (
+            "untrusted",
+            "False",
+            "UnknownKey",
+            "which is not trusted".to_owned(),
+        ),
+    ] {
+        let object = with_finalizer(cell(service, spec_of(case(service)), 10));
+        caches.apply(&object);
+        let task = tokio::spawn(cell::reconcile(Arc::new(object.clone()), ctx.clone()));
+        let call = api.next(|call| (200, object_for(call))).await;
+        assert!(call.line().ends_with(&format!("/cells/{service}/status")), "{}", call.line());
+        let status_value = call.body["status"].clone();
+        // One Event per new condition.
+        let conditions = status_value["conditions"].as_array().unwrap().len();
+        for _ in 0..conditions {
+            api.next(|call| (201, object_for(call))).await;
+        }
+        let outcome = task.await.unwrap();
+        let (verified, why, message) = condition(&status_value, "ModuleVerified");
+        assert_eq!((verified.as_str(), why.as_str()), (status, reason), "{service}: {message}");
+        assert!(message.contains(&words), "{service}: {message}");
+        if status == "False" {
+            assert!(matches!(outcome, Err(Error::NotPlaced { .. })), "{outcome:?}");
+            assert_eq!(condition(&status_value, "Scheduled").1, reason);
+        } else {
+            outcome.unwrap();
+        }
+    }
+    let assigned = |pool: &'static str| {
+        let buckets = buckets.clone();
+        async move {
+            cellbus_control::read_assignment(&buckets.assignments, &assignment_key(NAMESPACE, pool))
+                .await
+                .unwrap()
+                .map(|a| a.cells.into_iter().map(|c| c.name).collect::<Vec<_>>())
+        }
+    };
+    assert_eq!(
+        assigned("keys").await,
+        Some(vec!["signed-ed25519".to_owned()])
+    );
+    assert_eq!(
+        assigned("certificates").await,
+        Some(vec!["cert-chained".to_owned()])
+    );
+}
