@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cellbus_contracts::assignment::{database_secret_name, PoolAssignment};
-use cellbus_contracts::manifest::{select_pool, Object};
+use cellbus_contracts::manifest::{self, select_pool, Object};
 use cellbus_contracts::resources::{CellPoolSpec, CellSpec, Delivery};
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::subject;
 use cellbus_control::database::{Admin, Endpoint, Wanted};
+use cellbus_control::signature::{self, SignatureCheck};
 use cellbus_control::NatsArgs;
 use tempfile::TempDir;
 
@@ -116,7 +117,9 @@ impl Up {
 
 /// Brings up everything DIR describes and waits until each cell has loaded or failed.
 pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
-    let checked = cellbus_control::manifests::check(std::slice::from_ref(&args.dir))?;
+    let documents = cellbus_control::manifests::load(std::slice::from_ref(&args.dir))?;
+    let signatures = SignatureCheck::with_documents(&documents);
+    let checked = manifest::check_with(&documents, &signatures);
     if !checked.errors.is_empty() {
         let list: Vec<String> = checked.errors.iter().map(|e| format!("  {e}")).collect();
         return Err(UpError::Invalid {
@@ -128,7 +131,26 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
     let mut cells: Vec<(String, String, CellSpec)> = Vec::new();
     for object in checked.objects {
         match object {
-            Object::CellPool { at, spec } => pools.push((at.namespace, at.name, spec)),
+            Object::CellPool { at, mut spec } => {
+                // The pods verify against keys and authorities, the sources read here (as
+                // the operator reads them in a cluster); checked above, so this reads.
+                if let Some(trust) = &spec.trust {
+                    let effective = signature::resolve_trust(trust, |source| {
+                        signature::source_value(source, &at.namespace, &signatures.sources)
+                    })
+                    .map_err(|error| UpError::Invalid {
+                        count: 1,
+                        list: format!(
+                            "  CellPool {}/{}: spec.trust.{}",
+                            at.namespace,
+                            at.name,
+                            cellbus_contracts::error_chain(&error)
+                        ),
+                    })?;
+                    spec.trust = Some(effective);
+                }
+                pools.push((at.namespace, at.name, spec))
+            }
             Object::Cell { at, spec } => cells.push((at.namespace, at.name, spec)),
         }
     }

@@ -109,21 +109,70 @@ fn cellbus_module_verify_decides_each_case() {
 
 #[test]
 fn cellbus_check_refuses_each_cell_its_pool_does_not_trust() {
+    use base64::Engine as _;
     let signatures = Signatures::new(&echo_wasm()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for kind in [TrustKind::Keys, TrustKind::Certificates] {
-        let pool = json!({
+    let write = |name: &str, document: Value| {
+        std::fs::write(dir.path().join(name), document.to_string()).unwrap();
+    };
+    // The keys from a Secret, the root authority from a ConfigMap, as a cluster keeps
+    // them: `cellbus check` reads them from the manifests beside the pools.
+    let keys: String = signatures.trust(TrustKind::Keys)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key.as_str().unwrap())
+        .collect();
+    write(
+        "signers.yaml",
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "signers"},
+            "data": {"keys.pem": base64::engine::general_purpose::STANDARD.encode(keys)},
+        }),
+    );
+    let mut certificates = signatures.trust(TrustKind::Certificates);
+    let root = certificates["certificateAuthorities"][0].clone();
+    write(
+        "roots.yaml",
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "roots"},
+            "data": {"ca.crt": root},
+        }),
+    );
+    certificates["certificateAuthorities"] = json!([]);
+    certificates["from"] = json!([{"configMapKeyRef": {"name": "roots", "key": "ca.crt"}}]);
+    let trusts = [
+        (
+            TrustKind::Keys,
+            json!({"from": [{"secretKeyRef": {"name": "signers", "key": "keys.pem"}}]}),
+        ),
+        (TrustKind::Certificates, certificates),
+    ];
+    for (kind, trust) in trusts {
+        write(
+            &format!("pool-{}.yaml", pool_name(kind)),
+            json!({
+                "apiVersion": "cellbus.io/v1alpha1",
+                "kind": "CellPool",
+                "metadata": {"name": pool_name(kind)},
+                "spec": {"runtime": "wasm", "trust": trust},
+            }),
+        );
+    }
+    // A pool whose source is missing is refused, naming the source.
+    write(
+        "pool-lost.yaml",
+        json!({
             "apiVersion": "cellbus.io/v1alpha1",
             "kind": "CellPool",
-            "metadata": {"name": pool_name(kind)},
-            "spec": {"runtime": "wasm", "trust": signatures.trust(kind)},
-        });
-        std::fs::write(
-            dir.path().join(format!("pool-{}.yaml", pool_name(kind))),
-            pool.to_string(),
-        )
-        .unwrap();
-    }
+            "metadata": {"name": "lost"},
+            "spec": {"runtime": "wasm", "trust": {"from": [{"configMapKeyRef": {"name": "gone", "key": "ca.crt"}}]}},
+        }),
+    );
     for case in &signatures.cases {
         let mut spec = json!({
             "service": case.service,
@@ -149,6 +198,10 @@ fn cellbus_check_refuses_each_cell_its_pool_does_not_trust() {
     let output = cellbus(&["check", &dir.path().display().to_string()]);
     let report = format!("{}{}", text(&output.stdout), text(&output.stderr));
     assert!(!output.status.success(), "{report}");
+    assert!(
+        report.contains("CellPool default/lost: spec.trust.from[0]: trust source ConfigMap gone key ca.crt: ConfigMap gone does not exist in namespace default"),
+        "{report}"
+    );
     for case in &signatures.cases {
         let at = format!("Cell default/{}", case.service);
         match case.refused {

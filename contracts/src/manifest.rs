@@ -83,10 +83,16 @@ pub struct Checked {
 /// Rules the contracts cannot judge alone: module signatures need cryptography, which
 /// lives with the callers (`cellbus_control::signature::SignatureCheck`).
 pub trait Verifier {
-    /// A pool's own errors beyond its schema and rules (its trust, read).
-    fn pool(&self, spec: &CellPoolSpec) -> Vec<FieldError>;
-    /// A cell's errors in `pool` (its signature, verified against the pool's trust).
-    fn cell_in_pool(&self, cell: &CellSpec, pool: &CellPoolSpec) -> Vec<FieldError>;
+    /// The errors of a pool of `namespace` beyond its schema and rules (its trust, read).
+    fn pool(&self, namespace: &str, spec: &CellPoolSpec) -> Vec<FieldError>;
+    /// The errors of a cell of `namespace` in `pool` (its signature, verified against the
+    /// pool's trust).
+    fn cell_in_pool(
+        &self,
+        namespace: &str,
+        cell: &CellSpec,
+        pool: &CellPoolSpec,
+    ) -> Vec<FieldError>;
 }
 
 /// Checks shapes and rules only: signatures are not verified. For the contracts' own
@@ -94,11 +100,11 @@ pub trait Verifier {
 pub struct ShapeOnly;
 
 impl Verifier for ShapeOnly {
-    fn pool(&self, _: &CellPoolSpec) -> Vec<FieldError> {
+    fn pool(&self, _: &str, _: &CellPoolSpec) -> Vec<FieldError> {
         Vec::new()
     }
 
-    fn cell_in_pool(&self, _: &CellSpec, _: &CellPoolSpec) -> Vec<FieldError> {
+    fn cell_in_pool(&self, _: &str, _: &CellSpec, _: &CellPoolSpec) -> Vec<FieldError> {
         Vec::new()
     }
 }
@@ -138,7 +144,7 @@ pub fn check_with(documents: &[Value], verifier: &dyn Verifier) -> Checked {
             "Cell" if is_ours => judge::<CellSpec>(document, cell_schema(), validate::cell)
                 .map(|spec| cells.push((at.clone(), spec))),
             "CellPool" if is_ours => judge::<CellPoolSpec>(document, pool_schema(), validate::pool)
-                .and_then(|spec| match verifier.pool(&spec) {
+                .and_then(|spec| match verifier.pool(&at.namespace, &spec) {
                     errors if errors.is_empty() => Ok(spec),
                     errors => Err(errors),
                 })
@@ -171,7 +177,7 @@ pub fn check_with(documents: &[Value], verifier: &dyn Verifier) -> Checked {
             .collect();
         let mut errors = match select_pool(&spec, &candidates) {
             Ok((name, pool)) => match validate::cell_in_pool(&spec, name, pool) {
-                Ok(()) => verifier.cell_in_pool(&spec, pool),
+                Ok(()) => verifier.cell_in_pool(&at.namespace, &spec, pool),
                 Err(invalid) => invalid.0,
             },
             Err(error @ PoolChoiceError::Several { .. }) => {

@@ -214,14 +214,25 @@ pub fn pool(spec: &CellPoolSpec) -> Result<(), Invalid> {
     let mut errors = Errors::default();
     check_limits("spec.sandbox", &spec.sandbox, &mut errors);
     if let Some(trust) = &spec.trust {
-        if trust.keys.is_empty() && trust.certificate_authorities.is_empty() {
+        if trust.keys.is_empty()
+            && trust.certificate_authorities.is_empty()
+            && trust.from.is_empty()
+        {
             errors.add(
                 "spec.trust",
-                "a trust lists at least one key or certificate authority",
+                "a trust lists at least one key, certificate authority or source",
             );
         }
+        for (index, source) in trust.from.iter().enumerate() {
+            if source.config_map_key_ref.is_some() == source.secret_key_ref.is_some() {
+                errors.add(
+                    format!("spec.trust.from[{index}]"),
+                    "a trust source is a configMapKeyRef or a secretKeyRef",
+                );
+            }
+        }
         if let Some(signers) = &trust.signers {
-            if trust.certificate_authorities.is_empty() {
+            if trust.certificate_authorities.is_empty() && trust.from.is_empty() {
                 errors.add(
                     "spec.trust.signers",
                     "signers constrain certificates; list the certificateAuthorities that issue them",

@@ -50,9 +50,10 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Value>, LoadError> {
 
 /// Loads and checks manifests, verifying signatures now.
 pub fn check(paths: &[PathBuf]) -> Result<Checked, LoadError> {
+    let documents = load(paths)?;
     Ok(manifest::check_with(
-        &load(paths)?,
-        &crate::signature::SignatureCheck::now(),
+        &documents,
+        &crate::signature::SignatureCheck::with_documents(&documents),
     ))
 }
 

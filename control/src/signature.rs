@@ -71,7 +71,8 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use cellbus_contracts::resources::{
-    CellPoolSpec, CellSpec, ModuleSignature, SignedClaims, SignerConstraints, TrustSpec,
+    CellPoolSpec, CellSpec, KeyRef, ModuleSignature, SignedClaims, SignerConstraints, TrustSource,
+    TrustSpec,
 };
 use cellbus_contracts::validate::FieldError;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
@@ -533,6 +534,14 @@ impl Trust {
     /// included: a trust that silently drops an entry would refuse, later and far from
     /// here, modules its author meant to allow.
     pub fn from_spec(spec: &TrustSpec) -> Result<Self, TrustError> {
+        // Sources are read into keys and authorities first ([`resolve_trust`]); a trust
+        // that still names one would silently trust less than its author meant.
+        if !spec.from.is_empty() {
+            return Err(TrustError {
+                field: "from".into(),
+                source: SignatureError::TrustUnresolved,
+            });
+        }
         let mut trust = Trust {
             signers: spec.signers.clone(),
             ..Trust::default()
@@ -889,31 +898,217 @@ pub fn verify_module(
     verify(&document, digest, Some(service), trust, now)
 }
 
-/// A pool's trust and its cells' signatures, judged at one moment: the
-/// [`Verifier`](cellbus_contracts::manifest::Verifier) `cellbus check`, `cellbus up` and
-/// `cellbus-operator render` check manifests with, and the operator places Cells with.
-#[derive(Clone, Copy, Debug)]
+/// A ConfigMap or Secret a trust may read from, its values as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceObject {
+    /// `ConfigMap` or `Secret`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub data: std::collections::BTreeMap<String, String>,
+}
+
+impl SourceObject {
+    /// The ConfigMaps and Secrets among manifests (`cellbus check`, `cellbus up`): a
+    /// ConfigMap's `data`, a Secret's `stringData` and base64 `data`.
+    pub fn from_documents(documents: &[serde_json::Value]) -> Vec<Self> {
+        documents
+            .iter()
+            .filter_map(|document| {
+                let kind = match document["kind"].as_str()? {
+                    "ConfigMap" if document["apiVersion"] == "v1" => "ConfigMap",
+                    "Secret" if document["apiVersion"] == "v1" => "Secret",
+                    _ => return None,
+                };
+                let metadata = &document["metadata"];
+                let mut data = std::collections::BTreeMap::new();
+                let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+                if let Some(map) = document["data"].as_object() {
+                    for (key, value) in map {
+                        let value = match kind {
+                            "Secret" => text(value).and_then(|encoded| {
+                                let bytes = base64::engine::general_purpose::STANDARD
+                                    .decode(encoded.trim())
+                                    .ok()?;
+                                String::from_utf8(bytes).ok()
+                            }),
+                            _ => text(value),
+                        };
+                        if let Some(value) = value {
+                            data.insert(key.clone(), value);
+                        }
+                    }
+                }
+                if let Some(map) = document["stringData"]
+                    .as_object()
+                    .filter(|_| kind == "Secret")
+                {
+                    for (key, value) in map {
+                        if let Some(value) = text(value) {
+                            data.insert(key.clone(), value);
+                        }
+                    }
+                }
+                Some(SourceObject {
+                    kind,
+                    namespace: metadata["namespace"]
+                        .as_str()
+                        .unwrap_or(cellbus_contracts::manifest::DEFAULT_NAMESPACE)
+                        .to_owned(),
+                    name: metadata["name"].as_str()?.to_owned(),
+                    data,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The kind and key reference of a source.
+fn source_ref(source: &TrustSource) -> Option<(&'static str, &KeyRef)> {
+    match (&source.config_map_key_ref, &source.secret_key_ref) {
+        (Some(at), None) => Some(("ConfigMap", at)),
+        (None, Some(at)) => Some(("Secret", at)),
+        _ => None,
+    }
+}
+
+/// The value `source` names among `objects` of `namespace`, or why there is none.
+pub fn source_value(
+    source: &TrustSource,
+    namespace: &str,
+    objects: &[SourceObject],
+) -> Result<String, String> {
+    let (kind, at) =
+        source_ref(source).ok_or("a trust source names a configMapKeyRef or a secretKeyRef")?;
+    let object = objects
+        .iter()
+        .find(|object| {
+            object.kind == kind && object.namespace == namespace && object.name == at.name
+        })
+        .ok_or_else(|| format!("{kind} {} does not exist in namespace {namespace}", at.name))?;
+    object
+        .data
+        .get(&at.key)
+        .cloned()
+        .ok_or_else(|| format!("{kind} {} has no key {}", at.name, at.key))
+}
+
+/// The trust in effect: `spec`'s own keys and authorities, then those of each source
+/// (`fetch` gives a source's value, or why it cannot be had), each block read and checked
+/// here so that an error names the source. The result names no source.
+pub fn resolve_trust(
+    spec: &TrustSpec,
+    mut fetch: impl FnMut(&TrustSource) -> Result<String, String>,
+) -> Result<TrustSpec, TrustError> {
+    let mut effective = TrustSpec {
+        from: Vec::new(),
+        ..spec.clone()
+    };
+    for (index, source) in spec.from.iter().enumerate() {
+        let error = |why: String| TrustError {
+            field: format!("from[{index}]"),
+            source: SignatureError::TrustSource {
+                what: source.describe(),
+                why,
+            },
+        };
+        let text = fetch(source).map_err(error)?;
+        let blocks = pem::parse_many(&text).map_err(|e| error(format!("not PEM: {e}")))?;
+        if blocks.is_empty() {
+            return Err(error("it holds no PEM block".into()));
+        }
+        for (number, block) in blocks.iter().enumerate() {
+            let text = pem::encode(block);
+            let read = match block.tag() {
+                "PUBLIC KEY" => PublicKey::from_pem(&text).and_then(|key| {
+                    key.check_strength(&format!("key {}", key.key_id()))?;
+                    effective.keys.push(text.clone());
+                    Ok(())
+                }),
+                "CERTIFICATE" => Authority::from_pem(&text).map(|_| {
+                    effective.certificate_authorities.push(text.clone());
+                }),
+                other => Err(SignatureError::Certificate {
+                    what: format!(
+                        "a {other} block; a trust holds PUBLIC KEY and CERTIFICATE blocks"
+                    ),
+                    source: None,
+                }),
+            };
+            read.map_err(|e| {
+                error(format!(
+                    "block {}: {}",
+                    number + 1,
+                    cellbus_contracts::error_chain(&e)
+                ))
+            })?;
+        }
+    }
+    Ok(effective)
+}
+
+/// The errors of a pool's own keys and authorities (not its sources, which only the
+/// operator or the manifests around it can read).
+pub fn inline_trust_errors(spec: &CellPoolSpec) -> Vec<FieldError> {
+    let Some(trust) = &spec.trust else {
+        return Vec::new();
+    };
+    match Trust::from_spec(&TrustSpec {
+        from: Vec::new(),
+        ..trust.clone()
+    }) {
+        Ok(_) => Vec::new(),
+        Err(error) => vec![trust_field_error(error)],
+    }
+}
+
+fn trust_field_error(error: TrustError) -> FieldError {
+    FieldError::new(
+        format!("spec.trust.{}", error.field),
+        cellbus_contracts::error_chain(&error.source),
+    )
+}
+
+/// Module signatures judged at one moment, with the ConfigMaps and Secrets trusts may read
+/// from: the [`Verifier`](cellbus_contracts::manifest::Verifier) `cellbus check`, `cellbus
+/// up` and `cellbus-operator render` check manifests with, and what the operator places
+/// Cells with.
+#[derive(Clone, Debug)]
 pub struct SignatureCheck {
     pub now: SystemTime,
+    pub sources: Vec<SourceObject>,
 }
 
 impl SignatureCheck {
+    /// At this moment, with no source objects.
     pub fn now() -> Self {
         SignatureCheck {
             now: SystemTime::now(),
+            sources: Vec::new(),
         }
     }
 
-    /// Who signed `cell`'s module, when `pool` trusts signers; `Ok(None)` when it does
-    /// not, and signatures are not checked.
+    /// At this moment, reading sources from the ConfigMaps and Secrets among `documents`.
+    pub fn with_documents(documents: &[serde_json::Value]) -> Self {
+        SignatureCheck {
+            sources: SourceObject::from_documents(documents),
+            ..SignatureCheck::now()
+        }
+    }
+
+    /// Who signed `cell`'s module, against `trust` in effect (see [`resolve_trust`]);
+    /// `Ok(None)` without a trust: signatures are not checked.
     pub fn verify_cell(
         &self,
         cell: &CellSpec,
-        pool: &CellPoolSpec,
+        trust: Option<&TrustSpec>,
     ) -> Result<Option<Signer>, SignatureError> {
-        let Some(spec) = &pool.trust else {
+        let Some(spec) = trust else {
             return Ok(None);
         };
+        if !spec.from.is_empty() {
+            return Err(SignatureError::TrustUnresolved);
+        }
         // An unreadable trust is the pool's error, reported on the pool; its cells wait.
         let trust = Trust::from_spec(spec).map_err(|error| error.source)?;
         verify_module(
@@ -925,24 +1120,46 @@ impl SignatureCheck {
         )
         .map(Some)
     }
+
+    fn effective(
+        &self,
+        namespace: &str,
+        pool: &CellPoolSpec,
+    ) -> Result<Option<TrustSpec>, TrustError> {
+        pool.trust
+            .as_ref()
+            .map(|trust| {
+                resolve_trust(trust, |source| {
+                    source_value(source, namespace, &self.sources)
+                })
+            })
+            .transpose()
+    }
 }
 
 impl cellbus_contracts::manifest::Verifier for SignatureCheck {
-    fn pool(&self, spec: &CellPoolSpec) -> Vec<FieldError> {
-        let Some(trust) = &spec.trust else {
-            return Vec::new();
-        };
-        match Trust::from_spec(trust) {
+    fn pool(&self, namespace: &str, spec: &CellPoolSpec) -> Vec<FieldError> {
+        let inline = inline_trust_errors(spec);
+        if !inline.is_empty() {
+            return inline;
+        }
+        match self.effective(namespace, spec) {
             Ok(_) => Vec::new(),
-            Err(error) => vec![FieldError::new(
-                format!("spec.trust.{}", error.field),
-                cellbus_contracts::error_chain(&error.source),
-            )],
+            Err(error) => vec![trust_field_error(error)],
         }
     }
 
-    fn cell_in_pool(&self, cell: &CellSpec, pool: &CellPoolSpec) -> Vec<FieldError> {
-        match self.verify_cell(cell, pool) {
+    fn cell_in_pool(
+        &self,
+        namespace: &str,
+        cell: &CellSpec,
+        pool: &CellPoolSpec,
+    ) -> Vec<FieldError> {
+        // A trust that cannot be read is the pool's error.
+        let Ok(trust) = self.effective(namespace, pool) else {
+            return Vec::new();
+        };
+        match self.verify_cell(cell, trust.as_ref()) {
             Ok(_) => Vec::new(),
             Err(error) => vec![FieldError::new(
                 match error {
@@ -1175,6 +1392,10 @@ pub enum SignatureError {
     UnknownAuthority { subject: String, detail: String },
     #[error("certificate {subject} is not among the pool's signers (it names {})", names.join(", "))]
     SignerNotAllowed { subject: String, names: Vec<String> },
+    #[error("trust source {what}: {why}")]
+    TrustSource { what: String, why: String },
+    #[error("the pool's trust sources have not been read yet")]
+    TrustUnresolved,
     #[error("certificate: {what}")]
     Certificate {
         what: String,
@@ -1228,6 +1449,8 @@ impl SignatureError {
             SignatureError::UnknownAuthority { .. } => "UnknownAuthority",
             SignatureError::SignerNotAllowed { .. } => "SignerNotAllowed",
             SignatureError::Certificate { .. } => "BadCertificate",
+            SignatureError::TrustSource { .. } => "TrustSourceUnavailable",
+            SignatureError::TrustUnresolved => "TrustPending",
             SignatureError::PublicKey { .. } | SignatureError::PrivateKey { .. } => "BadKey",
             SignatureError::GenerateKey { .. } | SignatureError::Sign { .. } => "SigningFailed",
         }

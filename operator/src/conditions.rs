@@ -72,6 +72,10 @@ pub mod reasons {
     pub const REPLICAS_READY: &str = "ReplicasReady";
     /// CellPool Ready=False, Degraded=True: fewer runtime pods are ready than wanted.
     pub const REPLICAS_UNAVAILABLE: &str = "ReplicasUnavailable";
+    /// CellPool TrustResolved=True: the trust's ConfigMaps and Secrets were read. False
+    /// has the reason they could not be (`TrustSourceUnavailable`, `BadKey`, `WeakKey`,
+    /// `BadCertificate`), and the pool's Cells wait (`TrustPending`).
+    pub const TRUST_RESOLVED: &str = "TrustResolved";
     /// SandboxEnforced=True: every pod's kernel holds process cells with Landlock.
     pub const LANDLOCK: &str = "Landlock";
     /// SandboxEnforced=False: a pod's kernel lacks (some of) Landlock; its process cells

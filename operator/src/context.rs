@@ -20,7 +20,7 @@ use crate::database::Databases;
 use crate::metrics::Metrics;
 use crate::names::FIELD_MANAGER;
 use crate::observed::{CellObject, ObservedCell, ObservedPool, PoolObject, Watched};
-use crate::scheduling::Snapshot;
+use crate::scheduling::{ResolvedTrust, Snapshot};
 use crate::{Config, Error};
 
 /// How long the operator waits for things and how it spaces retries.
@@ -230,6 +230,9 @@ pub struct Context {
     assignment_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The database Secrets each pool's Role was last made to list.
     secret_access: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Pools' trusts with their sources read, by pool key: placement needs them and the
+    /// caches do not hold ConfigMaps or Secrets.
+    trusts: Mutex<HashMap<String, ResolvedTrust>>,
 }
 
 impl Context {
@@ -263,6 +266,7 @@ impl Context {
             judged_pools: Mutex::default(),
             assignment_locks: Mutex::default(),
             secret_access: Mutex::default(),
+            trusts: Mutex::default(),
         }
     }
 
@@ -290,7 +294,26 @@ impl Context {
     pub fn snapshot(&self) -> Snapshot {
         let cells = judge_all(&self.cells, &self.judged, ObservedCell::from_object);
         let pools = judge_all(&self.pools, &self.judged_pools, ObservedPool::from_object);
-        Snapshot::new(cells, pools).at(self.clock.now().0.into())
+        let trusts = self
+            .trusts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Snapshot::new(cells, pools)
+            .with_trusts(trusts)
+            .at(self.clock.now().0.into())
+    }
+
+    /// Records the trust a pool's sources were read into (`None`: they could not be),
+    /// and whether that changed anything.
+    pub fn set_trust(&self, pool: &str, trust: Option<ResolvedTrust>) -> bool {
+        let mut trusts = self.trusts.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = trusts.get(pool) != trust.as_ref();
+        match trust {
+            Some(trust) => trusts.insert(pool.to_owned(), trust),
+            None => trusts.remove(pool),
+        };
+        changed
     }
 
     /// Drops what the context remembers of a Cell that is gone.

@@ -8,12 +8,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use cellbus_contracts::manifest::{self, Verifier as _};
+use cellbus_contracts::manifest;
 use cellbus_contracts::resources::{
     Cell, CellPool, CellPoolSpec, CellPoolStatus, CellSpec, CellStatus,
 };
 use cellbus_contracts::validate::FieldError;
-use cellbus_control::signature::SignatureCheck;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::de::DeserializeOwned;
@@ -161,7 +160,7 @@ impl ObservedPool {
         Observed::judge(object, |document| {
             let spec = manifest::pool_spec(document)?;
             // The trust's keys and authorities must be readable for the pool to be valid.
-            match SignatureCheck::now().pool(&spec) {
+            match cellbus_control::signature::inline_trust_errors(&spec) {
                 errors if errors.is_empty() => Ok(spec),
                 errors => Err(errors),
             }

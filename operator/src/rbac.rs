@@ -92,6 +92,13 @@ pub const RULES: &[Rule] = &[
         resources: &["secrets"],
         verbs: &["get", "patch"],
     },
+    // Trusted signing keys and authorities a pool's `trust.from` names.
+    Rule {
+        scope: Scope::Watched,
+        group: "",
+        resources: &["configmaps"],
+        verbs: &["get"],
+    },
     Rule {
         scope: Scope::Watched,
         group: "events.k8s.io",
@@ -313,7 +320,8 @@ mod tests {
         assert!(granted("PATCH", "/api/v1/namespaces/t/secrets/visits-db"));
         assert!(!granted("DELETE", "/api/v1/namespaces/t/secrets/visits-db"));
         assert!(!granted("GET", "/api/v1/namespaces/t/secrets"));
-        assert!(!granted("GET", "/api/v1/namespaces/t/configmaps/x"));
+        assert!(granted("GET", "/api/v1/namespaces/t/configmaps/x"));
+        assert!(!granted("GET", "/api/v1/namespaces/t/configmaps"));
         assert!(!granted(
             "PATCH",
             "/apis/cellbus.io/v1alpha1/namespaces/t/cellpools/p"

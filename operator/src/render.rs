@@ -87,7 +87,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Value>, Error> {
 pub fn render(documents: &[Value], config: &Config) -> Result<Rendered, Error> {
     let checked = manifest::check_with(
         documents,
-        &cellbus_control::signature::SignatureCheck::now(),
+        &cellbus_control::signature::SignatureCheck::with_documents(documents),
     );
     if !checked.errors.is_empty() {
         return Err(Error::InvalidManifests {

@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use cellbus_contracts::assignment::PoolAssignment;
 use cellbus_contracts::manifest::{select_pool, PoolChoiceError};
-use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
+use cellbus_contracts::resources::{CellPoolSpec, CellSpec, TrustSpec};
 use cellbus_contracts::subject::SubjectError;
 use cellbus_contracts::validate;
-use cellbus_control::signature::{SignatureCheck, SignatureError};
+use cellbus_control::signature::{SignatureCheck, SignatureError, Signer};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::conditions::{pool_choice_reason, reasons};
@@ -46,7 +46,11 @@ impl NotPlaced {
         Self {
             reason: error.reason(),
             message: format!(
-                "CellPool {pool} does not run this module: {}",
+                "{}: CellPool {pool} does not run this module: {}",
+                match error {
+                    SignatureError::NotSignable => "spec.module.digest",
+                    _ => "spec.signature",
+                },
                 cellbus_contracts::error_chain(error)
             ),
             unverified: true,
@@ -70,6 +74,17 @@ pub struct Snapshot {
     by_schema: HashMap<String, Vec<usize>>,
     /// Signatures are judged at this moment: certificates expire.
     signatures: SignatureCheck,
+    /// The trusts with sources, as the pools' last reconciles read them, by pool key.
+    trusts: HashMap<String, ResolvedTrust>,
+}
+
+/// A pool's trust with its sources read (by its last reconcile): keys and authorities
+/// only, naming no source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedTrust {
+    /// The pool generation whose spec was resolved.
+    pub generation: i64,
+    pub trust: TrustSpec,
 }
 
 impl Snapshot {
@@ -80,6 +95,7 @@ impl Snapshot {
             by_service: HashMap::new(),
             by_schema: HashMap::new(),
             signatures: SignatureCheck::now(),
+            trusts: HashMap::new(),
         };
         snapshot.index();
         snapshot
@@ -137,6 +153,48 @@ impl Snapshot {
         }
     }
 
+    /// The snapshot with the pools' trusts as their sources were last read.
+    pub fn with_trusts(mut self, trusts: HashMap<String, ResolvedTrust>) -> Self {
+        self.trusts = trusts;
+        self
+    }
+
+    /// The trust in effect in `pool` (none: signatures are not checked), or why Cells wait:
+    /// its sources have not been read for its current generation.
+    pub fn trust(
+        &self,
+        pool: &ObservedPool,
+        spec: &CellPoolSpec,
+    ) -> Result<Option<TrustSpec>, NotPlaced> {
+        match &spec.trust {
+            None => Ok(None),
+            Some(trust) if trust.from.is_empty() => Ok(Some(trust.clone())),
+            Some(_) => self
+                .trusts
+                .get(&pool.key())
+                .filter(|resolved| resolved.generation == pool.generation())
+                .map(|resolved| Some(resolved.trust.clone()))
+                .ok_or_else(|| NotPlaced {
+                    reason: SignatureError::TrustUnresolved.reason(),
+                    message: format!(
+                        "waiting for CellPool {} to read its trust sources (see its TrustResolved condition)",
+                        pool.name()
+                    ),
+                    unverified: true,
+                }),
+        }
+    }
+
+    /// Who signed `cell`'s module, when its pool `pool` trusts signers.
+    pub fn signer(&self, cell: &CellSpec, pool: &ObservedPool) -> Option<Signer> {
+        let spec = pool.spec.as_ref().ok()?;
+        let trust = self.trust(pool, spec).ok()?;
+        self.signatures
+            .verify_cell(cell, trust.as_ref())
+            .ok()
+            .flatten()
+    }
+
     /// The snapshot judging signatures at `now` rather than when it was taken.
     pub fn at(mut self, now: std::time::SystemTime) -> Self {
         self.signatures.now = now;
@@ -192,13 +250,14 @@ impl Snapshot {
         })?;
         validate::cell_in_pool(spec, name, pool_spec)
             .map_err(|invalid| NotPlaced::new(reasons::INVALID_SPEC, invalid.to_string()))?;
-        // A Cell whose module no trusted signer vouches for never enters the assignment.
-        self.signatures
-            .verify_cell(spec, pool_spec)
-            .map_err(|error| NotPlaced::unverified(name, &error))?;
         let pool = self
             .pool(cell.namespace(), name)
             .expect("select_pool chose a pool of the snapshot");
+        // A Cell whose module no trusted signer vouches for never enters the assignment.
+        let trust = self.trust(pool, pool_spec)?;
+        self.signatures
+            .verify_cell(spec, trust.as_ref())
+            .map_err(|error| NotPlaced::unverified(name, &error))?;
         Ok((spec, pool, pool_spec))
     }
 
@@ -294,6 +353,12 @@ impl Snapshot {
         config: &Config,
     ) -> Option<Result<PoolAssignment, SubjectError>> {
         let pool_spec = pool.spec.as_ref().ok()?;
+        // Until its sources are read, the pods keep the assignment they have.
+        let trust = self.trust(pool, pool_spec).ok()?;
+        let pool_spec = CellPoolSpec {
+            trust,
+            ..pool_spec.clone()
+        };
         let members = self.members(pool, config);
         let cells = members
             .iter()
@@ -301,7 +366,7 @@ impl Snapshot {
         Some(PoolAssignment::new(
             pool.namespace(),
             pool.name(),
-            pool_spec,
+            &pool_spec,
             cells,
         ))
     }

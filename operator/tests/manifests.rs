@@ -251,7 +251,7 @@ fn cluster_reading(documents: &[Value]) -> Vec<Refusal> {
             "CellPool" => {
                 let spec: CellPoolSpec = serde_json::from_value(spec).unwrap();
                 operator_refusals(validate::pool(&spec), &mut refusals);
-                verifier_refusals(SignatureCheck::now().pool(&spec), &mut refusals);
+                verifier_refusals(SignatureCheck::now().pool("default", &spec), &mut refusals);
                 pools.push((document["metadata"]["name"].as_str().unwrap().into(), spec));
             }
             _ => {
@@ -269,7 +269,7 @@ fn cluster_reading(documents: &[Value]) -> Vec<Refusal> {
         if let Ok((name, pool)) = select_pool(cell, &candidates) {
             operator_refusals(validate::cell_in_pool(cell, name, pool), &mut refusals);
             verifier_refusals(
-                SignatureCheck::now().cell_in_pool(cell, pool),
+                SignatureCheck::now().cell_in_pool("default", cell, pool),
                 &mut refusals,
             );
         }

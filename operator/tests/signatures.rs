@@ -195,7 +195,7 @@ async fn module_verified_names_the_signer_or_why_not() {
             "cert-expired",
             "False",
             "CertificateExpired",
-            "CellPool certificates does not run this module: certificate CN=release-expired has expired"
+            "spec.signature: CellPool certificates does not run this module: certificate CN=release-expired has expired"
                 .to_owned(),
         ),
         (
@@ -244,4 +244,143 @@ async fn module_verified_names_the_signer_or_why_not() {
         assigned("certificates").await,
         Some(vec!["cert-chained".to_owned()])
     );
+}
+
+/// A pool whose keys live in a ConfigMap: read through the API at every reconcile, the
+/// trust they make places the Cells and travels in the assignment; when the ConfigMap
+/// is gone, the pool says so, its Cells wait, and the pods keep the assignment they have.
+#[tokio::test]
+async fn a_pools_trust_sources_are_read_through_the_api() {
+    let signatures = Signatures::new(ECHO_WASM).unwrap();
+    let nats = NatsServer::start();
+    let (client, api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    let bundle: String = signatures.trust(TrustKind::Keys)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key.as_str().unwrap())
+        .collect();
+    let present = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = {
+        let present = present.clone();
+        api.serve_with(move |call| {
+            if call.path == "/api/v1/namespaces/apps/configmaps/signers" {
+                if present.load(std::sync::atomic::Ordering::SeqCst) {
+                    return (
+                        200,
+                        json!({
+                            "apiVersion": "v1",
+                            "kind": "ConfigMap",
+                            "metadata": {"name": "signers", "namespace": NAMESPACE},
+                            "data": {"signers.pem": bundle},
+                        }),
+                    );
+                }
+                return support::api::not_found();
+            }
+            support::api::forgetful(call)
+        })
+    };
+    let spec = json!({
+        "runtime": "wasm",
+        "trust": {"from": [{"configMapKeyRef": {"name": "signers", "key": "signers.pem"}}]},
+    });
+    let object = pool("keys", spec);
+    caches.apply(&object);
+    for service in ["signed-ed25519", "untrusted"] {
+        let case = signatures
+            .cases
+            .iter()
+            .find(|case| case.service == service)
+            .unwrap();
+        caches.apply(&cell(service, spec_of(case), 10));
+    }
+    // Before the pool has read its sources, its Cells wait.
+    let waiting = ctx
+        .snapshot()
+        .placement(&caches_cell(&ctx, "signed-ed25519"), &ctx.config)
+        .unwrap_err();
+    assert_eq!(waiting.reason, "TrustPending");
+
+    cellbus_operator::controller::pool::reconcile(Arc::new(object.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let pool_status = |calls: &[support::api::Call]| {
+        calls
+            .iter()
+            .rev()
+            .find(|call| call.path.ends_with("/cellpools/keys/status"))
+            .map(|call| call.body["status"].clone())
+            .expect("a status write")
+    };
+    let status = pool_status(&calls.lock().unwrap());
+    let (resolved, reason, message) = condition(&status, "TrustResolved");
+    assert_eq!(
+        (resolved.as_str(), reason.as_str()),
+        ("True", "TrustResolved")
+    );
+    assert_eq!(
+        message,
+        "6 keys and 0 certificate authorities, with 1 sources read"
+    );
+    let snapshot = ctx.snapshot();
+    assert!(snapshot
+        .placement(&caches_cell(&ctx, "signed-ed25519"), &ctx.config)
+        .is_ok());
+    assert_eq!(
+        snapshot
+            .placement(&caches_cell(&ctx, "untrusted"), &ctx.config)
+            .unwrap_err()
+            .reason,
+        "UnknownKey"
+    );
+    let client = cellbus_control::connect_once(&NatsArgs::url(nats.url()), "test")
+        .await
+        .unwrap();
+    let buckets = cellbus_control::ensure_buckets(&async_nats::jetstream::new(client))
+        .await
+        .unwrap();
+    let key = assignment_key(NAMESPACE, "keys");
+    let assignment = cellbus_control::read_assignment(&buckets.assignments, &key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(assignment.cells.len(), 1);
+    let trust = assignment.trust.unwrap();
+    assert!(
+        trust.from.is_empty(),
+        "the pods are given keys, not sources"
+    );
+    assert_eq!(trust.keys.len(), 6);
+
+    // The ConfigMap is deleted: the pool says why, Cells wait, the assignment stays.
+    present.store(false, std::sync::atomic::Ordering::SeqCst);
+    let object = with_status(object, &status);
+    caches.apply(&object);
+    cellbus_operator::controller::pool::reconcile(Arc::new(object), ctx.clone())
+        .await
+        .unwrap();
+    let status = pool_status(&calls.lock().unwrap());
+    let (resolved, reason, message) = condition(&status, "TrustResolved");
+    assert_eq!(
+        (resolved.as_str(), reason.as_str()),
+        ("False", "TrustSourceUnavailable")
+    );
+    assert_eq!(
+        message,
+        "spec.trust.from[0]: trust source ConfigMap signers key signers.pem: ConfigMap signers does not exist in namespace apps"
+    );
+    assert_eq!(
+        ctx.snapshot()
+            .placement(&caches_cell(&ctx, "signed-ed25519"), &ctx.config)
+            .unwrap_err()
+            .reason,
+        "TrustPending"
+    );
+    let kept = cellbus_control::read_assignment(&buckets.assignments, &key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.cells.len(), 1);
 }

@@ -40,4 +40,6 @@ pub mod condition {
     /// Process pools: whether every pod's kernel holds process cells to all the sandbox
     /// asks of it (Landlock).
     pub const SANDBOX_ENFORCED: &str = "SandboxEnforced";
+    /// Pools whose trust names ConfigMaps or Secrets: whether the operator read them.
+    pub const TRUST_RESOLVED: &str = "TrustResolved";
 }

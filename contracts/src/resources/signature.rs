@@ -60,11 +60,11 @@ pub struct SignedClaims {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "(has(self.keys) ? size(self.keys) : 0) + (has(self.certificateAuthorities) ? size(self.certificateAuthorities) : 0) > 0",
-        "message": "a trust lists at least one key or certificate authority"
+        "rule": "(has(self.keys) ? size(self.keys) : 0) + (has(self.certificateAuthorities) ? size(self.certificateAuthorities) : 0) + (has(self.from) ? size(self.from) : 0) > 0",
+        "message": "a trust lists at least one key, certificate authority or source"
     },
     {
-        "rule": "!has(self.signers) || (has(self.certificateAuthorities) && size(self.certificateAuthorities) > 0)",
+        "rule": "!has(self.signers) || (has(self.certificateAuthorities) && size(self.certificateAuthorities) > 0) || (has(self.from) && size(self.from) > 0)",
         "message": "signers constrain certificates; list the certificateAuthorities that issue them"
     }
 ]))]
@@ -79,6 +79,13 @@ pub struct TrustSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 16384)))]
     pub certificate_authorities: Vec<String>,
+    /// More keys and authorities, kept in ConfigMaps or Secrets of the pool's namespace
+    /// (a trust-manager bundle, cert-manager's `ca.crt`): every `PUBLIC KEY` block of the
+    /// value is a trusted key, every `CERTIFICATE` block an authority. Read again at every
+    /// reconcile of the pool, so a rotated bundle takes effect without touching the pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub from: Vec<TrustSource>,
     /// Which certificates of those authorities may sign; without it, any they issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signers: Option<SignerConstraints>,
@@ -103,4 +110,46 @@ pub struct SignerConstraints {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 1024)))]
     pub subject_alt_names: Vec<String>,
+}
+
+/// Where more trusted keys and authorities are kept: one key of a ConfigMap or a Secret in
+/// the pool's namespace, holding PEM blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.configMapKeyRef) != has(self.secretKeyRef)",
+        "message": "a trust source is a configMapKeyRef or a secretKeyRef"
+    }
+]))]
+pub struct TrustSource {
+    /// A key of a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+    /// A key of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+}
+
+/// One key of a ConfigMap or Secret in the pool's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    /// The object's name.
+    #[schemars(length(min = 1, max = 253), pattern(super::OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// The key, such as `ca.crt` or `signers.pem`.
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+impl TrustSource {
+    /// `ConfigMap NAME key KEY`, for messages.
+    pub fn describe(&self) -> String {
+        match (&self.config_map_key_ref, &self.secret_key_ref) {
+            (Some(at), _) => format!("ConfigMap {} key {}", at.name, at.key),
+            (None, Some(at)) => format!("Secret {} key {}", at.name, at.key),
+            (None, None) => "a source naming nothing".into(),
+        }
+    }
 }

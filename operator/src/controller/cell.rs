@@ -218,12 +218,7 @@ async fn observe(
     ctx: &Context,
 ) -> Result<Observation, Error> {
     let mut module = module_condition(spec, bus).await?;
-    let pool_spec = pool.spec.as_ref().expect("a placed Cell's pool is valid");
-    let signatures = cellbus_control::signature::SignatureCheck {
-        now: ctx.clock.now().0.into(),
-    };
-    let signer = signatures.verify_cell(spec, pool_spec);
-    if let Ok(Some(signer)) = signer {
+    if let Some(signer) = ctx.snapshot().signer(spec, pool) {
         if module.status == Status::True {
             module.reason = reasons::SIGNED;
         }

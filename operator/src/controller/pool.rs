@@ -7,8 +7,12 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use cellbus_contracts::assignment::PoolAssignment;
-use cellbus_contracts::resources::{CellPoolStatus, Os, PoolCells, Runtime};
+use cellbus_contracts::resources::{
+    CellPoolSpec, CellPoolStatus, Os, PoolCells, Runtime, TrustSource,
+};
+use cellbus_control::signature;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -27,7 +31,7 @@ use crate::context::Context;
 use crate::names::{self, FIELD_MANAGER};
 use crate::observed::{ObservedPool, PoolObject};
 use crate::readiness;
-use crate::scheduling::bus;
+use crate::scheduling::{bus, ResolvedTrust};
 use crate::Error;
 
 /// How metrics and logs name this controller.
@@ -105,6 +109,7 @@ async fn reconcile_pool(
         }
     }
 
+    let trust = read_trust(ctx, pool, &typed.spec).await?;
     write_assignment(ctx, pool, None).await?;
 
     let snapshot = ctx.snapshot();
@@ -136,11 +141,130 @@ async fn reconcile_pool(
             },
             ..pool.status.clone()
         },
-        rollout.conditions(&deployment).into_iter().chain(sandbox),
+        rollout
+            .conditions(&deployment)
+            .into_iter()
+            .chain(sandbox)
+            .chain(trust),
         ctx,
     );
     update_status(object, pool, &status, ctx).await?;
     Ok(Action::requeue(ctx.timing.resync))
+}
+
+/// Reads the sources of the pool's trust and records the trust they make, for placement
+/// and the assignment; says how that went (nothing when the trust has no sources). Read
+/// at every reconcile, so a rotated bundle takes effect within a resync.
+async fn read_trust(
+    ctx: &Context,
+    pool: &ObservedPool,
+    spec: &CellPoolSpec,
+) -> Result<Option<NewCondition>, Error> {
+    let Some(trust) = spec.trust.as_ref().filter(|trust| !trust.from.is_empty()) else {
+        ctx.set_trust(&pool.key(), None);
+        return Ok(None);
+    };
+    let mut values = Vec::with_capacity(trust.from.len());
+    for source in &trust.from {
+        values.push(source_value(ctx, pool.namespace(), source).await?);
+    }
+    let mut values = values.into_iter();
+    let resolved =
+        signature::resolve_trust(trust, |_| values.next().expect("one value per source"));
+    Ok(Some(match resolved {
+        Ok(effective) => {
+            let message = format!(
+                "{} keys and {} certificate authorities, with {} sources read",
+                effective.keys.len(),
+                effective.certificate_authorities.len(),
+                trust.from.len()
+            );
+            ctx.set_trust(
+                &pool.key(),
+                Some(ResolvedTrust {
+                    generation: pool.generation(),
+                    trust: effective,
+                }),
+            );
+            NewCondition::new(
+                types::TRUST_RESOLVED,
+                Status::True,
+                reasons::TRUST_RESOLVED,
+                message,
+            )
+        }
+        Err(error) => {
+            // Its Cells wait, and the pods keep the assignment they have.
+            ctx.set_trust(&pool.key(), None);
+            NewCondition::new(
+                types::TRUST_RESOLVED,
+                Status::False,
+                error.source.reason(),
+                format!(
+                    "spec.trust.{}: {}",
+                    error.field,
+                    cellbus_contracts::error_chain(&error.source)
+                ),
+            )
+        }
+    }))
+}
+
+/// The value a trust source names in `namespace`, or why there is none; `Err` only when
+/// the API could not be asked.
+async fn source_value(
+    ctx: &Context,
+    namespace: &str,
+    source: &TrustSource,
+) -> Result<Result<String, String>, Error> {
+    let read_error = |kind: &str, name: &str| {
+        let object = format!("{kind} {namespace}/{name}");
+        move |source| Error::Kube {
+            action: "read",
+            object,
+            source,
+        }
+    };
+    match (&source.config_map_key_ref, &source.secret_key_ref) {
+        (Some(at), None) => {
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+            let Some(map) = api
+                .get_opt(&at.name)
+                .await
+                .map_err(read_error("ConfigMap", &at.name))?
+            else {
+                return Ok(Err(format!(
+                    "ConfigMap {} does not exist in namespace {namespace}",
+                    at.name
+                )));
+            };
+            Ok(map
+                .data
+                .and_then(|mut data| data.remove(&at.key))
+                .ok_or_else(|| format!("ConfigMap {} has no key {}", at.name, at.key)))
+        }
+        (None, Some(at)) => {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+            let Some(secret) = api
+                .get_opt(&at.name)
+                .await
+                .map_err(read_error("Secret", &at.name))?
+            else {
+                return Ok(Err(format!(
+                    "Secret {} does not exist in namespace {namespace}",
+                    at.name
+                )));
+            };
+            let Some(bytes) = secret.data.and_then(|mut data| data.remove(&at.key)) else {
+                return Ok(Err(format!("Secret {} has no key {}", at.name, at.key)));
+            };
+            Ok(String::from_utf8(bytes.0)
+                .map_err(|_| format!("Secret {} key {} is not text", at.name, at.key)))
+        }
+        _ => Ok(Err(
+            "a trust source names a configMapKeyRef or a secretKeyRef".into(),
+        )),
+    }
 }
 
 /// Where the runtime Deployment's rollout stands.
