@@ -1456,3 +1456,145 @@ impl SignatureError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const DIGEST: &str = "sha256:e8d26128873ab4ea791eeefd34e0399042e365bab76a3befdb2108a4493e99f1";
+
+    fn signed(key: &PrivateKey) -> serde_json::Value {
+        let claims = SignedClaims {
+            digest: DIGEST.into(),
+            service: Some("echo".into()),
+        };
+        serde_json::to_value(sign(claims, key, None, Vec::new()).unwrap().to_manifest()).unwrap()
+    }
+
+    fn read(document: serde_json::Value) -> Result<SignatureDocument, SignatureError> {
+        SignatureDocument::from_json(document.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_document_of_the_wrong_shape_is_refused_with_its_reason() {
+        let key = PrivateKey::generate(KeyType::Ed25519).unwrap();
+        let good = signed(&key);
+        let with = |field: &str, value: serde_json::Value| {
+            let mut document = good.clone();
+            document[field] = value;
+            document
+        };
+        let mut both = good.clone();
+        both["certificates"] = json!(["-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"]);
+        let mut neither = good.clone();
+        neither.as_object_mut().unwrap().remove("keyId");
+        let cases = [
+            (with("extra", json!(1)), "MalformedSignature"),
+            (with("version", json!(2)), "MalformedSignature"),
+            (with("algorithm", json!("rsa-md5")), "UnsupportedAlgorithm"),
+            (
+                with("signature", json!("not base64!")),
+                "MalformedSignature",
+            ),
+            (with("keyId", json!("sha256:XYZ")), "MalformedSignature"),
+            (
+                with("claims", json!({"digest": DIGEST.to_uppercase()})),
+                "MalformedSignature",
+            ),
+            (
+                with("claims", json!({"digest": DIGEST, "service": "a.b"})),
+                "MalformedSignature",
+            ),
+            (both, "MalformedSignature"),
+            (neither, "MalformedSignature"),
+        ];
+        for (document, reason) in cases {
+            let error = read(document.clone()).unwrap_err();
+            assert_eq!(error.reason(), reason, "{document}: {error}");
+        }
+        assert!(read(good).is_ok());
+    }
+
+    #[test]
+    fn a_signature_verifies_only_for_its_digest_service_key_and_bytes() {
+        let key = PrivateKey::generate(KeyType::P256).unwrap();
+        let other = PrivateKey::generate(KeyType::P256).unwrap();
+        let mut trust = Trust::default();
+        trust.add_key(key.public_key().clone());
+        let document = read(signed(&key)).unwrap();
+        let now = SystemTime::now();
+        let signer = verify(&document, DIGEST, Some("echo"), &trust, now).unwrap();
+        assert_eq!(signer.service.as_deref(), Some("echo"));
+        let reason = |result: Result<Signer, SignatureError>| result.unwrap_err().reason();
+        let other_digest = format!("sha256:{}", "0".repeat(64));
+        assert_eq!(
+            reason(verify(&document, &other_digest, None, &trust, now)),
+            "DigestMismatch"
+        );
+        assert_eq!(
+            reason(verify(&document, DIGEST, Some("billing"), &trust, now)),
+            "ServiceMismatch"
+        );
+        let mut strangers = Trust::default();
+        strangers.add_key(other.public_key().clone());
+        assert_eq!(
+            reason(verify(&document, DIGEST, None, &strangers, now)),
+            "UnknownKey"
+        );
+        let mut truncated = document.clone();
+        truncated.signature.pop();
+        assert_eq!(
+            reason(verify(&truncated, DIGEST, None, &trust, now)),
+            "BadSignature"
+        );
+        let mut mislabelled = document;
+        mislabelled.algorithm = Algorithm::Ed25519;
+        assert_eq!(
+            reason(verify(&mislabelled, DIGEST, None, &trust, now)),
+            "AlgorithmKeyMismatch"
+        );
+    }
+
+    #[test]
+    fn a_trust_names_the_entry_it_cannot_use() {
+        let key = PrivateKey::generate(KeyType::Ed25519).unwrap();
+        let public = key.public_key().to_pem();
+        let unresolved = TrustSpec {
+            from: vec![TrustSource {
+                config_map_key_ref: Some(KeyRef {
+                    name: "signers".into(),
+                    key: "keys.pem".into(),
+                }),
+                secret_key_ref: None,
+            }],
+            ..TrustSpec::default()
+        };
+        let error = Trust::from_spec(&unresolved).unwrap_err();
+        assert_eq!(error.source.reason(), "TrustPending");
+
+        let bundle = |text: &str| resolve_trust(&unresolved, |_| Ok(text.to_owned()));
+        let resolved = bundle(&format!("{public}{public}")).unwrap();
+        assert_eq!(resolved.keys.len(), 2);
+        assert!(resolved.from.is_empty());
+        for (text, words) in [
+            ("", "holds no PEM block"),
+            ("just text", "holds no PEM block"),
+            (key.to_pem().as_str(), "a PRIVATE KEY block"),
+        ] {
+            let error = bundle(text).unwrap_err();
+            assert_eq!(error.field, "from[0]");
+            let message = cellbus_contracts::error_chain(&error.source);
+            assert!(message.contains(words), "{text:?}: {message}");
+            assert!(
+                message.starts_with("trust source ConfigMap signers key keys.pem: "),
+                "{message}"
+            );
+        }
+        let missing = resolve_trust(&unresolved, |_| {
+            Err("ConfigMap signers does not exist".into())
+        })
+        .unwrap_err();
+        assert_eq!(missing.source.reason(), "TrustSourceUnavailable");
+    }
+}
