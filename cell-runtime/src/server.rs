@@ -310,17 +310,7 @@ impl Inner {
         for spec in assigned {
             match verify_signature(trust.as_ref(), &spec) {
                 Ok(()) => wanted.push(spec),
-                Err(reason) => {
-                    warn!(service = %spec.service, digest = ?spec.module.digest, %reason, "cell not loaded");
-                    states.push(CellLoadState {
-                        name: spec.name.clone(),
-                        service: spec.service.clone(),
-                        digest: spec.module.digest.clone(),
-                        state: LoadState::Failed,
-                        loaded_at: None,
-                        reason: Some(reason),
-                    });
-                }
+                Err(reason) => states.push(not_loaded(&spec, reason)),
             }
         }
         for spec in wanted.iter() {
@@ -341,17 +331,7 @@ impl Inner {
                     self.subscribe(&spec.service).await;
                     self.restart_durable(&spec.service, Some(cell)).await;
                 }
-                Err(reason) => {
-                    warn!(service = %spec.service, digest = ?spec.module.digest, %reason, "cell not loaded");
-                    states.push(CellLoadState {
-                        name: spec.name.clone(),
-                        service: spec.service.clone(),
-                        digest: spec.module.digest.clone(),
-                        state: LoadState::Failed,
-                        loaded_at: None,
-                        reason: Some(reason),
-                    });
-                }
+                Err(reason) => states.push(not_loaded(spec, reason)),
             }
         }
         let removed: Vec<String> = self
@@ -773,6 +753,19 @@ fn verify_signature(
     })?;
     info!(service = %spec.service, %signer, "signature verified");
     Ok(())
+}
+
+/// The state of a cell that did not load, logged with `reason`.
+fn not_loaded(spec: &AssignedCell, reason: String) -> CellLoadState {
+    warn!(service = %spec.service, digest = ?spec.module.digest, %reason, "cell not loaded");
+    CellLoadState {
+        name: spec.name.clone(),
+        service: spec.service.clone(),
+        digest: spec.module.digest.clone(),
+        state: LoadState::Failed,
+        loaded_at: None,
+        reason: Some(reason),
+    }
 }
 
 fn loaded_state(cell: &LoadedCell) -> CellLoadState {

@@ -355,30 +355,20 @@ fn cellbus_signs_what_openssl_verifies() {
 fn keygen_refuses_a_weak_key_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("signer.pem");
-    let weak = cellbus(&[
-        "module",
-        "keygen",
-        "--algorithm",
-        "rsa",
-        "--bits",
-        "1024",
-        "--out",
-        &out.display().to_string(),
-    ]);
+    let keygen = |algorithm: &str, bits: &[&str]| {
+        let out = out.display().to_string();
+        let mut args = vec!["module", "keygen", "--algorithm", algorithm, "--out", &out];
+        args.extend_from_slice(bits);
+        cellbus(&args)
+    };
+    let weak = keygen("rsa", &["--bits", "1024"]);
     assert!(!weak.status.success());
     assert!(
         text(&weak.stderr).contains("1024 bits; at least 2048"),
         "{}",
         text(&weak.stderr)
     );
-    let made = cellbus(&[
-        "module",
-        "keygen",
-        "--algorithm",
-        "p256",
-        "--out",
-        &out.display().to_string(),
-    ]);
+    let made = keygen("p256", &[]);
     assert!(made.status.success(), "{}", text(&made.stderr));
     #[cfg(unix)]
     {
@@ -386,14 +376,7 @@ fn keygen_refuses_a_weak_key_and_never_overwrites() {
         let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "the private key is the owner's alone");
     }
-    let again = cellbus(&[
-        "module",
-        "keygen",
-        "--algorithm",
-        "p256",
-        "--out",
-        &out.display().to_string(),
-    ]);
+    let again = keygen("p256", &[]);
     assert!(!again.status.success());
     assert!(
         text(&again.stderr).contains("never overwrites"),

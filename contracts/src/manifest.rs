@@ -50,6 +50,9 @@ impl fmt::Display for ObjectRef {
 }
 
 /// A Cellbus object that passed every check.
+// Held only while a directory is checked, a few at a time: boxing the larger spec would
+// cost every reader a deref for no memory that matters.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Cell { at: ObjectRef, spec: CellSpec },
