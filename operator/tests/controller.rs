@@ -724,3 +724,99 @@ fn policy(object: &Object, error: &Error, ctx: &Arc<cellbus_operator::context::C
         Object::Pool(pool) => error_policy(Arc::new(pool.clone()), error, ctx.clone()),
     }
 }
+
+/// A field removed from a CellPool (a node selector entry, a toleration, a resource
+/// limit) is removed from its Deployment, and a pool changed back and forth makes no
+/// write once the children match.
+#[tokio::test]
+async fn a_field_removed_from_a_pool_is_removed_from_its_children() {
+    let nats = NatsServer::start();
+    let (client, api) = mock_client();
+    let (ctx, mut caches) = context(client, nats.url());
+    // An API server that keeps what is applied, as server-side apply with one manager
+    // does: the applied object replaces the last one.
+    let kept: Arc<std::sync::Mutex<std::collections::HashMap<String, Value>>> = Arc::default();
+    let calls = {
+        let kept = kept.clone();
+        api.serve_with(move |call| {
+            let mut kept = kept.lock().unwrap();
+            match call.method.as_str() {
+                "GET" => kept
+                    .get(&call.path)
+                    .map(|object| (200, object.clone()))
+                    .unwrap_or_else(not_found),
+                "PATCH" if !call.path.ends_with("/status") => {
+                    let object = object_for(call);
+                    kept.insert(call.path.clone(), object.clone());
+                    (200, object)
+                }
+                _ => support::api::forgetful(call),
+            }
+        })
+    };
+    let deployment = "/apis/apps/v1/namespaces/apps/deployments/cellbus-wasm";
+    let full = json!({
+        "runtime": "wasm",
+        "nodeSelector": {"disk": "ssd", "zone": "a"},
+        "tolerations": [{"key": "gpu", "operator": "Exists"}],
+        "resources": {"limits": {"memory": "1Gi", "cpu": "2"}},
+    });
+    let mut generation = 0;
+    let mut reconcile = async |spec: &Value| {
+        generation += 1;
+        let mut object = pool("wasm", spec.clone());
+        object.metadata.generation = Some(generation);
+        object.metadata.resource_version = Some(generation.to_string());
+        caches.apply(&object);
+        let before = calls.lock().unwrap().len();
+        reconcile_pool(&object, &ctx).await.unwrap().unwrap();
+        let calls = calls.lock().unwrap();
+        calls[before..]
+            .iter()
+            .filter(|call| call.method == "PATCH" && call.path == deployment)
+            .map(|call| call.body.clone())
+            .collect::<Vec<_>>()
+    };
+    let applied = reconcile(&full).await;
+    assert_eq!(applied.len(), 1);
+    assert!(reconcile(&full).await.is_empty(), "an unchanged pool wrote");
+
+    let pod = |body: &Value| body["spec"]["template"]["spec"].clone();
+    let removals = [
+        ("/nodeSelector/zone", "a node selector entry"),
+        ("/tolerations/0", "a toleration"),
+        ("/resources/limits/cpu", "a resource limit"),
+    ];
+    let mut spec = full.clone();
+    for (pointer, what) in removals {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        match spec.pointer_mut(parent).unwrap() {
+            Value::Object(map) => {
+                map.remove(key);
+            }
+            Value::Array(items) => {
+                items.remove(key.parse().unwrap());
+            }
+            _ => unreachable!(),
+        }
+        let applied = reconcile(&spec).await;
+        assert_eq!(applied.len(), 1, "removing {what} was not applied");
+        let template = pod(&applied[0]);
+        let container = &template["containers"][0];
+        let removed = match what {
+            "a node selector entry" => template["nodeSelector"].get("zone").is_some(),
+            "a toleration" => template["tolerations"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["key"] == "gpu")),
+            _ => container["resources"]["limits"].get("cpu").is_some(),
+        };
+        assert!(
+            !removed,
+            "{what} is still in the applied Deployment: {template}"
+        );
+        assert!(
+            reconcile(&spec).await.is_empty(),
+            "wrote again after removing {what}"
+        );
+    }
+}

@@ -133,6 +133,14 @@ async fn every_rule_is_called_and_every_call_is_a_rule() {
     caches.apply(&one);
     pool::reconcile(Arc::new(one), ctx.clone()).await.unwrap();
 
+    // A pool whose trust reads its keys from a ConfigMap (missing here: it says so).
+    let trust = json!({"from": [{"configMapKeyRef": {"name": "signers", "key": "signers.pem"}}]});
+    let trusting = pool("trusting", json!({"runtime": "process", "trust": trust}));
+    caches.apply(&trusting);
+    pool::reconcile(Arc::new(trusting), ctx.clone())
+        .await
+        .unwrap();
+
     // A Cell with a database: the finalizer, its Secret, the pool's Role for it; then
     // deleted, which takes the Role away and releases the Cell.
     let mut spec = echo_spec("visits", &format!("sha256:{}", "e".repeat(64)));

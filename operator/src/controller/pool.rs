@@ -397,9 +397,15 @@ pub(crate) async fn sync_secret_access(
     Ok(())
 }
 
+/// The annotation on each child holding the sha256 of the intent last applied to it.
+pub const APPLIED_ANNOTATION: &str = "cellbus.io/applied";
+
 /// Applies `desired` with server-side apply unless the live object already holds every
 /// field of it, and returns the live object. Comparing first is what makes a reconcile
-/// of an unchanged pool write nothing.
+/// of an unchanged pool write nothing. The intent's hash travels in an annotation, so that
+/// a field the pool no longer asks for (a node selector entry, a toleration, a limit),
+/// which the live object still holds, changes the hash and is applied, and server-side
+/// apply then removes it.
 async fn apply_child<K>(ctx: &Context, namespace: &str, desired: &K) -> Result<K, Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -423,6 +429,14 @@ where
             source: e.into(),
         })
     };
+    let mut desired = desired.clone();
+    let intent = cellbus_control::digest_of(serialize(&desired)?.to_string().as_bytes());
+    desired
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(APPLIED_ANNOTATION.into(), String::new() + &intent[..0]);
+    let desired = &desired;
     if let Some(live) = live {
         if contains(&serialize(&live)?, &serialize(desired)?) {
             return Ok(live);
