@@ -136,6 +136,7 @@ impl Node {
                 databases: Arc::new(Databases::new(secrets_from_environment())),
                 max_payload: engine.max_payload,
                 processes: process::ProcessSettings::new(),
+                report_every: cellbus_contracts::status::REPORT_EVERY,
             },
         })
     }

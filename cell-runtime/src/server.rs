@@ -70,6 +70,9 @@ pub struct Shared {
     pub max_payload: usize,
     /// How process cells are started.
     pub processes: ProcessSettings,
+    /// How often the pod's report is written again, changed or not, so the operator can
+    /// tell a live pod from a gone one.
+    pub report_every: Duration,
 }
 
 /// A running pool server; dropping it does not stop it, [`PoolServer::shutdown`] does.
@@ -212,6 +215,16 @@ impl PoolServer {
         }
         // Process cells stop with their last reference.
         self.inner.cells.write().expect("cells lock").clear();
+        // The pod is gone: its report would only mislead (the operator also drops reports
+        // not written again for a while, for pods that could not say goodbye).
+        let key = status_key(
+            &self.inner.identity.namespace,
+            &self.inner.identity.pool,
+            &self.inner.identity.pod,
+        );
+        if let Err(error) = self.inner.shared.buckets.status.delete(&key).await {
+            warn!(%error, %key, "removing the pod status");
+        }
     }
 }
 
@@ -251,6 +264,9 @@ impl Inner {
                     self.apply(None).await;
                 }
             }
+            let mut heartbeat = tokio::time::interval(self.shared.report_every);
+            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            heartbeat.reset();
             loop {
                 let retry = tokio::time::sleep(RETRY_FAILED_AFTER);
                 tokio::select! {
@@ -277,6 +293,10 @@ impl Inner {
                         None => break,
                     },
                     _ = retry, if self.has_failures() => self.apply(current.as_ref()).await,
+                    _ = heartbeat.tick(), if self.assignment_loaded.load(Ordering::Acquire) => {
+                        let states = self.states.lock().expect("state lock").clone();
+                        self.report(states).await;
+                    }
                 }
             }
             tokio::select! {

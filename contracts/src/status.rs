@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 /// JetStream KV bucket of pod reports.
 pub const STATUS_BUCKET: &str = "cbs-status";
 
+/// How often a runtime pod writes its report again, changed or not.
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A report not written again for this long is of a pod that is gone (killed, or its
+/// node lost): the operator ignores it and deletes it.
+pub const REPORT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// The KV key of one pod's report: `{namespace}.{pool}.{pod}`, each name a
 /// [`crate::kv::key_token`], so no two pods share a key and `status_key(ns, pool, "")` is
 /// a prefix of the keys of that pool's pods alone.

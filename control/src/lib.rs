@@ -93,6 +93,12 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("deleting the report {key}")]
+    DeleteReport {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("pinging {service}")]
     Ping {
         service: String,

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use cellbus_contracts::status::{status_key, PodStatus};
+use cellbus_contracts::status::{status_key, PodStatus, REPORT_STALE_AFTER};
 use cellbus_control::{Buckets, NatsArgs, NatsCredentials};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -60,22 +60,60 @@ pub struct Bus {
     pub js: jetstream::Context,
     pub buckets: Buckets,
     /// The pods' load reports, kept current by one watch of `cbs-status`: a Ready check
-    /// reads them here instead of opening a consumer per check.
-    reports: Arc<RwLock<HashMap<String, PodStatus>>>,
+    /// reads them here instead of opening a consumer per check. Each with when it last
+    /// arrived: by the operator's own monotonic clock, so neither the pods' clocks nor
+    /// their skew matter.
+    reports: Reports,
+    /// A report that has not arrived again for this long is of a pod that is gone.
+    stale_after: Duration,
     watch: tokio::task::JoinHandle<()>,
 }
 
+type Reports = Arc<RwLock<HashMap<String, (PodStatus, Instant)>>>;
+
 impl Bus {
-    /// The latest load reports of the pods of pool `namespace/pool`.
+    /// The latest load reports of the live pods of pool `namespace/pool`.
     pub fn pod_statuses(&self, namespace: &str, pool: &str) -> Vec<PodStatus> {
         let prefix = status_key(namespace, pool, "");
         self.reports
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(key, _)| key.starts_with(&prefix))
-            .map(|(_, report)| report.clone())
+            .filter(|(key, (_, arrived))| {
+                key.starts_with(&prefix) && arrived.elapsed() <= self.stale_after
+            })
+            .map(|(_, (report, _))| report.clone())
             .collect()
+    }
+
+    /// Deletes the reports of pool `namespace/pool` that stopped arriving (their pods
+    /// are gone), so that no one reads an old error as a current one.
+    pub async fn forget_gone_pods(&self, namespace: &str, pool: &str) -> Result<(), Error> {
+        let prefix = status_key(namespace, pool, "");
+        let stale: Vec<String> = self
+            .reports
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(key, (_, arrived))| {
+                key.starts_with(&prefix) && arrived.elapsed() > self.stale_after
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            tracing::info!(%key, "deleting the report of a pod that stopped reporting");
+            self.buckets.status.delete(&key).await.map_err(|source| {
+                Error::Nats(cellbus_control::Error::DeleteReport {
+                    key: key.clone(),
+                    source: source.into(),
+                })
+            })?;
+            self.reports
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
+        Ok(())
     }
 }
 
@@ -86,7 +124,7 @@ impl Drop for Bus {
 }
 
 /// Follows `cbs-status` into `reports` for ever, watching again after any interruption.
-async fn follow_reports(status: kv::Store, reports: Arc<RwLock<HashMap<String, PodStatus>>>) {
+async fn follow_reports(status: kv::Store, reports: Reports) {
     loop {
         // A watch with history starts from the latest value of every key.
         match status.watch_with_history(">").await {
@@ -97,7 +135,7 @@ async fn follow_reports(status: kv::Store, reports: Arc<RwLock<HashMap<String, P
                     match entry.operation {
                         kv::Operation::Put => {
                             if let Ok(report) = serde_json::from_slice(&entry.value) {
-                                reports.insert(entry.key, report);
+                                reports.insert(entry.key, (report, Instant::now()));
                             }
                         }
                         kv::Operation::Delete | kv::Operation::Purge => {
@@ -121,6 +159,8 @@ pub struct Buses {
     /// the cluster reaching the pods' NATS through a port-forward).
     routes: HashMap<String, String>,
     connected: tokio::sync::Mutex<HashMap<String, Arc<Bus>>>,
+    /// When a pod's report counts as gone; [`REPORT_STALE_AFTER`] unless a test says.
+    stale_after: Duration,
 }
 
 impl Buses {
@@ -129,7 +169,14 @@ impl Buses {
             credentials,
             routes,
             connected: tokio::sync::Mutex::default(),
+            stale_after: REPORT_STALE_AFTER,
         }
+    }
+
+    /// The same, taking a report not renewed for `stale_after` for a gone pod's.
+    pub fn with_stale_after(mut self, stale_after: Duration) -> Self {
+        self.stale_after = stale_after;
+        self
     }
 
     /// The NATS at `url`, connecting and creating the buckets the first time.
@@ -158,6 +205,7 @@ impl Buses {
             js,
             buckets,
             reports,
+            stale_after: self.stale_after,
             watch,
         });
         connected.insert(url.to_owned(), bus.clone());

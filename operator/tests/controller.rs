@@ -16,6 +16,7 @@ use cellbus_runtime::bench::ECHO_WASM;
 use cellbus_runtime::server::Identity;
 use cellbus_runtime::Node;
 use cellbus_testkit::NatsServer;
+use futures::StreamExt;
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 use support::api::{mock_client, not_found, object_for, ApiServer, Call};
@@ -819,4 +820,84 @@ async fn a_field_removed_from_a_pool_is_removed_from_its_children() {
             "wrote again after removing {what}"
         );
     }
+}
+
+/// A pod that is gone without a word (killed, its node lost) leaves its report in
+/// `cbs-status`: once it has not been renewed for a while it is ignored and deleted, so
+/// its old errors stop showing in Cells' status; a live pod's renewed report stays.
+#[tokio::test]
+async fn the_report_of_a_pod_that_stopped_reporting_is_ignored_and_deleted() {
+    let nats = NatsServer::start();
+    let (client, api) = mock_client();
+    api.serve_all();
+    let stale_after = Duration::from_millis(600);
+    let (ctx, mut caches) = context_with(client, nats.url(), stale_after);
+    let object = pool("wasm", wasm_pool());
+    caches.apply(&object);
+    let bus = ctx.buses.get(nats.url()).await.unwrap();
+    let report = |pod: &str| {
+        json!({
+            "namespace": NAMESPACE,
+            "pool": "wasm",
+            "pod": pod,
+            "updatedAt": "2026-12-07T00:00:00Z",
+            "cells": [{"name": "echo", "service": "echo", "state": "failed", "reason": "an old error"}],
+        })
+    };
+    let put = |pod: &'static str| {
+        let bus = bus.clone();
+        async move {
+            let key = cellbus_contracts::status::status_key(NAMESPACE, "wasm", pod);
+            bus.buckets
+                .status
+                .put(&key, report(pod).to_string().into())
+                .await
+                .unwrap();
+        }
+    };
+    put("wasm-gone").await;
+    put("wasm-live").await;
+    let pods = |bus: &cellbus_operator::context::Bus| {
+        let mut pods: Vec<String> = bus
+            .pod_statuses(NAMESPACE, "wasm")
+            .into_iter()
+            .map(|report| report.pod)
+            .collect();
+        pods.sort();
+        pods
+    };
+    let limit = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pods(&bus).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < limit,
+            "the reports never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The live pod renews its report; the gone one does not.
+    for _ in 0..4 {
+        tokio::time::sleep(stale_after / 3).await;
+        put("wasm-live").await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pods(&bus), ["wasm-live"]);
+
+    reconcile_pool(&object, &ctx).await.unwrap().unwrap();
+    let keys: Vec<String> = bus
+        .buckets
+        .status
+        .keys()
+        .await
+        .unwrap()
+        .map(|key| key.unwrap())
+        .collect()
+        .await;
+    assert_eq!(
+        keys,
+        [cellbus_contracts::status::status_key(
+            NAMESPACE,
+            "wasm",
+            "wasm-live"
+        )]
+    );
 }

@@ -111,6 +111,12 @@ async fn reconcile_pool(
 
     let trust = read_trust(ctx, pool, &typed.spec).await?;
     write_assignment(ctx, pool, None).await?;
+    // Reports of pods that stopped reporting would keep old errors in Cells' status.
+    ctx.buses
+        .get(bus(&typed.spec, &ctx.config))
+        .await?
+        .forget_gone_pods(namespace, pool.name())
+        .await?;
 
     let snapshot = ctx.snapshot();
     let members: Vec<String> = snapshot
@@ -435,7 +441,7 @@ where
         .meta_mut()
         .annotations
         .get_or_insert_with(Default::default)
-        .insert(APPLIED_ANNOTATION.into(), String::new() + &intent[..0]);
+        .insert(APPLIED_ANNOTATION.into(), intent);
     let desired = &desired;
     if let Some(live) = live {
         if contains(&serialize(&live)?, &serialize(desired)?) {

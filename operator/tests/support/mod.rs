@@ -174,6 +174,19 @@ pub fn timing() -> Timing {
 /// A context whose Kubernetes requests go to `client` and whose pools use the NATS at
 /// `nats_url`, with a fixed clock.
 pub fn context(client: kube::Client, nats_url: &str) -> (Arc<Context>, Caches) {
+    context_with(
+        client,
+        nats_url,
+        cellbus_contracts::status::REPORT_STALE_AFTER,
+    )
+}
+
+/// The same, taking a pod report not renewed for `stale_after` for a gone pod's.
+pub fn context_with(
+    client: kube::Client,
+    nats_url: &str,
+    stale_after: Duration,
+) -> (Arc<Context>, Caches) {
     let cells = Writer::new(());
     let pools = Writer::new(());
     let config = Config {
@@ -183,7 +196,7 @@ pub fn context(client: kube::Client, nats_url: &str) -> (Arc<Context>, Caches) {
     let context = Context::new(
         client,
         config,
-        Buses::new(NatsCredentials::default(), HashMap::new()),
+        Buses::new(NatsCredentials::default(), HashMap::new()).with_stale_after(stale_after),
         vec![cells.as_reader()],
         vec![pools.as_reader()],
         Arc::new(Metrics::new()),
