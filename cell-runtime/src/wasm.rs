@@ -4,6 +4,7 @@
 //! cell's memory limit and deadline. A cell's capabilities are enforced when it loads: a
 //! component importing an interface its Cell was not granted does not load.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::quantity;
 use cellbus_contracts::subject;
 use cellbus_contracts::wire::{self, ErrorBody, ErrorCode};
+use cellbus_control::durable;
 use uuid::Uuid;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
@@ -71,6 +73,8 @@ pub enum LoadError {
 /// The process-wide executor.
 pub struct Executor {
     engine: Engine,
+    /// Which call targets are durable verbs, as JetStream said lately.
+    durable: Arc<DurableSubjects>,
     linker: Linker<Host>,
     /// The directory of compiled code; `None` when it could not be trusted.
     cache: Option<PathBuf>,
@@ -167,6 +171,7 @@ impl Executor {
             .ok();
         Ok(Self {
             engine,
+            durable: Arc::default(),
             linker,
             cache,
             max_memory: settings.max_memory,
@@ -313,6 +318,7 @@ impl Executor {
                 calls: cell.calls.clone(),
                 database: cell.database.clone(),
                 rows: cell.rows,
+                durable: self.durable.clone(),
                 context,
             },
         );
@@ -594,6 +600,7 @@ pub struct Host {
     calls: Arc<Vec<String>>,
     database: Option<Arc<CellDatabase>>,
     rows: database::Caps,
+    durable: Arc<DurableSubjects>,
     context: CallContext,
 }
 
@@ -745,6 +752,25 @@ impl Host {
         let request = wire::Request::new(service, verb, payload)
             .with_correlation_id(self.context.correlation_id)
             .with_timeout_ms(remaining.as_millis().max(1) as u64);
+        // A durable verb is served from its stream: a plain request would be answered by
+        // the stream's publish acknowledgement, not by the cell.
+        let js = async_nats::jetstream::new(client.clone());
+        if self.durable.is_durable(&js, &subject).await {
+            return match durable::durable_request(&client, &js, &request, remaining).await {
+                Ok(reply) => reply.into_result().map(|payload| payload.to_string()),
+                Err(cellbus_control::Error::DurableTimeout { .. }) => Err(ErrorBody::new(
+                    ErrorCode::Timeout,
+                    format!("{subject} did not answer in time"),
+                )),
+                Err(error) => Err(ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "calling {subject} through its stream: {}",
+                        cellbus_contracts::error_chain(&error)
+                    ),
+                )),
+            };
+        }
         let body = serde_json::to_vec(&request).map_err(|e| internal(e.to_string()))?;
         let reply =
             match tokio::time::timeout(remaining, client.request(subject.clone(), body.into()))
@@ -773,6 +799,39 @@ impl Host {
                 format!("{subject} answered with something that is not a reply: {error}"),
             )),
         }
+    }
+}
+
+/// How long what JetStream said of a call target holds: a verb made durable (or no
+/// longer) is called the new way within this.
+const DURABLE_ROUTE_TTL: Duration = Duration::from_secs(30);
+
+/// Which call targets a stream captures (durable verbs), remembered for
+/// [`DURABLE_ROUTE_TTL`] so that a call costs no JetStream round trip each time.
+#[derive(Default)]
+pub struct DurableSubjects {
+    known: std::sync::Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+impl DurableSubjects {
+    async fn is_durable(&self, js: &async_nats::jetstream::Context, subject: &str) -> bool {
+        if let Some((durable, at)) = self.known.lock().expect("routes lock").get(subject) {
+            if at.elapsed() < DURABLE_ROUTE_TTL {
+                return *durable;
+            }
+        }
+        use async_nats::jetstream::context::GetStreamByNameErrorKind as Kind;
+        let durable = match js.stream_by_subject(subject).await {
+            Ok(_) => true,
+            Err(error) if error.kind() == Kind::NotFound => false,
+            // JetStream could not say: a plain request, and ask again next time.
+            Err(_) => return false,
+        };
+        self.known
+            .lock()
+            .expect("routes lock")
+            .insert(subject.to_owned(), (durable, Instant::now()));
+        durable
     }
 }
 

@@ -441,3 +441,37 @@ async fn a_new_version_or_a_removal_drains_the_old_one_without_losing_requests()
     })
     .await;
 }
+
+/// A wasm cell calling a durable verb through its `call` capability goes through the
+/// stream and gets the verb's reply (not the stream's publish acknowledgement), and the
+/// request is worked off once.
+#[tokio::test]
+async fn a_cell_calling_a_durable_verb_gets_the_verbs_reply_through_the_stream() {
+    let bus = Bus::start().await;
+    let ledger = durable_cell("ledger", echo_wasm(), Value::Null, json!({}));
+    ensure_stream(&bus, &ledger.spec).await;
+    let relay = TestCell::new(
+        "relay",
+        json!([{"name": "go"}]),
+        calling_cell("ledger", "append", r#"{"entry":"coffee","cents":250}"#),
+        json!({"capabilities": {"call": ["cbs.ledger.append"]}}),
+    );
+    let _server = bus.deploy(&[ledger, relay]).await;
+
+    for _ in 0..3 {
+        assert_eq!(
+            bus.call("relay", "go", json!({})).await.unwrap(),
+            json!({"entry": "coffee", "cents": 250})
+        );
+    }
+    assert_eq!(ok_count(&bus, "ledger"), 3);
+    // Each was acknowledged and left the stream.
+    let limit = std::time::Instant::now() + Duration::from_secs(10);
+    while stream_messages(&bus, "CBS_LEDGER").await > 0 {
+        assert!(
+            std::time::Instant::now() < limit,
+            "requests stayed in the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

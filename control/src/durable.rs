@@ -96,7 +96,10 @@ pub async fn durable_request(
         .map_err(|e| error("storing a request for")(e.into()))?;
     let message = tokio::time::timeout(wait, replies.next())
         .await
-        .map_err(|e| error("waiting for the reply of")(e.into()))?
+        .map_err(|_| Error::DurableTimeout {
+            subject: subject.clone(),
+            waited: wait,
+        })?
         .ok_or_else(|| error("waiting for the reply of")("the subscription ended".into()))?;
     serde_json::from_slice(&message.payload).map_err(|e| error("reading the reply of")(e.into()))
 }

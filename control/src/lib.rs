@@ -93,6 +93,11 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("{subject} did not reply within {waited:?}")]
+    DurableTimeout {
+        subject: String,
+        waited: std::time::Duration,
+    },
     #[error("deleting the report {key}")]
     DeleteReport {
         key: String,
