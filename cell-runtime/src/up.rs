@@ -51,6 +51,11 @@ pub struct UpArgs {
     /// requests with it, instead of refusing to start.
     #[arg(long)]
     pub replace: bool,
+    /// Copies JetStream keeps of each bucket, on a NATS cluster given with --nats-url (3
+    /// on three nodes); buckets keeping another number are changed to it. Without it,
+    /// buckets are opened as they are and made with one copy where missing.
+    #[arg(long, env = "CELLBUS_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: Option<u8>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -166,6 +171,14 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
         }
     };
     let mut report = check_services_free(&nats_url, &cells, args.replace).await?;
+    if let Some(replicas) = args.replicas {
+        let client = cellbus_control::connect_once(&NatsArgs::url(&nats_url), "cellbus up").await?;
+        cellbus_control::ensure_buckets_replicated(
+            &async_nats::jetstream::new(client),
+            usize::from(replicas),
+        )
+        .await?;
+    }
     let mut node = Node::start(&NatsArgs::url(&nats_url), &args.engine, "cellbus up").await?;
     let modules = local_modules(&args.dir)?;
     if let Some(admin_url) = &args.database_url {

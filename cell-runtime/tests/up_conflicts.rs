@@ -21,6 +21,7 @@ fn args(nats: &NatsServer, cache: &TempDir, replace: bool) -> UpArgs {
         nats_url: Some(nats.url().to_owned()),
         database_url: None,
         replace,
+        replicas: None,
         engine: EngineArgs {
             cache_dir: cache.path().to_owned(),
             max_memory: 64 << 20,

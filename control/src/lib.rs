@@ -24,8 +24,8 @@ pub use connect::{
 pub use redact::{redact_url, REDACTED};
 pub use responders::{responder, Responder};
 pub use store::{
-    delete_assignment, digest_of, ensure_buckets, fetch_module, module_exists, ping, ping_until,
-    push_module, read_assignment, write_assignment, Buckets,
+    delete_assignment, digest_of, ensure_buckets, ensure_buckets_replicated, fetch_module,
+    module_exists, ping, ping_until, push_module, read_assignment, write_assignment, Buckets,
 };
 pub use streams::{delete_stream, ensure_stream, stream_config, StreamChange};
 

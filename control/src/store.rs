@@ -30,43 +30,175 @@ fn bucket_error(what: &str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sy
     }
 }
 
-/// Creates the buckets where missing and opens them.
+/// Opens the buckets, creating with one copy each one that is missing: what a runtime pod
+/// or a tool does, leaving how many copies a bucket keeps to whoever made it.
 pub async fn ensure_buckets(js: &jetstream::Context) -> Result<Buckets, Error> {
-    let assignments = js
-        .create_key_value(kv::Config {
+    open_buckets(js, None).await
+}
+
+/// Opens the buckets with `replicas` copies each on a NATS cluster: creates a missing one
+/// so, and changes an existing one that keeps another number (JetStream moves the copies
+/// while the bucket stays in use). What the operator and `cellbus up --replicas` do.
+pub async fn ensure_buckets_replicated(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<Buckets, Error> {
+    open_buckets(js, Some(replicas.max(1))).await
+}
+
+async fn open_buckets(js: &jetstream::Context, replicas: Option<usize>) -> Result<Buckets, Error> {
+    let copies = replicas.unwrap_or(1);
+    let assignments = open_kv(
+        js,
+        kv::Config {
             bucket: ASSIGNMENTS_BUCKET.into(),
             description: "Cellbus: the cells each pool serves, by {namespace}.{pool}".into(),
             history: 5,
             storage: jetstream::stream::StorageType::File,
+            num_replicas: copies,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| bucket_error("the KV bucket cbs-assignments")(e.into()))?;
-    let status = js
-        .create_key_value(kv::Config {
+        },
+        replicas,
+    )
+    .await?;
+    let status = open_kv(
+        js,
+        kv::Config {
             bucket: STATUS_BUCKET.into(),
             description: "Cellbus: what each runtime pod loaded, by {namespace}.{pool}.{pod}"
                 .into(),
             history: 1,
             storage: jetstream::stream::StorageType::File,
+            num_replicas: copies,
             ..Default::default()
-        })
+        },
+        replicas,
+    )
+    .await?;
+    let what = "the object store cbs-modules";
+    let exists = stream_exists(js, &format!("OBJ_{MODULES_BUCKET}"))
         .await
-        .map_err(|e| bucket_error("the KV bucket cbs-status")(e.into()))?;
-    let modules = js
-        .create_object_store(object_store::Config {
+        .map_err(bucket_error(what))?;
+    let modules = if exists {
+        js.get_object_store(MODULES_BUCKET)
+            .await
+            .map_err(|e| bucket_error(what)(e.into()))?
+    } else {
+        js.create_object_store(object_store::Config {
             bucket: MODULES_BUCKET.into(),
             description: Some("Cellbus: cell modules, named by sha256 digest".into()),
             storage: jetstream::stream::StorageType::File,
+            num_replicas: copies,
             ..Default::default()
         })
         .await
-        .map_err(|e| bucket_error("the object store cbs-modules")(e.into()))?;
+        .map_err(|e| bucket_error(what)(replicas_error(e.into(), copies)))?
+    };
+    if let Some(replicas) = replicas {
+        set_replicas(js, &format!("OBJ_{MODULES_BUCKET}"), replicas, what).await?;
+    }
     Ok(Buckets {
         assignments,
         status,
         modules,
     })
+}
+
+async fn open_kv(
+    js: &jetstream::Context,
+    config: kv::Config,
+    replicas: Option<usize>,
+) -> Result<kv::Store, Error> {
+    let what = format!("the KV bucket {}", config.bucket);
+    let bucket = config.bucket.clone();
+    let copies = config.num_replicas;
+    let exists = stream_exists(js, &format!("KV_{bucket}"))
+        .await
+        .map_err(bucket_error(&what))?;
+    let store = if exists {
+        js.get_key_value(&bucket)
+            .await
+            .map_err(|e| bucket_error(&what)(e.into()))?
+    } else {
+        js.create_key_value(config)
+            .await
+            .map_err(|e| bucket_error(&what)(replicas_error(e.into(), copies)))?
+    };
+    if let Some(replicas) = replicas {
+        set_replicas(js, &format!("KV_{bucket}"), replicas, &what).await?;
+    }
+    Ok(store)
+}
+
+/// Whether the stream `name` exists; `Err` when JetStream could not say.
+async fn stream_exists(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    use jetstream::context::GetStreamErrorKind;
+    match js.get_stream(name).await {
+        Ok(_) => Ok(true),
+        Err(error) => match error.kind() {
+            GetStreamErrorKind::JetStream(inner)
+                if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(false)
+            }
+            _ => Err(error.into()),
+        },
+    }
+}
+
+/// Gives the stream behind a bucket `replicas` copies, when it keeps another number.
+async fn set_replicas(
+    js: &jetstream::Context,
+    stream: &str,
+    replicas: usize,
+    what: &str,
+) -> Result<(), Error> {
+    let mut current = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| bucket_error(what)(e.into()))?;
+    let info = current
+        .info()
+        .await
+        .map_err(|e| bucket_error(what)(e.into()))?;
+    if info.config.num_replicas == replicas {
+        return Ok(());
+    }
+    let config = jetstream::stream::Config {
+        num_replicas: replicas,
+        ..info.config.clone()
+    };
+    js.update_stream(config)
+        .await
+        .map_err(|e| bucket_error(what)(replicas_error(e.into(), replicas)))?;
+    tracing::info!(
+        stream,
+        from = info.config.num_replicas,
+        to = replicas,
+        "changed the copies of a bucket"
+    );
+    Ok(())
+}
+
+/// JetStream's refusal of more copies than the cluster has servers, said plainly.
+fn replicas_error(
+    error: Box<dyn std::error::Error + Send + Sync>,
+    replicas: usize,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    let text = error.to_string();
+    let refusals = [
+        "insufficient resources",
+        "no suitable peers",
+        "replicas > 1 not supported",
+    ];
+    if replicas > 1 && refusals.iter().any(|refusal| text.contains(refusal)) {
+        format!("{replicas} copies asked for, but the NATS has fewer JetStream servers in its cluster (set --replicas to at most that number): {text}").into()
+    } else {
+        error
+    }
 }
 
 /// `sha256:` and the hex digest of `bytes`, the form `spec.module.digest` takes.

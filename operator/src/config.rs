@@ -52,6 +52,16 @@ pub struct Config {
     #[arg(long, env = "NATS_CREDENTIALS_SECRET")]
     pub nats_credentials_secret: Option<String>,
 
+    /// Copies JetStream keeps of each bucket (assignments, pod reports, modules): 1 on one
+    /// server, 3 on a three-node cluster. A bucket keeping another number is changed to it.
+    #[arg(
+        long,
+        env = "CELLBUS_REPLICAS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=5)
+    )]
+    pub replicas: u8,
+
     /// Namespaces to watch, comma separated; none means all.
     #[arg(
         long = "watch-namespace",
@@ -95,6 +105,7 @@ impl Default for Config {
             runtime_image_windows: DEFAULT_RUNTIME_IMAGE_WINDOWS.into(),
             nats_url: DEFAULT_NATS_URL.into(),
             nats_credentials_secret: None,
+            replicas: 1,
             watch_namespaces: Vec::new(),
             lease_name: DEFAULT_LEASE_NAME.into(),
             runtime_port: DEFAULT_RUNTIME_PORT,
@@ -215,6 +226,7 @@ mod tests {
                 "--nats-url=nats://n:4222",
                 "--nats-credentials-secret=nats-creds",
                 "--watch-namespace=a,b",
+                "--replicas=3",
                 "--lease-name=lease",
                 "--runtime-port=8080",
                 "--runtime-cpu-request=250m",
@@ -232,6 +244,7 @@ mod tests {
                 runtime_image_windows: "win:1".into(),
                 nats_url: "nats://n:4222".into(),
                 nats_credentials_secret: Some("nats-creds".into()),
+                replicas: 3,
                 watch_namespaces: vec!["a".into(), "b".into()],
                 lease_name: "lease".into(),
                 runtime_port: 8080,

@@ -161,6 +161,8 @@ pub struct Buses {
     connected: tokio::sync::Mutex<HashMap<String, Arc<Bus>>>,
     /// When a pod's report counts as gone; [`REPORT_STALE_AFTER`] unless a test says.
     stale_after: Duration,
+    /// Copies of each bucket on a clustered NATS.
+    replicas: u8,
 }
 
 impl Buses {
@@ -170,7 +172,14 @@ impl Buses {
             routes,
             connected: tokio::sync::Mutex::default(),
             stale_after: REPORT_STALE_AFTER,
+            replicas: 1,
         }
+    }
+
+    /// The same, keeping `replicas` copies of each bucket.
+    pub fn with_replicas(mut self, replicas: u8) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// The same, taking a report not renewed for `stale_after` for a gone pod's.
@@ -195,7 +204,8 @@ impl Buses {
         };
         let client = cellbus_control::connect(&args, "cellbus-operator").await?;
         let js = jetstream::new(client.clone());
-        let buckets = cellbus_control::ensure_buckets(&js).await?;
+        let buckets =
+            cellbus_control::ensure_buckets_replicated(&js, usize::from(self.replicas)).await?;
         cellbus_control::durable::ensure_dead_letter_stream(&js).await?;
         let reports = Arc::default();
         let watch = tokio::spawn(follow_reports(buckets.status.clone(), Arc::clone(&reports)));

@@ -217,7 +217,7 @@ pub async fn controllers(
         Context::new(
             client.clone(),
             config.clone(),
-            Buses::new(args.nats.clone(), routes),
+            Buses::new(args.nats.clone(), routes).with_replicas(args.config.replicas),
             cell_stores,
             pool_stores,
             metrics,

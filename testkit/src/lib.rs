@@ -6,11 +6,13 @@
 
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod logs;
 mod nats;
 pub mod pki;
 mod postgres;
 
+pub use cluster::NatsCluster;
 pub use logs::CapturedLogs;
 pub use nats::NatsServer;
 pub use postgres::Postgres;

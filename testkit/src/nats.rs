@@ -48,10 +48,7 @@ impl NatsServer {
     }
 
     fn binary() -> Result<PathBuf, HarnessError> {
-        match std::env::var_os("CELLBUS_NATS_SERVER") {
-            Some(path) => Ok(PathBuf::from(path)),
-            None => find_binary("nats-server", &[], INSTALL),
-        }
+        binary()
     }
 
     /// Starts the server binary at `binary` with `extra` options.
@@ -122,6 +119,14 @@ impl NatsServer {
                 "the server is external (CELLBUS_TEST_NATS_URL); it cannot be stopped or started"
                     .into(),
         })
+    }
+}
+
+/// The nats-server binary: `CELLBUS_NATS_SERVER`, or found on PATH or in `.venv/bin`.
+pub(crate) fn binary() -> Result<PathBuf, HarnessError> {
+    match std::env::var_os("CELLBUS_NATS_SERVER") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => find_binary("nats-server", &[], INSTALL),
     }
 }
 
