@@ -214,7 +214,8 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
     // The streams of durable verbs, as the operator makes them in a cluster.
     let js = async_nats::jetstream::new(node.shared.client.clone());
     for (_, _, cell) in &cells {
-        if let Some(plan) = cellbus_contracts::stream::stream_plan(cell)? {
+        let replicas = args.replicas.unwrap_or(1);
+        if let Some(plan) = cellbus_contracts::stream::stream_plan_with(cell, replicas)? {
             cellbus_control::ensure_stream(&js, &plan).await?;
         }
     }

@@ -66,6 +66,15 @@ pub enum Storage {
 /// present exactly when a verb is durable; a spec that slipped past it is an error here,
 /// not a stream with made-up settings.
 pub fn stream_plan(cell: &CellSpec) -> Result<Option<StreamPlan>, StreamPlanError> {
+    stream_plan_with(cell, 1)
+}
+
+/// The same, with `replicas` copies where the Cell's `spec.stream.replicas` says none: the
+/// operator's and `cellbus up`'s `--replicas`.
+pub fn stream_plan_with(
+    cell: &CellSpec,
+    replicas: u8,
+) -> Result<Option<StreamPlan>, StreamPlanError> {
     if !cell.has_durable_verbs() {
         return Ok(None);
     }
@@ -94,7 +103,7 @@ pub fn stream_plan(cell: &CellSpec) -> Result<Option<StreamPlan>, StreamPlanErro
         duplicate_window_seconds: stream.duplicate_window_seconds,
         max_age_seconds: stream.max_age_seconds,
         max_bytes: stream.max_bytes,
-        replicas: stream.replicas,
+        replicas: stream.replicas.unwrap_or(replicas),
     }))
 }
 

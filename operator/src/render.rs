@@ -121,7 +121,7 @@ pub fn render(documents: &[Value], config: &Config) -> Result<Rendered, Error> {
                 .or_default()
                 .push((at.name.as_str(), spec));
         }
-        plans.push(cell_plan(at, spec, choice)?);
+        plans.push(cell_plan(at, spec, choice, config.replicas)?);
     }
 
     let mut rendered_pools = Vec::new();
@@ -159,6 +159,7 @@ fn cell_plan(
     at: &ObjectRef,
     spec: &CellSpec,
     choice: Result<String, PoolChoiceError>,
+    replicas: u8,
 ) -> Result<CellPlan, Error> {
     let (pool, assignment_key, not_scheduled) = match choice {
         Ok(pool) => {
@@ -180,7 +181,7 @@ fn cell_plan(
         pool,
         assignment_key,
         not_scheduled,
-        stream: builders::stream_config(spec)?,
+        stream: builders::stream_config(spec, replicas)?,
     })
 }
 

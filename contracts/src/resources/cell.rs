@@ -246,10 +246,11 @@ pub struct StreamSpec {
     #[serde(default = "default_duplicate_window")]
     #[schemars(range(min = 1, max = 86_400))]
     pub duplicate_window_seconds: u32,
-    /// Copies of each message in a clustered NATS.
-    #[serde(default = "default_stream_replicas")]
+    /// Copies of each message in a clustered NATS; unset takes the operator's
+    /// `--replicas` (`cellbus up --replicas`), 1 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 5))]
-    pub replicas: u8,
+    pub replicas: Option<u8>,
     /// `Delete` removes the stream with the Cell; `Retain` keeps it.
     #[serde(default = "DeletionPolicy::delete")]
     pub deletion_policy: DeletionPolicy,
@@ -257,10 +258,6 @@ pub struct StreamSpec {
 
 fn default_duplicate_window() -> u32 {
     120
-}
-
-fn default_stream_replicas() -> u8 {
-    1
 }
 
 /// What happens to a resource outside Kubernetes when its Cell is deleted.

@@ -8,9 +8,9 @@ pub use cellbus_contracts::stream::{Retention, Storage, StreamPlan};
 use crate::Error;
 
 /// The stream a cell's durable verbs go through, or `None` for a cell without durable
-/// verbs.
-pub fn stream_config(cell: &CellSpec) -> Result<Option<StreamPlan>, Error> {
-    Ok(cellbus_contracts::stream::stream_plan(cell)?)
+/// verbs; `replicas` copies unless the Cell says (the operator's `--replicas`).
+pub fn stream_config(cell: &CellSpec, replicas: u8) -> Result<Option<StreamPlan>, Error> {
+    Ok(cellbus_contracts::stream::stream_plan_with(cell, replicas)?)
 }
 
 /// `cbs.{service}.{verb}` of every verb of a cell, as its status lists them.

@@ -256,7 +256,7 @@ async fn observe(
         },
     };
 
-    let (stream_condition, stream) = match builders::stream_config(spec)? {
+    let (stream_condition, stream) = match builders::stream_config(spec, ctx.config.replicas)? {
         None => (
             NewCondition::new(
                 types::STREAM_READY,
@@ -529,7 +529,7 @@ async fn cleanup(cell: &Arc<ObservedCell>, ctx: &Context) -> Result<(), Error> {
             .stream
             .as_ref()
             .is_some_and(|s| s.deletion_policy == DeletionPolicy::Retain);
-        if let (Some(plan), false) = (builders::stream_config(spec)?, retain) {
+        if let (Some(plan), false) = (builders::stream_config(spec, ctx.config.replicas)?, retain) {
             let url = pool
                 .and_then(|pool| pool.spec.as_ref().ok())
                 .map(|pool_spec| bus(pool_spec, &ctx.config))
