@@ -42,6 +42,7 @@ CUSTOM = {
         "url": "tls://nats.messaging.svc:4222",
         "credentialsSecret": "operator-nats",
         "poolCredentialsSecret": "pool-nats",
+        "replicas": 3,
     },
     "database": {"adminSecret": "supabase-admin"},
     "runtimeResources": {"cpuLimit": "2"},
@@ -179,6 +180,7 @@ def test_the_operator_gets_its_settings_from_values_and_secrets():
     assert env["NATS_URL"]["value"] == "tls://nats.messaging.svc:4222"
     assert env["NATS_CREDENTIALS_SECRET"]["value"] == "pool-nats"
     assert env["NATS_CREDENTIALS_DIR"]["value"] == "/var/run/cellbus/nats"
+    assert env["CELLBUS_REPLICAS"]["value"] == "3"
     assert env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "operator-nats", "key": "password", "optional": True}
     assert container["volumeMounts"] == [{"name": "nats-credentials", "mountPath": "/var/run/cellbus/nats", "readOnly": True}]
