@@ -183,8 +183,9 @@ async fn run_up(args: up::UpArgs) -> Result<(), up::UpError> {
     for line in &up.report {
         println!("{line}");
     }
+    let mut stop = cellbus_control::StopSignals::install();
     println!("ready   (Ctrl-C stops)");
-    cellbus_runtime::shutdown_signal().await;
+    stop.recv().await;
     cellbus_runtime::stop_within_grace(up.shutdown()).await;
     println!("stopped");
     Ok(())

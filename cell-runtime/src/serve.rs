@@ -46,6 +46,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Error> {
         pools: vec![pool.clone()],
         metrics: node.shared.metrics.clone(),
     };
+    let mut stop = cellbus_control::StopSignals::install();
     let address = http::serve(args.http, health)
         .await
         .map_err(|source| Error::Listen {
@@ -53,7 +54,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Error> {
             source,
         })?;
     info!(%address, namespace = %args.namespace, pool = %args.pool, "serving");
-    crate::shutdown_signal().await;
+    stop.recv().await;
     info!("shutting down: draining subscriptions");
     crate::stop_within_grace(async {
         pool.shutdown().await;

@@ -115,25 +115,59 @@ pub enum Error {
 /// Waits until the process is asked to stop: Ctrl-C or SIGTERM; on Windows Ctrl-C, the
 /// console closing or the system shutting down (how a Windows container is stopped).
 pub async fn shutdown_signal() {
+    StopSignals::install().recv().await
+}
+
+/// The handlers of the signals that ask the process to stop, installed when made: a
+/// signal that arrives before [`StopSignals::recv`] is awaited is kept, where without a
+/// handler it would kill the process (a script that stops `cellbus up` the moment it
+/// says `ready`).
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    interrupt: tokio::signal::windows::CtrlC,
+    #[cfg(windows)]
+    close: tokio::signal::windows::CtrlClose,
+    #[cfg(windows)]
+    shutdown: tokio::signal::windows::CtrlShutdown,
+}
+
+impl StopSignals {
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                interrupt: signal(SignalKind::interrupt()).expect("installing a SIGINT handler"),
+                terminate: signal(SignalKind::terminate()).expect("installing a SIGTERM handler"),
+            }
+        }
+        #[cfg(windows)]
+        {
+            use tokio::signal::windows;
+            StopSignals {
+                interrupt: windows::ctrl_c().expect("installing a Ctrl-C handler"),
+                close: windows::ctrl_close().expect("installing a close handler"),
+                shutdown: windows::ctrl_shutdown().expect("installing a shutdown handler"),
+            }
         }
     }
-    #[cfg(windows)]
-    {
-        let mut close = tokio::signal::windows::ctrl_close().expect("installing a close handler");
-        let mut shutdown =
-            tokio::signal::windows::ctrl_shutdown().expect("installing a shutdown handler");
+
+    /// Waits for the next stop signal.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = close.recv() => {}
-            _ = shutdown.recv() => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(windows)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.close.recv() => {}
+            _ = self.shutdown.recv() => {}
         }
     }
 }
