@@ -159,7 +159,11 @@ async fn apply(
 
     let schema_conflict = snapshot.schema_conflict(&cell, &ctx.config);
     let observed = match ctx.buses.get(bus(pool_spec, &ctx.config)).await {
-        Ok(bus) => observe(&cell, spec, pool, &bus, schema_conflict, ctx).await,
+        Ok(bus) => {
+            // From the snapshot placement used, not a second one.
+            let signer = snapshot.signer(spec, pool);
+            observe(&cell, spec, pool, &bus, schema_conflict, signer, ctx).await
+        }
         Err(error) => Err(error),
     };
     let observation = match observed {
@@ -215,10 +219,11 @@ async fn observe(
     pool: &ObservedPool,
     bus: &Bus,
     schema_conflict: Option<NotPlaced>,
+    signer: Option<cellbus_control::signature::Signer>,
     ctx: &Context,
 ) -> Result<Observation, Error> {
     let mut module = module_condition(spec, bus).await?;
-    if let Some(signer) = ctx.snapshot().signer(spec, pool) {
+    if let Some(signer) = signer {
         if module.status == Status::True {
             module.reason = reasons::SIGNED;
         }
