@@ -624,3 +624,156 @@ async fn a_process_executable_runs_only_as_signed() {
     assert_unserved(&bus, "changed-exe").await;
     server.shutdown().await;
 }
+
+/// Who runs `cellbus up` in [`a_runtime_refuses_a_forged_assignment`].
+#[derive(Clone, Copy, Debug)]
+enum As {
+    Root,
+    /// uid 65532 with no capability, as a wasm pool's pod.
+    PodUser,
+}
+
+/// Defence in depth: someone with write access to the bus (not the operator) rewrites a
+/// trusting pool's assignment, pointing the signed Cell at other bytes under its old
+/// signature and adding an unsigned cell. A real runtime (`cellbus up examples/signed`,
+/// run as root and as the pods' user) refuses both, says why in its report, and serves
+/// neither.
+async fn a_runtime_refuses_a_forged_assignment(who: As) {
+    use std::io::BufRead;
+    assert!(
+        support::root(),
+        "run as root: this test starts the runtime as root and as uid 65532 through setpriv"
+    );
+    let nats = cellbus_testkit::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/signed");
+    for entry in std::fs::read_dir(&example).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let cellbus = std::path::Path::new(env!("CARGO_BIN_EXE_cellbus"));
+    let mut command = match who {
+        As::Root => Command::new(cellbus),
+        As::PodUser => support::as_the_pods_user(
+            cellbus,
+            &[dir.path(), cache.path()],
+            support::Grant::Nothing,
+        ),
+    };
+    let mut up = command
+        .arg("up")
+        .arg(dir.path())
+        .env("NATS_URL", nats.url())
+        .env("CELLBUS_CACHE_DIR", cache.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("ready")) {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("{who:?}: cellbus up ended: {seen:?}"))
+            .unwrap();
+        seen.push(line);
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("serving cbs.signed-echo.say")),
+        "{who:?}: {seen:?}"
+    );
+
+    // The intruder: full access to the bus.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let buckets = cellbus_control::ensure_buckets(&async_nats::jetstream::new(client.clone()))
+        .await
+        .unwrap();
+    let key = cellbus_contracts::assignment::assignment_key("signed", "signed");
+    let mut forged = cellbus_control::read_assignment(&buckets.assignments, &key)
+        .await
+        .unwrap()
+        .expect("the assignment cellbus up wrote");
+    let other =
+        cellbus_control::push_module(&buckets.modules, &support::constant_cell("forged", 0))
+            .await
+            .unwrap();
+    let mut intruder = forged.cells[0].clone();
+    intruder.name = "intruder".into();
+    intruder.service = "intruder".into();
+    intruder.signature = None;
+    forged.cells[0].module.digest = Some(other);
+    forged.cells.insert(0, intruder);
+    cellbus_control::write_assignment(&buckets.assignments, &forged)
+        .await
+        .unwrap();
+
+    let prefix = cellbus_contracts::status::status_key("signed", "signed", "");
+    let refused =
+        |states: &[cellbus_contracts::status::CellLoadState], service: &str, reason: &str| {
+            states.iter().any(|s| {
+                s.service == service
+                    && s.state == LoadState::Failed
+                    && s.reason
+                        .as_deref()
+                        .unwrap_or_default()
+                        .starts_with(&format!("signature refused ({reason})"))
+            })
+        };
+    eventually(
+        20,
+        "the forged cells refused in the pod's report",
+        async || {
+            let Ok(keys) = buckets.status.keys().await else {
+                return false;
+            };
+            let keys: Vec<String> = futures::StreamExt::collect::<Vec<_>>(keys)
+                .await
+                .into_iter()
+                .flatten()
+                .filter(|key| key.starts_with(&prefix))
+                .collect();
+            for key in keys {
+                let Ok(Some(value)) = buckets.status.get(&key).await else {
+                    continue;
+                };
+                let report: cellbus_contracts::status::PodStatus =
+                    serde_json::from_slice(&value).unwrap();
+                if refused(&report.cells, "signed-echo", "DigestMismatch")
+                    && refused(&report.cells, "intruder", "Unsigned")
+                {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    for service in ["signed-echo", "intruder"] {
+        let request = cellbus_contracts::wire::Request::new(service, "say", json!({"text": "x"}));
+        let answer = client
+            .request(
+                format!("cbs.{service}.say"),
+                serde_json::to_vec(&request).unwrap().into(),
+            )
+            .await;
+        assert!(
+            answer.is_err_and(|e| e.kind() == async_nats::RequestErrorKind::NoResponders),
+            "{who:?}: {service} is served"
+        );
+    }
+    let _ = up.kill();
+    let _ = up.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_as_root_refuses_a_forged_assignment() {
+    a_runtime_refuses_a_forged_assignment(As::Root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_as_the_pods_user_refuses_a_forged_assignment() {
+    a_runtime_refuses_a_forged_assignment(As::PodUser).await;
+}
