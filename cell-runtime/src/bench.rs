@@ -7,6 +7,10 @@
 //! least a JetStream service does (publish to a work-queue stream and wait for the
 //! publish ack, a pull consumer that replies and acks), the cellbus side is the echo cell
 //! with a durable verb; both streams are on file storage.
+//!
+//! `--cluster` runs either on a private three-node JetStream cluster instead of one
+//! server, with three copies of every stream and bucket (`--replicas` sets another
+//! count, also for a cluster given with `--nats-url`).
 
 use std::time::{Duration, Instant};
 
@@ -48,7 +52,13 @@ pub struct BenchArgs {
     /// Durable requests through JetStream instead of request/reply.
     #[arg(long)]
     pub durable: bool,
-    /// NATS to use instead of starting a private server.
+    /// Run on a private three-node JetStream cluster (three copies of each stream).
+    #[arg(long, conflicts_with = "nats_url")]
+    pub cluster: bool,
+    /// Copies of each stream and bucket: 3 with --cluster, 1 otherwise.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: Option<u8>,
+    /// NATS to use instead of starting a private server (several URLs comma-separated).
     #[arg(long = "nats-url", env = "NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     #[command(flatten)]
@@ -100,8 +110,8 @@ impl Side {
 
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// What was measured: request/reply or durable.
-    pub kind: &'static str,
+    /// What was measured: request/reply or durable, on what.
+    pub kind: String,
     pub raw: Side,
     pub cellbus: Side,
 }
@@ -144,10 +154,34 @@ impl Report {
     }
 }
 
+/// Nodes of the private cluster `--cluster` starts.
+const CLUSTER_NODES: usize = 3;
+
+impl BenchArgs {
+    fn replicas(&self) -> u8 {
+        self.replicas
+            .unwrap_or(if self.cluster { CLUSTER_NODES as u8 } else { 1 })
+    }
+
+    /// What the sides ran on, for the report's first line.
+    fn setting(&self) -> String {
+        let nats = match (&self.nats_url, self.cluster) {
+            (Some(_), _) => "the given NATS",
+            (None, true) => "a private three-node cluster",
+            (None, false) => "a private nats-server",
+        };
+        match self.replicas() {
+            1 => nats.to_owned(),
+            n => format!("{nats}, {n} copies"),
+        }
+    }
+}
+
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
-    let local = match &args.nats_url {
-        Some(_) => None,
-        None => Some(LocalNats::start()?),
+    let local = match (&args.nats_url, args.cluster) {
+        (Some(_), _) => None,
+        (None, true) => Some(LocalNats::start_cluster(CLUSTER_NODES)?),
+        (None, false) => Some(LocalNats::start()?),
     };
     let url = args
         .nats_url
@@ -155,6 +189,10 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         .or_else(|| local.as_ref().map(|l| l.url.clone()))
         .expect("a URL is given or a server was started");
     let nats = NatsArgs::url(&url);
+    let replicas = args.replicas();
+    if replicas > 1 || args.cluster {
+        make_buckets(&nats, replicas, local.is_some()).await?;
+    }
     let node = Node::start(&nats, &args.engine, "cellbus bench runtime").await?;
 
     // The echo cell, in a pool of its own, with room for every requester.
@@ -178,7 +216,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         }))
         .expect("a literal cell spec parses");
         let js = async_nats::jetstream::new(node.shared.client.clone());
-        if let Some(plan) = cellbus_contracts::stream::stream_plan(&cell)? {
+        if let Some(plan) = cellbus_contracts::stream::stream_plan_with(&cell, replicas)? {
             cellbus_control::ensure_stream(&js, &plan).await?;
         }
     }
@@ -272,10 +310,27 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     server.shutdown().await;
     drop(local);
     Ok(Report {
-        kind: "request/reply",
+        kind: format!("request/reply on {}", args.setting()),
         raw,
         cellbus,
     })
+}
+
+/// The buckets with `replicas` copies each. A cluster just `started` answers JetStream
+/// requests only once it has elected its meta leader: asked again for a while.
+async fn make_buckets(nats: &NatsArgs, replicas: u8, started: bool) -> Result<(), BenchError> {
+    let client = cellbus_control::connect_once(nats, "cellbus bench setup").await?;
+    let js = async_nats::jetstream::new(client);
+    let limit = Instant::now() + Duration::from_secs(30);
+    loop {
+        match cellbus_control::ensure_buckets_replicated(&js, usize::from(replicas)).await {
+            Ok(_) => return Ok(()),
+            Err(_) if started && Instant::now() < limit => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// Both durable sides: the raw JetStream service, set up here, and the echo cell's
@@ -294,6 +349,7 @@ async fn durable(args: &BenchArgs, nats: &NatsArgs) -> Result<Report, BenchError
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
+            num_replicas: usize::from(args.replicas()),
             ..Default::default()
         })
         .await
@@ -348,7 +404,10 @@ async fn durable(args: &BenchArgs, nats: &NatsArgs) -> Result<Report, BenchError
     responder.abort();
     let _ = js.delete_stream(RAW_STREAM).await;
     Ok(Report {
-        kind: "durable (JetStream publish, pull, reply, ack)",
+        kind: format!(
+            "durable (JetStream publish, pull, reply, ack) on {}",
+            args.setting()
+        ),
         raw,
         cellbus,
     })

@@ -428,53 +428,106 @@ fn local_modules(dir: &Path) -> Result<HashMap<String, PathBuf>, UpError> {
     Ok(found)
 }
 
-/// A private `nats-server -js` with a temporary store, stopped when dropped.
+/// A private `nats-server -js` (or a cluster of them) with a temporary store, stopped
+/// when dropped.
 pub(crate) struct LocalNats {
+    /// Every node's client URL, comma-separated, as `NATS_URL` takes them.
     pub(crate) url: String,
-    _child: tokio::process::Child,
+    _children: Vec<tokio::process::Child>,
     _store: TempDir,
 }
 
 impl LocalNats {
+    /// One server, on port 4222 when it is free.
     pub(crate) fn start() -> Result<Self, UpError> {
+        let port = if TcpListener::bind((Ipv4Addr::LOCALHOST, PREFERRED_PORT)).is_ok() {
+            PREFERRED_PORT
+        } else {
+            free_port()?
+        };
+        Self::start_nodes(&[port], &[])
+    }
+
+    /// `nodes` servers on free loopback ports, routed to each other as one JetStream
+    /// cluster. JetStream answers once the cluster has elected its meta leader, a few
+    /// seconds after the nodes listen.
+    pub(crate) fn start_cluster(nodes: usize) -> Result<Self, UpError> {
+        let ports = (0..nodes)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes = (0..nodes)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::start_nodes(&ports, &routes)
+    }
+
+    /// A server on each of `ports`; with `routes` (one cluster port per server), routed
+    /// to each other.
+    fn start_nodes(ports: &[u16], routes: &[u16]) -> Result<Self, UpError> {
         let binary = find_on_path("nats-server").ok_or(UpError::NoNatsServer)?;
         let store = tempfile::Builder::new()
             .prefix("cellbus-up-")
             .tempdir()
             .map_err(UpError::StartNats)?;
-        let port = if TcpListener::bind((Ipv4Addr::LOCALHOST, PREFERRED_PORT)).is_ok() {
-            PREFERRED_PORT
-        } else {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
-                .map_err(UpError::StartNats)?
-                .port()
-        };
-        let child = tokio::process::Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(UpError::StartNats)?;
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let limit = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(address).is_err() {
-            if Instant::now() > limit {
-                return Err(UpError::NatsNotReady(format!(
-                    "nothing listens on {address} after 10 s"
-                )));
+        let mut children = Vec::with_capacity(ports.len());
+        for (index, port) in ports.iter().enumerate() {
+            let mut command = tokio::process::Command::new(&binary);
+            command
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store.path().join(format!("node-{index}")));
+            if let Some(own) = routes.get(index) {
+                let others: Vec<String> = routes
+                    .iter()
+                    .filter(|route| *route != own)
+                    .map(|route| format!("nats://127.0.0.1:{route}"))
+                    .collect();
+                command
+                    .args(["-n", &format!("node-{index}"), "--cluster_name", "cellbus"])
+                    .arg("--cluster")
+                    .arg(format!("nats://127.0.0.1:{own}"))
+                    .arg("--routes")
+                    .arg(others.join(","));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            children.push(
+                command
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(UpError::StartNats)?,
+            );
+        }
+        let limit = Instant::now() + Duration::from_secs(10);
+        for port in ports {
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, *port));
+            while TcpStream::connect(address).is_err() {
+                if Instant::now() > limit {
+                    return Err(UpError::NatsNotReady(format!(
+                        "nothing listens on {address} after 10 s"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         Ok(Self {
-            url: format!("nats://{address}"),
-            _child: child,
+            url: ports
+                .iter()
+                .map(|port| format!("nats://127.0.0.1:{port}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            _children: children,
             _store: store,
         })
     }
+}
+
+/// A loopback port nothing listens on now (a server binds it a moment later).
+fn free_port() -> Result<u16, UpError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(UpError::StartNats)
 }
 
 fn find_on_path(binary: &str) -> Option<PathBuf> {

@@ -450,6 +450,8 @@ async fn bench_measures_raw_nats_and_the_runtime_side_by_side() {
             duration: Duration::from_millis(300),
             warmup: Duration::from_millis(100),
             durable,
+            cluster: false,
+            replicas: None,
             nats_url: Some(nats.url().to_owned()),
             engine: EngineArgs {
                 cache_dir: cache.path().to_owned(),
@@ -470,4 +472,61 @@ async fn bench_measures_raw_nats_and_the_runtime_side_by_side() {
         );
         assert_eq!(table.starts_with("durable"), durable, "{table}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_durable_runs_on_a_private_three_node_cluster_with_three_copies() {
+    let cache = tempfile::tempdir().unwrap();
+    let args = BenchArgs {
+        concurrency: 4,
+        payload: 128,
+        duration: Duration::from_millis(500),
+        warmup: Duration::from_millis(200),
+        durable: true,
+        cluster: true,
+        replicas: None,
+        nats_url: None,
+        engine: EngineArgs {
+            cache_dir: cache.path().to_owned(),
+            ..EngineArgs::default()
+        },
+    };
+    let report = bench::run(&args).await.unwrap();
+    assert!(report.raw.requests > 0 && report.cellbus.requests > 0);
+    assert_eq!((report.raw.errors, report.cellbus.errors), (0, 0));
+    let table = report.table(&args);
+    assert!(
+        table.starts_with("durable (JetStream publish, pull, reply, ack) on a private three-node cluster, 3 copies"),
+        "{table}"
+    );
+    assert!(
+        table.contains("ratios (cellbus / raw): throughput"),
+        "{table}"
+    );
+}
+
+#[test]
+fn bench_refuses_a_cluster_and_a_given_url_together_and_more_than_five_copies() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cellbus"))
+            .arg("bench")
+            .args(args)
+            .env_remove("NATS_URL")
+            .output()
+            .unwrap()
+    };
+    let both = run(&["--cluster", "--nats-url", "nats://127.0.0.1:1"]);
+    assert!(!both.status.success());
+    assert!(
+        text(&both.stderr).contains("--cluster") && text(&both.stderr).contains("--nats-url"),
+        "{}",
+        text(&both.stderr)
+    );
+    let many = run(&["--replicas", "7"]);
+    assert!(!many.status.success());
+    assert!(
+        text(&many.stderr).contains("--replicas"),
+        "{}",
+        text(&many.stderr)
+    );
 }
