@@ -17,12 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::header::HeaderMap;
 use async_nats::jetstream;
 use cellbus_contracts::assignment::PoolAssignment;
 use cellbus_contracts::resources::{CellPoolSpec, CellSpec};
 use cellbus_contracts::stream::StreamPlan;
-use cellbus_contracts::wire::{headers, Reply, Request};
+use cellbus_contracts::wire::{Reply, Request};
 use cellbus_control::NatsArgs;
 use cellbus_testkit::{NatsCluster, NatsServer};
 use futures::StreamExt;
@@ -272,33 +271,19 @@ impl Chaos {
         .await
     }
 
-    /// Publishes until JetStream has stored it: the same envelope id each time, so a
-    /// publish whose acknowledgement was lost is dropped as a duplicate when sent again.
+    /// Stores the request as callers do: sent again with the same envelope id (and reply
+    /// subject) when the publish or its acknowledgement is lost.
     async fn publish(&self, request: &Request, started: Instant) {
-        let body: bytes::Bytes = serde_json::to_vec(request).unwrap().into();
-        loop {
-            assert!(
-                started.elapsed() < LIMIT,
-                "could not publish {}",
-                request.id
-            );
-            let mut headers = HeaderMap::new();
-            headers.insert(headers::MSG_ID, request.id.to_string().as_str());
-            headers.insert(
-                headers::REPLY_TO,
-                format!("chaos.replies.{}", request.id).as_str(),
-            );
-            if let Ok(ack) = self
-                .js
-                .publish_with_headers("cbs.chaos.append", headers, body.clone())
-                .await
-            {
-                if ack.await.is_ok() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let deadline = tokio::time::Instant::from_std(started + LIMIT);
+        cellbus_control::durable::store_request(
+            &self.js,
+            "cbs.chaos.append",
+            request,
+            &format!("chaos.replies.{}", request.id),
+            deadline,
+        )
+        .await
+        .unwrap_or_else(|error| panic!("storing {}: {error}", request.id));
     }
 
     /// Counts what became of each request of `round`, adds them to the report, and

@@ -61,15 +61,17 @@ pub fn consumer_config(
 }
 
 /// Publishes `request` to its durable verb through JetStream and waits up to `wait` for
-/// the reply. The envelope id is the de-duplication key, so calling again with the same
-/// request inside the stream's duplicate window does not run it twice (the second call
-/// waits for a reply the first run already sent, and times out).
+/// the reply. The envelope id is the de-duplication key: a publish whose acknowledgement
+/// is lost (the stream's leader died, the connection moved to another node) is sent again
+/// with the same id and the same reply subject, so the request is stored and run once and
+/// its one reply still reaches this caller.
 pub async fn durable_request(
     client: &Client,
     js: &jetstream::Context,
     request: &Request,
     wait: Duration,
 ) -> Result<Reply, Error> {
+    let deadline = tokio::time::Instant::now() + wait;
     let subject = subject::request_subject(&request.service, &request.verb).map_err(|source| {
         Error::Durable {
             what: "addressing the request".into(),
@@ -85,16 +87,16 @@ pub async fn durable_request(
         .subscribe(inbox.clone())
         .await
         .map_err(|e| error("waiting for replies on")(e.into()))?;
-    let mut headers = HeaderMap::new();
-    headers.insert(headers::MSG_ID, request.id.to_string().as_str());
-    headers.insert(headers::REPLY_TO, inbox.as_str());
-    let body = serde_json::to_vec(request).map_err(|e| error("encoding a request to")(e.into()))?;
-    js.publish_with_headers(subject.clone(), headers, body.into())
+    store_request(js, &subject, request, &inbox, deadline)
         .await
-        .map_err(|e| error("publishing to")(e.into()))?
-        .await
-        .map_err(|e| error("storing a request for")(e.into()))?;
-    let message = tokio::time::timeout(wait, replies.next())
+        .map_err(|error| match error {
+            Error::DurableTimeout { subject, .. } => Error::DurableTimeout {
+                subject,
+                waited: wait,
+            },
+            other => other,
+        })?;
+    let message = tokio::time::timeout_at(deadline, replies.next())
         .await
         .map_err(|_| Error::DurableTimeout {
             subject: subject.clone(),
@@ -102,4 +104,69 @@ pub async fn durable_request(
         })?
         .ok_or_else(|| error("waiting for the reply of")("the subscription ended".into()))?;
     serde_json::from_slice(&message.payload).map_err(|e| error("reading the reply of")(e.into()))
+}
+
+/// Pause before the first publish sent again; doubled each time up to [`RESEND_MAX`].
+const RESEND_FIRST: Duration = Duration::from_millis(50);
+const RESEND_MAX: Duration = Duration::from_secs(1);
+
+/// Stores `request` in the stream of `subject` with `reply_to` as where its reply goes,
+/// publishing again with the same envelope id until JetStream acknowledges it or
+/// `deadline` passes: the duplicate window drops every copy but the first, so a resend
+/// never runs the request twice. Fails with the last refusal at the deadline.
+pub async fn store_request(
+    js: &jetstream::Context,
+    subject: &str,
+    request: &Request,
+    reply_to: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(), Error> {
+    let body: bytes::Bytes = serde_json::to_vec(request)
+        .map_err(|e| Error::Durable {
+            what: format!("encoding a request to {subject}"),
+            source: e.into(),
+        })?
+        .into();
+    let started = tokio::time::Instant::now();
+    let mut pause = RESEND_FIRST;
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert(headers::MSG_ID, request.id.to_string().as_str());
+        headers.insert(headers::REPLY_TO, reply_to);
+        let stored = async {
+            js.publish_with_headers(subject.to_owned(), headers, body.clone())
+                .await
+                .map_err(|e| {
+                    (
+                        "publishing to",
+                        Box::new(e) as Box<dyn std::error::Error + Send + Sync>,
+                    )
+                })?
+                .await
+                .map_err(|e| ("storing a request for", Box::new(e) as _))
+        };
+        // Out of time while unacknowledged: it may be stored and run, so a timeout, not
+        // a refusal.
+        let failure = match tokio::time::timeout_at(deadline, stored).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(failure)) => failure,
+            Err(_) => {
+                return Err(Error::DurableTimeout {
+                    subject: subject.to_owned(),
+                    waited: started.elapsed(),
+                })
+            }
+        };
+        let now = tokio::time::Instant::now();
+        if now + pause >= deadline {
+            let (what, source) = failure;
+            return Err(Error::Durable {
+                what: format!("{what} {subject}"),
+                source,
+            });
+        }
+        tracing::debug!(error = %failure.1, "{} {subject}; sending again", failure.0);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RESEND_MAX);
+    }
 }
