@@ -47,6 +47,9 @@ pub struct UpArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// Cells' connections go through this pooler; the admin URL is used only to provision.
+    #[command(flatten)]
+    pub pooler: cellbus_control::database::PoolerArgs,
     /// Serve services that something else on the bus already answers, sharing their
     /// requests with it, instead of refusing to start.
     #[arg(long)]
@@ -183,7 +186,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, UpError> {
     let modules = local_modules(&args.dir)?;
     if let Some(admin_url) = &args.database_url {
         let secrets = Arc::new(LocalSecrets::default());
-        provision_databases(admin_url, &cells, &secrets, &mut report).await?;
+        provision_databases(admin_url, &args.pooler, &cells, &secrets, &mut report).await?;
         node.shared.databases = Arc::new(Databases::new(Some(secrets)));
     }
     for (_, name, cell) in &cells {
@@ -351,6 +354,7 @@ async fn check_services_free(
 /// the credentials to the runtime in memory.
 async fn provision_databases(
     admin_url: &str,
+    pooler: &cellbus_control::database::PoolerArgs,
     cells: &[(String, String, CellSpec)],
     secrets: &LocalSecrets,
     report: &mut Vec<String>,
@@ -380,15 +384,25 @@ async fn provision_databases(
             .password
             .as_deref()
             .expect("a rotated role has a new password");
-        let endpoint = Endpoint::of_admin(admin_url, admin, None, None).map_err(failed)?;
+        let endpoint =
+            Endpoint::of_admin(admin_url, admin, None, pooler.pooler()).map_err(failed)?;
         let data = cellbus_control::database::secret_data(&endpoint, &provisioned.role, password);
         secrets.insert(
             namespace,
             &database_secret_name(name),
             data[DATABASE_URL_KEY].clone(),
         );
+        let through = match &endpoint.pooler {
+            Some(pooler) => format!(
+                ", cells connect through {}:{} as {}",
+                pooler.host,
+                pooler.port,
+                pooler.user(&provisioned.role)
+            ),
+            None => String::new(),
+        };
         report.push(format!(
-            "database Cell {name}: role {} on schema {} ({:?})",
+            "database Cell {name}: role {} on schema {} ({:?}){through}",
             provisioned.role, provisioned.schema, database.access
         ));
     }

@@ -213,6 +213,7 @@ async fn cellbus_up_on_a_cluster_keeps_the_copies_it_is_told() {
         dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/echo"),
         nats_url: Some(cluster.urls()),
         database_url: None,
+        pooler: Default::default(),
         replace: false,
         replicas: Some(3),
         engine: EngineArgs {

@@ -217,10 +217,13 @@ async fn a_rotated_password_is_read_again_when_the_database_refuses_the_old_one(
     assert_ne!(old, new);
     // Sessions opened with the old password live on; end them so the pool reconnects.
     let role = database::role_name(NAMESPACE, "alpha");
-    db.admin_sql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
-    ))
-    .await;
+    db.superuser_client()
+        .await
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        ))
+        .await
+        .unwrap();
     eventually(10, "a query after the rotation", async || {
         sql(&bus, "alpha", "SELECT 2 AS two").await.ok() == Some(json!([{"two": 2}]))
     })

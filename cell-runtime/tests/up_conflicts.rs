@@ -20,6 +20,7 @@ fn args(nats: &NatsServer, cache: &TempDir, replace: bool) -> UpArgs {
         dir: echo_dir(),
         nats_url: Some(nats.url().to_owned()),
         database_url: None,
+        pooler: Default::default(),
         replace,
         replicas: None,
         engine: EngineArgs {

@@ -58,6 +58,10 @@ pub struct Admin {
     /// The role the admin connection runs as, owner of the cells' schemas.
     pub role: String,
     pub database: String,
+    /// Whether that role is a superuser. Supabase's `postgres` is not: it has
+    /// `CREATEROLE`, which may not touch the superuser, replication and bypass-RLS
+    /// attributes, and needs membership in a role to hand over what it owns.
+    pub superuser: bool,
 }
 
 impl Admin {
@@ -81,13 +85,18 @@ impl Admin {
                 },
             })?;
         let row = client
-            .query_one("SELECT current_user::text, current_database()::text", &[])
+            .query_one(
+                "SELECT current_user::text, current_database()::text,
+                        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+                &[],
+            )
             .await
             .map_err(|source| DatabaseError::Connect { location, source })?;
         Ok(Self {
             client,
             role: row.get(0),
             database: row.get(1),
+            superuser: row.get(2),
         })
     }
 
@@ -235,8 +244,13 @@ pub async fn provision(
     let exists = role_exists(admin, role).await?;
     let limit = wanted.spec.role_connection_limit();
     let quoted = quote_identifier(role);
-    let attributes =
-        format!("LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {limit}");
+    // Only a superuser may name the superuser, replication and bypass-RLS attributes,
+    // even to deny them; a role a CREATEROLE admin made or may alter has none of them.
+    let attributes = if admin.superuser || !exists {
+        format!("LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {limit}")
+    } else {
+        format!("LOGIN NOINHERIT NOCREATEDB NOCREATEROLE CONNECTION LIMIT {limit}")
+    };
     let password = if !exists || rotate {
         Some(new_password())
     } else {
@@ -345,10 +359,17 @@ pub async fn deprovision(
     if drop_role && role_exists(admin, role).await? {
         let quoted = quote_identifier(role);
         let owner = quote_identifier(&admin.role);
+        // REASSIGN and DROP OWNED need the privileges of the role: a superuser has them,
+        // a CREATEROLE admin takes membership first (the role is dropped right after).
+        let membership = if admin.superuser {
+            String::new()
+        } else {
+            format!("GRANT {quoted} TO {owner}; ")
+        };
         admin
             .client
             .batch_execute(&format!(
-                "REASSIGN OWNED BY {quoted} TO {owner}; DROP OWNED BY {quoted}; DROP ROLE {quoted}"
+                "{membership}REASSIGN OWNED BY {quoted} TO {owner}; DROP OWNED BY {quoted}; DROP ROLE {quoted}"
             ))
             .await
             .map_err(failed("dropping the role"))?;
@@ -364,8 +385,7 @@ pub struct Endpoint {
     pub database: String,
     /// `sslmode` clients use: `disable`, `require`, `verify-full`, …
     pub sslmode: String,
-    /// Supavisor in transaction mode (port 6543), with its project ref: `DATABASE_URL`
-    /// then goes through it as `role.projectref`.
+    /// A transaction-mode pooler: `DATABASE_URL` then goes through it.
     pub pooler: Option<Pooler>,
 }
 
@@ -399,11 +419,56 @@ impl Endpoint {
     }
 }
 
+/// A transaction-mode pooler cells connect through: Supavisor (port 6543), PgBouncer or
+/// pgcat. Provisioning always goes to the server directly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pooler {
     pub host: String,
     pub port: u16,
-    pub project_ref: String,
+    /// Supabase's project ref: Supavisor names users `role.project_ref`; PgBouncer and
+    /// pgcat take the role itself.
+    pub project_ref: Option<String>,
+}
+
+impl Pooler {
+    /// The user a cell's role logs in to the pooler as.
+    pub fn user(&self, role: &str) -> String {
+        match &self.project_ref {
+            Some(project_ref) => format!("{role}.{project_ref}"),
+            None => role.to_owned(),
+        }
+    }
+}
+
+/// The pooler settings the operator and `cellbus up` take alike.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct PoolerArgs {
+    /// Host of the transaction-mode pooler (Supavisor, PgBouncer) that cells'
+    /// DATABASE_URL goes through; provisioning still uses the admin URL directly.
+    #[arg(long = "database-pooler-host", env = "CELLBUS_DATABASE_POOLER_HOST")]
+    pub pooler_host: Option<String>,
+    /// Port of the pooler.
+    #[arg(
+        long = "database-pooler-port",
+        env = "CELLBUS_DATABASE_POOLER_PORT",
+        default_value_t = 6543
+    )]
+    pub pooler_port: u16,
+    /// Supabase project ref: with it, pooler users are `role.projectref` as Supavisor
+    /// wants; without it, the role itself, as PgBouncer and pgcat want.
+    #[arg(long = "database-project-ref", env = "CELLBUS_DATABASE_PROJECT_REF")]
+    pub project_ref: Option<String>,
+}
+
+impl PoolerArgs {
+    /// The pooler, when a host is given.
+    pub fn pooler(&self) -> Option<Pooler> {
+        self.pooler_host.as_ref().map(|host| Pooler {
+            host: host.clone(),
+            port: self.pooler_port,
+            project_ref: self.project_ref.clone(),
+        })
+    }
 }
 
 /// The variables of a cell's database Secret: `DATABASE_URL` (through the pooler when
@@ -420,11 +485,7 @@ pub fn secret_data(endpoint: &Endpoint, role: &str, password: &str) -> BTreeMap<
     };
     let direct = url(role, &endpoint.host, endpoint.port);
     let pooled = match &endpoint.pooler {
-        Some(pooler) => url(
-            &format!("{role}.{}", pooler.project_ref),
-            &pooler.host,
-            pooler.port,
-        ),
+        Some(pooler) => url(&pooler.user(role), &pooler.host, pooler.port),
         None => direct.clone(),
     };
     BTreeMap::from([
@@ -500,7 +561,7 @@ mod tests {
         endpoint.pooler = Some(Pooler {
             host: "aws-0-eu-central-1.pooler.supabase.com".into(),
             port: 6543,
-            project_ref: "abc".into(),
+            project_ref: Some("abc".into()),
         });
         let pooled = secret_data(&endpoint, "cbs_1", "pw");
         assert_eq!(

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use cellbus_contracts::resources::{CellSpec, DatabaseSpec, DeletionPolicy};
-use cellbus_control::database::{self, Admin, Endpoint, Pooler, Wanted};
+use cellbus_control::database::{self, Admin, Endpoint, Wanted};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::ByteString;
@@ -70,14 +70,7 @@ impl Databases {
         admin_url: &str,
         admin: &database::Admin,
     ) -> Result<Endpoint, database::DatabaseError> {
-        let pooler = match (&self.args.pooler_host, &self.args.project_ref) {
-            (Some(host), Some(project_ref)) => Some(Pooler {
-                host: host.clone(),
-                port: self.args.pooler_port,
-                project_ref: project_ref.clone(),
-            }),
-            _ => None,
-        };
+        let pooler = self.args.pooler.pooler();
         Endpoint::of_admin(admin_url, admin, Some(&self.args.sslmode), pooler)
     }
 }

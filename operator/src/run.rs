@@ -64,20 +64,8 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub url: Option<String>,
-    /// Host of the connection pooler (Supavisor, transaction mode) that cells'
-    /// DATABASE_URL goes through.
-    #[arg(long = "database-pooler-host", env = "CELLBUS_DATABASE_POOLER_HOST")]
-    pub pooler_host: Option<String>,
-    /// Port of the pooler.
-    #[arg(
-        long = "database-pooler-port",
-        env = "CELLBUS_DATABASE_POOLER_PORT",
-        default_value_t = 6543
-    )]
-    pub pooler_port: u16,
-    /// Supabase project ref: pooler user names are `role.projectref`.
-    #[arg(long = "database-project-ref", env = "CELLBUS_DATABASE_PROJECT_REF")]
-    pub project_ref: Option<String>,
+    #[command(flatten)]
+    pub pooler: cellbus_control::database::PoolerArgs,
     /// sslmode written into cells' connection settings.
     #[arg(
         long = "database-sslmode",

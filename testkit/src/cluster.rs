@@ -1,7 +1,6 @@
 //! A private three-node `nats-server -js` cluster on loopback ports: real routes, real
 //! RAFT, for tests that kill a node.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -45,8 +44,8 @@ impl NatsCluster {
         for index in 0..size {
             let name = format!("node-{index}");
             nodes.push(Node {
-                client_port: free_port()?,
-                cluster_port: free_port()?,
+                client_port: crate::free_port()?,
+                cluster_port: crate::free_port()?,
                 store: dir.path().join(&name),
                 log: dir.path().join(format!("{name}.log")),
                 name,
@@ -167,12 +166,4 @@ impl Drop for NatsCluster {
             self.kill(index);
         }
     }
-}
-
-/// A loopback port nothing listens on now (the node binds it a moment later).
-fn free_port() -> Result<u16, HarnessError> {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .map_err(HarnessError::io("finding a free port"))
 }

@@ -9,12 +9,14 @@
 mod cluster;
 mod logs;
 mod nats;
+mod pgbouncer;
 pub mod pki;
 mod postgres;
 
 pub use cluster::NatsCluster;
 pub use logs::CapturedLogs;
 pub use nats::NatsServer;
+pub use pgbouncer::PgBouncer;
 pub use postgres::Postgres;
 
 use std::path::{Path, PathBuf};
@@ -99,4 +101,12 @@ fn wait_for<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A loopback port nothing listens on now (a server binds it a moment later).
+fn free_port() -> Result<u16, HarnessError> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(HarnessError::io("finding a free port"))
 }

@@ -3,7 +3,6 @@
 //! the tests run as root the cluster belongs to, and runs as, the `postgres` user.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +17,9 @@ use crate::{find_binary, HarnessError};
 
 const INSTALL: &str = "apt-get install -y postgresql";
 const OS_USER: &str = "postgres";
+/// The non-superuser admin of [`Postgres::admin_url`] and its database.
+const ADMIN_ROLE: &str = "cells_admin";
+const ADMIN_DATABASE: &str = "cells";
 
 /// A PostgreSQL server for one test, or the one `CELLBUS_TEST_DATABASE_URL` names.
 pub struct Postgres {
@@ -148,7 +150,7 @@ impl Postgres {
         // PostgreSQL cannot pick its own port; one just freed by the OS is taken, and on
         // the rare clash with another process the start is retried on a new one.
         for attempt in 1.. {
-            let port = free_port()?;
+            let port = crate::free_port()?;
             let mut options = format!(
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
                 dir.path().display()
@@ -197,6 +199,56 @@ impl Postgres {
     /// Connection URL of the `postgres` superuser.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The superuser's URL to `database` instead of `postgres`.
+    pub fn url_to(&self, database: &str) -> String {
+        let (base, _) = self
+            .url
+            .rsplit_once('/')
+            .expect("the harness's URL names a database");
+        format!("{base}/{database}")
+    }
+
+    /// Host and port of the server, as a pooler in front of it connects.
+    pub fn host_port(&self) -> (String, u16) {
+        let config: tokio_postgres::Config = self.url.parse().expect("the harness's URL parses");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        (host, config.get_ports().first().copied().unwrap_or(5432))
+    }
+
+    /// The URL of an admin like Supabase's `postgres` role: `LOGIN CREATEROLE`, not a
+    /// superuser, owner of the database `cells` it connects to. Made on first call.
+    pub async fn admin_url(&self) -> String {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|error| panic!("connecting as the superuser: {error}"));
+        tokio::spawn(connection);
+        let password = format!("{ADMIN_ROLE}-{}", std::process::id());
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&ADMIN_ROLE])
+            .await
+            .expect("looking up the admin role")
+            .is_some();
+        if !exists {
+            // Two messages: CREATE DATABASE cannot run in the implicit transaction of one.
+            for statement in [
+                format!(
+                    "CREATE ROLE {ADMIN_ROLE} LOGIN CREATEROLE NOSUPERUSER PASSWORD '{password}'"
+                ),
+                format!("CREATE DATABASE {ADMIN_DATABASE} OWNER {ADMIN_ROLE}"),
+            ] {
+                client
+                    .batch_execute(&statement)
+                    .await
+                    .unwrap_or_else(|error| panic!("{statement}: {error:?}"));
+            }
+        }
+        let (host, port) = self.host_port();
+        format!("postgres://{ADMIN_ROLE}:{password}@{host}:{port}/{ADMIN_DATABASE}")
     }
 
     /// The password in [`Postgres::url`], for tests that make sure it is never logged.
@@ -348,13 +400,6 @@ fn check(what: &str, output: &std::process::Output) -> Result<(), HarnessError> 
             String::from_utf8_lossy(&output.stderr)
         ),
     })
-}
-
-fn free_port() -> Result<u16, HarnessError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .map_err(HarnessError::io("finding a free port"))
 }
 
 /// Debian keeps the server binaries outside PATH, under /usr/lib/postgresql/VERSION/bin;

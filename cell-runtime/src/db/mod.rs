@@ -187,12 +187,24 @@ impl CellDatabase {
                 ));
             }
         };
-        match lease.release(remaining()).await {
+        let failed = answer.is_err();
+        match lease.release(remaining(), failed).await {
             Ok(()) => answer,
-            Err(leftover @ (Leftover::Reset(_) | Leftover::NoCheck | Leftover::Unfinished)) => {
+            // The commit ran; only the connection is not worth keeping.
+            Err(leftover @ (Leftover::NoCheck | Leftover::TypeLookups)) => {
+                debug!(namespace = %self.namespace, secret = %self.secret, reason = %leftover, "closing a database connection after its call");
+                answer
+            }
+            Err(leftover) if failed && !matches!(leftover, Leftover::TransactionEnded) => {
                 debug!(namespace = %self.namespace, secret = %self.secret, error = %cellbus_contracts::error_chain(&leftover), "closing a database connection that could not be reset");
                 answer
             }
+            // The statement succeeded but its transaction did not commit: the commit's
+            // own error (a deferred constraint is the cell's; a lost connection is not).
+            Err(Leftover::Reset(error)) => Err(from_database(&error)),
+            Err(Leftover::Unfinished) => Err(no_time(
+                "the statement ran, but its commit did not finish before the request's deadline",
+            )),
             Err(leftover) => Err(ErrorBody::new(
                 ErrorCode::BadRequest,
                 format!("{leftover}: {}", leftover_advice(&leftover)),
@@ -334,14 +346,15 @@ impl Lease<'_> {
             .client
     }
 
-    /// Clears the session within `time` and gives the connection back to the pool, or
-    /// closes it and says why.
-    async fn release(mut self, time: Duration) -> Result<(), Leftover> {
+    /// Clears the session and ends the call's transaction within `time` (rolling the
+    /// statement back first when it `failed`), then gives the connection back to the
+    /// pool, or closes it and says why.
+    async fn release(mut self, time: Duration, failed: bool) -> Result<(), Leftover> {
         let connection = self
             .connection
             .as_mut()
             .expect("a lease holds a connection until released");
-        match tokio::time::timeout(time, session::reset(connection)).await {
+        match tokio::time::timeout(time, session::reset(connection, failed)).await {
             Ok(Ok(())) => {
                 let connection = self.connection.take().expect("still held");
                 self.database
@@ -410,15 +423,20 @@ enum Done {
     Count(u64),
 }
 
-/// Prepares `sql` so its parameter and column types are known, checks the cell's values
-/// against them, and runs it, writing rows as they arrive.
+/// Opens the call's transaction and prepares `sql` in the same round trip, so its
+/// parameter and column types are known; checks the cell's values against them, and runs
+/// it, writing rows as they arrive. The statement is closed when it is dropped here,
+/// inside the transaction.
 async fn perform(
     client: &Client,
     kind: Statement,
     sql: &str,
     values: &[serde_json::Value],
 ) -> Result<Done, Failure> {
-    let statement = client.prepare(sql).await.map_err(Failure::Database)?;
+    let (begun, statement) =
+        futures::join!(client.batch_execute(session::BEGIN), client.prepare(sql));
+    begun.map_err(Failure::Database)?;
+    let statement = statement.map_err(Failure::Database)?;
     values::check_params(statement.params(), values).map_err(Failure::Value)?;
     let params = values::Param::list(values);
     match kind {
@@ -463,7 +481,7 @@ fn from_rows(error: &rows::RowsError) -> ErrorBody {
 /// What a cell does instead of leaving `leftover` on a connection.
 fn leftover_advice(leftover: &Leftover) -> &'static str {
     match leftover {
-        Leftover::Transaction => statement::TRANSACTION,
+        Leftover::TransactionEnded => statement::TRANSACTION,
         _ => statement::SESSION,
     }
 }
@@ -496,6 +514,11 @@ pub fn from_database(error: &tokio_postgres::Error) -> ErrorBody {
     let class = &state.code()[..2];
     let (code, retryable) = if *state == SqlState::INSUFFICIENT_PRIVILEGE {
         (ErrorCode::Forbidden, false)
+    } else if *state == SqlState::DUPLICATE_PSTATEMENT {
+        // The driver's own statement names: a cell cannot prepare (PREPARE is refused),
+        // so a clash is a pooler handing over a server connection with another client's
+        // statements on it.
+        (ErrorCode::Unavailable, true)
     } else {
         match class {
             // Serialization failures and deadlocks succeed when tried again.
@@ -505,6 +528,9 @@ pub fn from_database(error: &tokio_postgres::Error) -> ErrorBody {
             // The server is shutting down or cancelled the statement.
             "57" => (ErrorCode::Unavailable, true),
             "08" => (ErrorCode::Unavailable, true),
+            // A statement the driver prepared is gone: a pooler moved the call to
+            // another server connection.
+            "26" => (ErrorCode::Unavailable, true),
             "XX" | "58" | "F0" => (ErrorCode::Internal, false),
             // Syntax, unknown names, bad data, constraint violations: the cell's request.
             _ => (ErrorCode::BadRequest, false),

@@ -24,6 +24,7 @@ const SESSION_STATEMENTS: &[(&str, &str)] = &[
     ("SAVEPOINT", TRANSACTION),
     ("RELEASE", TRANSACTION),
     ("PREPARE", SESSION),
+    ("EXECUTE", SESSION),
     ("SET", SETTING),
     ("RESET", SETTING),
     ("DISCARD", SETTING),
@@ -100,6 +101,7 @@ mod tests {
     #[case::declare("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "DECLARE")]
     #[case::listen("LISTEN things", "LISTEN")]
     #[case::deallocate("DEALLOCATE ALL", "DEALLOCATE")]
+    #[case::execute("EXECUTE s1", "EXECUTE")]
     #[case::after_whitespace("\n\t  BEGIN", "BEGIN")]
     #[case::after_a_line_comment("-- open it\nBEGIN", "BEGIN")]
     #[case::after_a_block_comment("/* open it */ BEGIN", "BEGIN")]

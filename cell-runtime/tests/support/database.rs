@@ -6,30 +6,55 @@ use std::time::{Duration, Instant};
 
 use cellbus_contracts::assignment::AssignedDatabase;
 use cellbus_contracts::resources::DatabaseSpec;
-use cellbus_control::database::{self, Admin, Endpoint, Wanted};
+use cellbus_control::database::{self, Admin, Endpoint, Pooler, Wanted};
 use cellbus_runtime::db::secrets::{LocalSecrets, DATABASE_URL_KEY};
 use cellbus_runtime::db::{CellDatabase, Databases};
-use cellbus_testkit::Postgres;
+use cellbus_testkit::{PgBouncer, Postgres};
 use serde_json::json;
 
 use super::NAMESPACE;
 
-/// A PostgreSQL, its admin connection, and the credentials the runtime reads.
+/// A PostgreSQL, its admin connection, and the credentials the runtime reads. The admin
+/// is what Supabase gives: a `CREATEROLE` role that is not a superuser, owning the
+/// database the cells use.
 pub struct Database {
     pub postgres: Postgres,
     pub admin: Admin,
+    pub admin_url: String,
     pub secrets: Arc<LocalSecrets>,
+    /// Cells connect through it when there is one; provisioning never does.
+    pub pgbouncer: Option<PgBouncer>,
 }
 
 impl Database {
     pub async fn start() -> Self {
         let postgres = Postgres::start();
-        let admin = Admin::connect(postgres.url()).await.unwrap();
+        let admin_url = postgres.admin_url().await;
+        let admin = Admin::connect(&admin_url).await.unwrap();
         Self {
             postgres,
             admin,
+            admin_url,
             secrets: Arc::default(),
+            pgbouncer: None,
         }
+    }
+
+    /// The same with PgBouncer in transaction mode in front of the server, holding at
+    /// most `server_connections` server connections per role: cells connect through it.
+    pub async fn start_with_pooler(server_connections: u32) -> Self {
+        let mut db = Self::start().await;
+        db.pgbouncer = Some(PgBouncer::start(&db.postgres, server_connections));
+        db
+    }
+
+    /// The pooler cells go through, if any.
+    pub fn pooler(&self) -> Option<Pooler> {
+        self.pgbouncer.as_ref().map(|pgbouncer| Pooler {
+            host: "127.0.0.1".into(),
+            port: pgbouncer.port(),
+            project_ref: None,
+        })
     }
 
     /// Provisions the database of Cell `cell` as the operator does and hands the runtime
@@ -44,7 +69,8 @@ impl Database {
             .await
             .unwrap();
         let password = provisioned.password.expect("a new password");
-        let endpoint = Endpoint::of_admin(self.postgres.url(), &self.admin, None, None).unwrap();
+        let endpoint =
+            Endpoint::of_admin(&self.admin_url, &self.admin, None, self.pooler()).unwrap();
         let data = database::secret_data(&endpoint, &provisioned.role, &password);
         self.secrets.insert(
             NAMESPACE,
@@ -54,14 +80,16 @@ impl Database {
         password
     }
 
-    /// A connection of the admin's own, for statements the test makes and checks.
+    /// A connection as the admin, for the tables and rows the test sets up (made, as in
+    /// a Supabase project, by the admin role).
     pub async fn admin_client(&self) -> tokio_postgres::Client {
-        let (client, connection) =
-            tokio_postgres::connect(self.postgres.url(), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        client
+        connect(&self.admin_url).await
+    }
+
+    /// A superuser connection to the cells' database, for what the admin may not see
+    /// (other roles' statements in `pg_stat_activity`).
+    pub async fn superuser_client(&self) -> tokio_postgres::Client {
+        connect(&self.postgres.url_to(&self.admin.database)).await
     }
 
     /// Runs admin statements (tables and rows the test sets up).
@@ -88,7 +116,7 @@ impl Database {
     /// Waits until no statement of the cell `cell`'s role matching `like` is running on
     /// the server, for at most `seconds`; returns what still runs if something does.
     pub async fn wait_until_not_running(&self, cell: &str, like: &str, seconds: u64) {
-        let admin = self.admin_client().await;
+        let admin = self.superuser_client().await;
         let role = database::role_name(NAMESPACE, cell);
         let limit = Instant::now() + Duration::from_secs(seconds);
         loop {
@@ -113,6 +141,14 @@ impl Database {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 pub fn access(access: &str) -> DatabaseSpec {
