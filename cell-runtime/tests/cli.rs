@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use cellbus_runtime::bench::{self, BenchArgs};
 use cellbus_runtime::EngineArgs;
-use cellbus_testkit::{NatsServer, Postgres};
+use cellbus_testkit::{NatsServer, PgBouncer, Postgres};
+use futures::StreamExt;
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -376,6 +377,78 @@ fn up_serves_every_example_and_call_reaches_them() {
             "a password is in the output"
         );
     }
+}
+
+/// The visits example through a transaction-mode pooler, as cells reach Supabase: the
+/// admin URL (a CREATEROLE role, not a superuser) only provisions; 300 hits, six at a
+/// time, on three server connections, each answered with the next count.
+#[test]
+fn up_serves_visits_through_a_transaction_mode_pooler() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let postgres = Postgres::start();
+    let admin_url = runtime.block_on(postgres.admin_url());
+    let pgbouncer = PgBouncer::start(&postgres, 3);
+    let port = pgbouncer.port().to_string();
+    let up = Up::start(
+        "examples/visits",
+        cache.path(),
+        &[
+            ("CELLBUS_DATABASE_URL", &admin_url),
+            ("CELLBUS_DATABASE_POOLER_HOST", "127.0.0.1"),
+            ("CELLBUS_DATABASE_POOLER_PORT", &port),
+        ],
+    );
+    // Without a project ref the pooler user is the role itself, as PgBouncer wants.
+    assert!(
+        up.lines.iter().any(|l| {
+            let role = l.split_whitespace().nth(4).unwrap_or_default();
+            l.starts_with("database Cell visits: role cbs_")
+                && l.ends_with(&format!("cells connect through 127.0.0.1:{port} as {role}"))
+        }),
+        "{:?}",
+        up.lines
+    );
+    const HITS: usize = 300;
+    let counts: Vec<Result<u64, String>> = runtime.block_on(async {
+        let client = async_nats::connect(&up.url).await.unwrap();
+        futures::stream::iter(0..HITS)
+            .map(|_| {
+                let client = client.clone();
+                async move {
+                    let request = cellbus_contracts::wire::Request::new(
+                        "visits",
+                        "hit",
+                        serde_json::json!({"page": "/"}),
+                    );
+                    let reply = client
+                        .request(
+                            "cbs.visits.hit",
+                            serde_json::to_vec(&request).unwrap().into(),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let reply: cellbus_contracts::wire::Reply =
+                        serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+                    let payload = reply.into_result().map_err(|e| format!("{e:?}"))?;
+                    payload["count"].as_u64().ok_or_else(|| payload.to_string())
+                }
+            })
+            .buffer_unordered(6)
+            .collect()
+            .await
+    });
+    let failed: Vec<&String> = counts.iter().filter_map(|c| c.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {HITS} failed: {failed:?}",
+        failed.len()
+    );
+    let mut counts: Vec<u64> = counts.into_iter().map(Result::unwrap).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=HITS as u64).collect::<Vec<_>>());
+    assert!(up.interrupt().success());
+    drop(pgbouncer);
 }
 
 #[test]

@@ -17,6 +17,9 @@ use tempfile::TempDir;
 use crate::{wait_for, HarnessError, Postgres};
 
 const INSTALL: &str = "apt-get install pgbouncer";
+/// Seconds a client's query waits for a server connection before PgBouncer fails it
+/// (120 by default): short, so a test of a server that is down does not wait minutes.
+const QUERY_WAIT_TIMEOUT: u32 = 3;
 /// The OS user PgBouncer runs as when the tests run as root (it refuses root).
 const OS_USER: &str = "postgres";
 
@@ -73,6 +76,7 @@ impl PgBouncer {
                  auth_user = postgres\n\
                  auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename = $1\n\
                  ignore_startup_parameters = extra_float_digits\n\
+                 query_wait_timeout = {QUERY_WAIT_TIMEOUT}\n\
                  logfile = {log}\n\
                  pidfile = {pid}\n",
                 users = users.display(),
