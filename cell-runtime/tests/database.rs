@@ -140,6 +140,35 @@ async fn each_cell_reaches_its_own_schema_with_the_access_it_was_granted() {
         ErrorCode::Forbidden,
         "42501",
     );
+    // Supabase's own schemas, made by its superuser and granted to its API roles: out of
+    // reach, as is every way up to a role with more.
+    db.superuser_client()
+        .await
+        .batch_execute(
+            "CREATE ROLE authenticated NOLOGIN; CREATE ROLE service_role NOLOGIN BYPASSRLS;
+             CREATE SCHEMA auth; CREATE TABLE auth.users (id uuid PRIMARY KEY, email text);
+             CREATE SCHEMA storage; CREATE TABLE storage.objects (id uuid PRIMARY KEY, name text);
+             GRANT USAGE ON SCHEMA auth, storage TO authenticated, service_role;
+             GRANT ALL ON ALL TABLES IN SCHEMA auth, storage TO authenticated, service_role;",
+        )
+        .await
+        .unwrap();
+    for statement in [
+        "SELECT * FROM auth.users",
+        "SELECT * FROM storage.objects",
+        "SELECT set_config('role', 'service_role', false) AS r",
+        "SELECT set_config('role', 'cells_admin', false) AS r",
+        "ALTER ROLE CURRENT_USER CREATEROLE",
+        "ALTER ROLE CURRENT_USER BYPASSRLS",
+        "GRANT authenticated TO CURRENT_USER",
+        "SELECT rolpassword FROM pg_authid",
+        "CREATE SCHEMA IF NOT EXISTS auth",
+        "DROP SCHEMA beta CASCADE",
+    ] {
+        let error = sql(&bus, "alpha", statement).await.expect_err(statement);
+        assert_eq!(error.code, ErrorCode::Forbidden, "{statement}: {error:?}");
+    }
+
     // The cell's own mistakes are its bad requests, with the SQLSTATE to tell them apart.
     assert_refused(
         sql(&bus, "alpha", "SELEC 1").await,

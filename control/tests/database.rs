@@ -5,6 +5,7 @@
 use cellbus_contracts::resources::DatabaseSpec;
 use cellbus_control::database::{deprovision, provision, role_name, Admin, DatabaseError, Wanted};
 use cellbus_testkit::Postgres;
+use rstest::rstest;
 use serde_json::json;
 use tokio_postgres::NoTls;
 
@@ -48,8 +49,19 @@ fn message(error: &tokio_postgres::Error) -> String {
         .map_or_else(|| error.to_string(), |db| db.message().to_owned())
 }
 
-fn admin_client_url(postgres: &Postgres) -> String {
-    postgres.url().to_owned()
+/// Who provisions: a superuser (plain PostgreSQL) or, as in a Supabase project, a
+/// `CREATEROLE` role that is not one, owning the database.
+#[derive(Clone, Copy, Debug)]
+enum AdminKind {
+    Superuser,
+    CreateRole,
+}
+
+async fn admin_client_url(postgres: &Postgres, kind: AdminKind) -> String {
+    match kind {
+        AdminKind::Superuser => postgres.url().to_owned(),
+        AdminKind::CreateRole => postgres.admin_url().await,
+    }
 }
 
 async fn plain(url: &str) -> tokio_postgres::Client {
@@ -58,10 +70,13 @@ async fn plain(url: &str) -> tokio_postgres::Client {
     client
 }
 
+#[rstest]
+#[case::superuser(AdminKind::Superuser)]
+#[case::createrole(AdminKind::CreateRole)]
 #[tokio::test]
-async fn each_cell_gets_its_own_schema_and_nothing_more() {
+async fn each_cell_gets_its_own_schema_and_nothing_more(#[case] kind: AdminKind) {
     let postgres = Postgres::start();
-    let url = admin_client_url(&postgres);
+    let url = admin_client_url(&postgres, kind).await;
     let admin = Admin::connect(&url).await.unwrap();
     let superuser = plain(&url).await;
     let (write_spec, read_spec) = (spec("readWrite"), spec("readOnly"));
@@ -151,10 +166,13 @@ async fn each_cell_gets_its_own_schema_and_nothing_more() {
         .unwrap();
 }
 
+#[rstest]
+#[case::superuser(AdminKind::Superuser)]
+#[case::createrole(AdminKind::CreateRole)]
 #[tokio::test]
-async fn rotation_makes_the_old_password_fail() {
+async fn rotation_makes_the_old_password_fail(#[case] kind: AdminKind) {
     let postgres = Postgres::start();
-    let url = admin_client_url(&postgres);
+    let url = admin_client_url(&postgres, kind).await;
     let admin = Admin::connect(&url).await.unwrap();
     let spec = spec("readOnly");
     let cell = Wanted {
@@ -182,10 +200,13 @@ async fn rotation_makes_the_old_password_fail() {
     connect_as(&url, &cell.role, &new).await.unwrap();
 }
 
+#[rstest]
+#[case::superuser(AdminKind::Superuser)]
+#[case::createrole(AdminKind::CreateRole)]
 #[tokio::test]
-async fn delete_drops_the_role_and_retain_keeps_role_and_data() {
+async fn delete_drops_the_role_and_retain_keeps_role_and_data(#[case] kind: AdminKind) {
     let postgres = Postgres::start();
-    let url = admin_client_url(&postgres);
+    let url = admin_client_url(&postgres, kind).await;
     let admin = Admin::connect(&url).await.unwrap();
     let superuser = plain(&url).await;
     let ddl = spec("ddl");
@@ -231,10 +252,13 @@ async fn delete_drops_the_role_and_retain_keeps_role_and_data() {
         .is_err());
 }
 
+#[rstest]
+#[case::superuser(AdminKind::Superuser)]
+#[case::createrole(AdminKind::CreateRole)]
 #[tokio::test]
-async fn hostile_names_are_quoted_never_interpolated() {
+async fn hostile_names_are_quoted_never_interpolated(#[case] kind: AdminKind) {
     let postgres = Postgres::start();
-    let url = admin_client_url(&postgres);
+    let url = admin_client_url(&postgres, kind).await;
     let admin = Admin::connect(&url).await.unwrap();
     let superuser = plain(&url).await;
     let spec = spec("readWrite");

@@ -168,8 +168,9 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
     );
     let nats = NatsServer::start();
     let postgres = Postgres::start();
+    let admin_url = postgres.admin_url().await;
     let (client, mut api) = mock_client();
-    let (ctx, mut caches) = context_with_database(client, &nats, postgres.url());
+    let (ctx, mut caches) = context_with_database(client, &nats, &admin_url);
     caches.apply(&pool("wasm", wasm_pool()));
     let object = visits(json!({"access": "readWrite"}));
     caches.apply(&object);
@@ -221,7 +222,7 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
         ]
     );
     let first = password_of(&secret);
-    login(postgres.url(), &role, &first).await.unwrap();
+    login(&admin_url, &role, &first).await.unwrap();
     let (ready, reason, message) = condition(&status, "DatabaseReady");
     assert_eq!((ready.as_str(), reason.as_str()), ("True", "DatabaseReady"));
     assert!(
@@ -246,11 +247,11 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
     let lost = lost.secret.expect("a lost Secret is written again");
     let second = password_of(&lost);
     assert_ne!(first, second);
-    assert!(login(postgres.url(), &role, &first)
+    assert!(login(&admin_url, &role, &first)
         .await
         .unwrap_err()
         .contains("password authentication failed"));
-    login(postgres.url(), &role, &second).await.unwrap();
+    login(&admin_url, &role, &second).await.unwrap();
 
     // rotate changed: a new password again, the Secret remembers the trigger.
     let mut rotated = visits(json!({"access": "readWrite", "rotate": "2026-11-22"}));
@@ -265,8 +266,8 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
         "2026-11-22"
     );
     let third = password_of(&applied);
-    assert!(login(postgres.url(), &role, &second).await.is_err());
-    login(postgres.url(), &role, &third).await.unwrap();
+    assert!(login(&admin_url, &role, &second).await.is_err());
+    login(&admin_url, &role, &third).await.unwrap();
 
     let logs = logs.text();
     assert!(
@@ -283,8 +284,13 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
             "a password is in the logs"
         );
     }
+    let admin_password = admin_url
+        .rsplit_once('@')
+        .and_then(|(credentials, _)| credentials.rsplit_once(':'))
+        .map(|(_, password)| password)
+        .unwrap();
     assert!(
-        !logs.contains(postgres.password()),
+        !logs.contains(admin_password),
         "the admin password is in the logs"
     );
 }
@@ -293,8 +299,9 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
 async fn an_unreachable_admin_database_is_reported_retried_and_recovered_from() {
     let nats = NatsServer::start();
     let postgres = Postgres::start();
+    let admin_url = postgres.admin_url().await;
     let (client, mut api) = mock_client();
-    let (ctx, mut caches) = context_with_database(client, &nats, postgres.url());
+    let (ctx, mut caches) = context_with_database(client, &nats, &admin_url);
     caches.apply(&pool("wasm", wasm_pool()));
     let object = visits(json!({"access": "readOnly"}));
     caches.apply(&object);
@@ -349,8 +356,9 @@ async fn an_unreachable_admin_database_is_reported_retried_and_recovered_from() 
 async fn deleting_a_cell_with_policy_delete_drops_its_role() {
     let nats = NatsServer::start();
     let postgres = Postgres::start();
+    let admin_url = postgres.admin_url().await;
     let (client, mut api) = mock_client();
-    let (ctx, mut caches) = context_with_database(client, &nats, postgres.url());
+    let (ctx, mut caches) = context_with_database(client, &nats, &admin_url);
     caches.apply(&pool("wasm", wasm_pool()));
     let object = visits(json!({"access": "ddl", "deletionPolicy": "Delete", "dropSchema": true}));
     caches.apply(&object);
@@ -359,7 +367,7 @@ async fn deleting_a_cell_with_policy_delete_drops_its_role() {
     let secret = created.secret.unwrap();
     assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Cell");
     let role = role_name(NAMESPACE, "visits");
-    login(postgres.url(), &role, &password_of(&secret))
+    login(&admin_url, &role, &password_of(&secret))
         .await
         .unwrap();
 
@@ -374,9 +382,7 @@ async fn deleting_a_cell_with_policy_delete_drops_its_role() {
         "{:?}",
         deleted.reads
     );
-    let (admin, connection) = tokio_postgres::connect(postgres.url(), NoTls)
-        .await
-        .unwrap();
+    let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls).await.unwrap();
     tokio::spawn(connection);
     let role_left = admin
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
@@ -399,10 +405,8 @@ fn in_namespace<K>(
     object
 }
 
-async fn admin(postgres: &Postgres) -> tokio_postgres::Client {
-    let (admin, connection) = tokio_postgres::connect(postgres.url(), NoTls)
-        .await
-        .unwrap();
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (admin, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
     tokio::spawn(connection);
     admin
 }
@@ -412,8 +416,9 @@ async fn a_later_cell_naming_a_held_schema_gets_conflict_and_no_role_while_the_h
 ) {
     let nats = NatsServer::start();
     let postgres = Postgres::start();
+    let admin_url = postgres.admin_url().await;
     let (client, mut api) = mock_client();
-    let (ctx, mut caches) = context_with_database(client, &nats, postgres.url());
+    let (ctx, mut caches) = context_with_database(client, &nats, &admin_url);
     caches.apply(&pool("wasm", wasm_pool()));
     caches.apply(&in_namespace(pool("wasm", wasm_pool()), "other"));
     // The holder: older, schema `visits` by default. The other: newer, in another
@@ -459,12 +464,12 @@ async fn a_later_cell_naming_a_held_schema_gets_conflict_and_no_role_while_the_h
     assert_eq!(condition(&holder_status, "DatabaseReady").0, "True");
     let password = password_of(&secret);
     let holder_role = role_name(NAMESPACE, "visits");
-    let mut config: tokio_postgres::Config = postgres.url().parse().unwrap();
+    let mut config: tokio_postgres::Config = admin_url.parse().unwrap();
     config.user(&holder_role).password(&password);
     let (as_holder, connection) = config.connect(NoTls).await.unwrap();
     tokio::spawn(connection);
     // A table made by the admin role reaches the holder through its default privileges.
-    admin(&postgres)
+    admin(&admin_url)
         .await
         .batch_execute("CREATE TABLE visits.hits (page text)")
         .await
@@ -483,7 +488,7 @@ async fn a_later_cell_naming_a_held_schema_gets_conflict_and_no_role_while_the_h
         "an unchanged conflict wrote the status again"
     );
     assert!(again.secret.is_none());
-    let intruder_exists = admin(&postgres)
+    let intruder_exists = admin(&admin_url)
         .await
         .query_opt(
             "SELECT 1 FROM pg_roles WHERE rolname = $1",

@@ -236,8 +236,10 @@ impl Postgres {
         if !exists {
             // Two messages: CREATE DATABASE cannot run in the implicit transaction of one.
             for statement in [
+                // The verifier, not the password: statements reach the driver's debug log.
                 format!(
-                    "CREATE ROLE {ADMIN_ROLE} LOGIN CREATEROLE NOSUPERUSER PASSWORD '{password}'"
+                    "CREATE ROLE {ADMIN_ROLE} LOGIN CREATEROLE NOSUPERUSER PASSWORD '{}'",
+                    postgres_protocol::password::scram_sha_256(password.as_bytes())
                 ),
                 format!("CREATE DATABASE {ADMIN_DATABASE} OWNER {ADMIN_ROLE}"),
             ] {
