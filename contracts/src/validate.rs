@@ -196,6 +196,17 @@ pub fn cell(spec: &CellSpec) -> Result<(), Invalid> {
             );
         }
     }
+    if let Some(rotation) = spec.database.as_ref().and_then(|d| d.rotation.as_ref()) {
+        if rotation.period().is_none() {
+            errors.add(
+                "spec.database.rotation.every",
+                format!(
+                    "`{}` is not a period of whole hours from 1h to 8760h, such as 720h",
+                    rotation.every
+                ),
+            );
+        }
+    }
     if let Some(schema) = spec.database_schema() {
         if schema == "public" || schema == "information_schema" || schema.starts_with("pg_") {
             errors.add(

@@ -300,13 +300,14 @@ pub async fn provision(
         "GRANT CONNECT ON DATABASE {} TO {quoted}",
         quote_identifier(&admin.database)
     ));
-    for statement in statements {
-        admin
-            .client
-            .batch_execute(&statement)
-            .await
-            .map_err(failed("granting the schema"))?;
-    }
+    // One message, so one transaction: a revoke and the grant after it take effect
+    // together, and the role's sessions never see the moment between (a re-run on
+    // rotation would otherwise fail their statements with "permission denied").
+    admin
+        .client
+        .batch_execute(&statements.join(";\n"))
+        .await
+        .map_err(failed("granting the schema"))?;
     Ok(Provisioned {
         role: role.clone(),
         schema: wanted.schema.clone(),

@@ -182,6 +182,16 @@ impl ConnectError {
             ConnectError::Tls { .. } => None,
         }
     }
+
+    /// The message the server answered with, when it was the server that refused.
+    pub fn db_message(&self) -> Option<&str> {
+        match self {
+            ConnectError::Connect { source, .. } | ConnectError::Cancel { source } => {
+                source.as_db_error().map(|db| db.message())
+            }
+            ConnectError::Tls { .. } => None,
+        }
+    }
 }
 
 /// Reads a connection string, URL (`postgres://u:p@host/db?sslmode=verify-full&

@@ -3,14 +3,24 @@
 //! `{cell}-db` its pods and apps connect with.
 //!
 //! The Secret is written only when a password is new: when the role is created, when the
-//! Secret is lost (the password it held is gone with it, so the role gets a new one) and
+//! Secret is lost (the password it held is gone with it, so the role gets a new one),
 //! when `spec.database.rotate` changes (the value is kept on the Secret as an
-//! annotation). An unchanged Cell's reconcile reads the Secret and writes nothing.
+//! annotation) and when `spec.database.rotation.every` has passed since the time the
+//! Secret says it was written. An unchanged Cell's reconcile reads the Secret and writes
+//! nothing, and comes back when the next rotation is due.
+//!
+//! The role's password changes first, then the Secret: a Secret that cannot be written
+//! is written with yet another password on the next try, while a role whose change
+//! failed would be left behind a Secret that already names the next password. Pods keep
+//! the connections they have; a pod opening one in between is refused, reads the Secret
+//! again and waits briefly for the new password (`cellbus_runtime::db`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use cellbus_contracts::resources::{CellSpec, DatabaseSpec, DeletionPolicy};
 use cellbus_control::database::{self, Admin, Endpoint, Wanted};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::ByteString;
@@ -25,6 +35,9 @@ use crate::Error;
 
 /// Annotation on the Secret holding the `spec.database.rotate` its password was made for.
 pub const ROTATE_ANNOTATION: &str = "cellbus.io/rotate";
+/// Annotation on the Secret holding when its password was made (RFC 3339), from which
+/// `spec.database.rotation.every` counts.
+pub const ROTATED_AT_ANNOTATION: &str = "cellbus.io/rotated-at";
 /// Label on the Secret naming its Cell.
 pub const CELL_LABEL: &str = "cellbus.io/cell";
 
@@ -83,6 +96,7 @@ pub fn database_secret(
     cell: &ObservedCell,
     spec: &DatabaseSpec,
     data: BTreeMap<String, String>,
+    rotated_at: Timestamp,
 ) -> Secret {
     let owner = (spec.deletion_policy == DeletionPolicy::Delete).then(|| OwnerReference {
         api_version: cellbus_contracts::resources::API_VERSION.into(),
@@ -97,10 +111,13 @@ pub fn database_secret(
             name: Some(secret_name(cell.name())),
             namespace: Some(cell.namespace().to_owned()),
             labels: Some(BTreeMap::from([(CELL_LABEL.into(), cell.name().into())])),
-            annotations: Some(BTreeMap::from([(
-                ROTATE_ANNOTATION.into(),
-                spec.rotate.clone().unwrap_or_default(),
-            )])),
+            annotations: Some(BTreeMap::from([
+                (
+                    ROTATE_ANNOTATION.into(),
+                    spec.rotate.clone().unwrap_or_default(),
+                ),
+                (ROTATED_AT_ANNOTATION.into(), rotated_at.to_string()),
+            ])),
             owner_references: owner.map(|owner| vec![owner]),
             ..ObjectMeta::default()
         },
@@ -122,6 +139,57 @@ fn wanted<'a>(cell: &ObservedCell, spec: &'a CellSpec, database: &'a DatabaseSpe
     }
 }
 
+/// What a database reconcile came to.
+pub struct Reconciled {
+    /// DatabaseReady.
+    pub condition: NewCondition,
+    /// When the next scheduled rotation is due, counted from now.
+    pub rotate_in: Option<Duration>,
+}
+
+/// Why the password changes now, if it does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// The role is new or its Secret is gone.
+    NoSecret,
+    /// `spec.database.rotate` changed.
+    Asked,
+    /// `spec.database.rotation.every` has passed (or the Secret says no time).
+    Scheduled,
+}
+
+/// Whether the password of a Cell whose Secret carries `annotations` (`None`: there is no
+/// Secret) must change at `now`, and when a scheduled rotation is due otherwise.
+pub fn rotation_due(
+    spec: &DatabaseSpec,
+    annotations: Option<&BTreeMap<String, String>>,
+    now: Timestamp,
+) -> (Option<Rotation>, Option<Duration>) {
+    let period = spec.rotation.as_ref().and_then(|r| r.period());
+    let Some(annotations) = annotations else {
+        return (Some(Rotation::NoSecret), period);
+    };
+    let asked = annotations
+        .get(ROTATE_ANNOTATION)
+        .map_or("", String::as_str);
+    if asked != spec.rotate.as_deref().unwrap_or_default() {
+        return (Some(Rotation::Asked), period);
+    }
+    let Some(period) = period else {
+        return (None, None);
+    };
+    let rotated_at = annotations
+        .get(ROTATED_AT_ANNOTATION)
+        .and_then(|at| at.parse::<Timestamp>().ok());
+    let since = rotated_at
+        .and_then(|at| now.duration_since(at).try_into().ok())
+        .unwrap_or(Duration::MAX);
+    match period.checked_sub(since) {
+        Some(left) if !left.is_zero() => (None, Some(left)),
+        _ => (Some(Rotation::Scheduled), Some(period)),
+    }
+}
+
 /// Makes the Cell's role, schema and Secret match its spec; the DatabaseReady condition,
 /// or an error after which the Cell is retried with backoff.
 pub async fn reconcile(
@@ -129,14 +197,17 @@ pub async fn reconcile(
     cell: &ObservedCell,
     spec: &CellSpec,
     database: &DatabaseSpec,
-) -> Result<NewCondition, Error> {
+) -> Result<Reconciled, Error> {
     let Some(admin_url) = &ctx.databases.args.url else {
-        return Ok(NewCondition::new(
-            types::DATABASE_READY,
-            Status::False,
-            reasons::DATABASE_NOT_CONFIGURED,
-            "the operator has no admin database; set CELLBUS_DATABASE_URL (the Helm value database.adminSecret)",
-        ));
+        return Ok(Reconciled {
+            condition: NewCondition::new(
+                types::DATABASE_READY,
+                Status::False,
+                reasons::DATABASE_NOT_CONFIGURED,
+                "the operator has no admin database; set CELLBUS_DATABASE_URL (the Helm value database.adminSecret)",
+            ),
+            rotate_in: None,
+        });
     };
     let failed = |source| Error::Database {
         cell: cell.key(),
@@ -152,28 +223,24 @@ pub async fn reconcile(
         object: format!("Secret {}/{name}", cell.namespace()),
         source,
     })?;
-    let wanted_rotation = database.rotate.clone().unwrap_or_default();
-    let rotate = match &existing {
-        None => true,
-        Some(secret) => {
-            secret
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ROTATE_ANNOTATION))
-                .cloned()
-                .unwrap_or_default()
-                != wanted_rotation
-        }
-    };
+    let now = Timestamp::now();
+    let no_annotations = BTreeMap::new();
+    let annotations = existing.as_ref().map(|secret| {
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap_or(&no_annotations)
+    });
+    let (rotation, rotate_in) = rotation_due(database, annotations, now);
     let wanted = wanted(cell, spec, database);
-    let provisioned = database::provision(admin, &wanted, rotate)
+    let provisioned = database::provision(admin, &wanted, rotation.is_some())
         .await
         .map_err(failed)?;
     if let Some(password) = &provisioned.password {
         let endpoint = ctx.databases.endpoint(admin_url, admin).map_err(failed)?;
         let data = database::secret_data(&endpoint, &provisioned.role, password);
-        let secret = database_secret(cell, database, data);
+        let secret = database_secret(cell, database, data, now);
         secrets
             .patch(
                 &name,
@@ -190,18 +257,26 @@ pub async fn reconcile(
         tracing::info!(
             role = provisioned.role,
             secret = name,
+            why = ?rotation,
             "database credentials written"
         );
     }
-    Ok(NewCondition::new(
-        types::DATABASE_READY,
-        Status::True,
-        reasons::DATABASE_READY,
-        format!(
-            "role {} on schema {} ({:?}); credentials in Secret {name}",
-            provisioned.role, provisioned.schema, database.access
+    let schedule = match &database.rotation {
+        Some(rotation) => format!("; rotated every {}", rotation.every),
+        None => String::new(),
+    };
+    Ok(Reconciled {
+        condition: NewCondition::new(
+            types::DATABASE_READY,
+            Status::True,
+            reasons::DATABASE_READY,
+            format!(
+                "role {} on schema {} ({:?}); credentials in Secret {name}{schedule}",
+                provisioned.role, provisioned.schema, database.access
+            ),
         ),
-    ))
+        rotate_in,
+    })
 }
 
 /// Removes the Cell's role (and schema) as its deletion policy says.
@@ -231,4 +306,88 @@ pub async fn cleanup(
     )
     .await
     .map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(value: serde_json::Value) -> DatabaseSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn stamped(rotate: &str, rotated_at: Option<&str>) -> BTreeMap<String, String> {
+        let mut annotations = BTreeMap::from([(ROTATE_ANNOTATION.to_owned(), rotate.to_owned())]);
+        if let Some(at) = rotated_at {
+            annotations.insert(ROTATED_AT_ANNOTATION.to_owned(), at.to_owned());
+        }
+        annotations
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_password_changes_without_a_secret_when_asked_and_when_its_period_has_passed() {
+        let now: Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
+        let monthly = spec(serde_json::json!({"rotation": {"every": "720h"}}));
+        let never = spec(serde_json::json!({}));
+        let asked = spec(serde_json::json!({"rotate": "2", "rotation": {"every": "720h"}}));
+        type Case<'a> = (
+            &'a DatabaseSpec,
+            Option<BTreeMap<String, String>>,
+            Option<Rotation>,
+            Option<Duration>,
+        );
+        let cases: [Case; 9] = [
+            (&never, None, Some(Rotation::NoSecret), None),
+            (&monthly, None, Some(Rotation::NoSecret), Some(720 * HOUR)),
+            (&never, Some(stamped("", None)), None, None),
+            (
+                &asked,
+                Some(stamped("1", Some("2026-12-07T11:00:00Z"))),
+                Some(Rotation::Asked),
+                Some(720 * HOUR),
+            ),
+            // An hour since the last: due in 719 hours.
+            (
+                &monthly,
+                Some(stamped("", Some("2026-12-07T11:00:00Z"))),
+                None,
+                Some(719 * HOUR),
+            ),
+            // Exactly the period, and past it: due now, the next a period later.
+            (
+                &monthly,
+                Some(stamped("", Some("2026-11-07T12:00:00Z"))),
+                Some(Rotation::Scheduled),
+                Some(720 * HOUR),
+            ),
+            (
+                &monthly,
+                Some(stamped("", Some("2025-01-01T00:00:00Z"))),
+                Some(Rotation::Scheduled),
+                Some(720 * HOUR),
+            ),
+            // A Secret that says no time, or an unreadable one: rotated now.
+            (
+                &monthly,
+                Some(stamped("", None)),
+                Some(Rotation::Scheduled),
+                Some(720 * HOUR),
+            ),
+            (
+                &monthly,
+                Some(stamped("", Some("last tuesday"))),
+                Some(Rotation::Scheduled),
+                Some(720 * HOUR),
+            ),
+        ];
+        for (spec, annotations, rotation, rotate_in) in cases {
+            assert_eq!(
+                rotation_due(spec, annotations.as_ref(), now),
+                (rotation, rotate_in),
+                "{spec:?} {annotations:?}"
+            );
+        }
+    }
 }

@@ -269,6 +269,37 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
     assert!(login(&admin_url, &role, &second).await.is_err());
     login(&admin_url, &role, &third).await.unwrap();
 
+    // A schedule: not due an hour after the last rotation, so nothing is written; due once
+    // its period has passed since the time the Secret was stamped with.
+    let mut scheduled = visits(json!({
+        "access": "readWrite", "rotate": "2026-11-22", "rotation": {"every": "720h"}
+    }));
+    scheduled.metadata.generation = Some(3);
+    let scheduled = with_status(scheduled, &status);
+    caches.apply(&scheduled);
+    let stamp = |hours_ago: i64| {
+        let mut secret = applied.clone();
+        let at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(hours_ago);
+        secret["metadata"]["annotations"]["cellbus.io/rotated-at"] = json!(at.to_string());
+        secret
+    };
+    let recent = reconcile_once(&scheduled, &ctx, &mut api, Some(&stamp(1))).await;
+    recent.outcome.unwrap();
+    assert!(recent.secret.is_none(), "rotated before it was due");
+    login(&admin_url, &role, &third).await.unwrap();
+    let due = reconcile_once(&scheduled, &ctx, &mut api, Some(&stamp(721))).await;
+    due.outcome.unwrap();
+    let due = due.secret.expect("a due rotation writes the Secret");
+    let fourth = password_of(&due);
+    assert!(login(&admin_url, &role, &third).await.is_err());
+    login(&admin_url, &role, &fourth).await.unwrap();
+    let rotated_at: jiff::Timestamp = due["metadata"]["annotations"]["cellbus.io/rotated-at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((jiff::Timestamp::now() - rotated_at).get_seconds().abs() < 60);
+
     let logs = logs.text();
     assert!(
         logs.contains("database credentials written"),
@@ -278,7 +309,7 @@ async fn a_cells_database_secret_is_written_once_rotated_when_lost_or_asked_and_
         logs.contains("CREATE ROLE"),
         "the database client's statements were not captured"
     );
-    for password in [&first, &second, &third] {
+    for password in [&first, &second, &third, &fourth] {
         assert!(
             !logs.contains(password.as_str()),
             "a password is in the logs"

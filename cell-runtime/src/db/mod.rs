@@ -32,6 +32,13 @@ use tokio_postgres::Client;
 use tracing::{debug, warn};
 
 pub use rows::{Caps, MAX_ROWS};
+
+/// How long a refused password is tried again (with the Secret read again each time)
+/// before a call fails: the gap between a rotated role and its Secret, and a pooler's
+/// credentials cache catching up (Supavisor's takes a few seconds).
+pub const CREDENTIALS_WAIT: Duration = Duration::from_secs(10);
+const CREDENTIALS_RETRY_FIRST: Duration = Duration::from_millis(50);
+const CREDENTIALS_RETRY_MAX: Duration = Duration::from_secs(1);
 pub use secrets::{SecretSource, SourceError};
 use session::{Connection, Leftover};
 
@@ -241,18 +248,22 @@ impl CellDatabase {
         })
     }
 
-    /// Opens a connection, reading the Secret first if needed, and again once if the
-    /// database refuses the password it holds (it was rotated).
+    /// Opens a connection, reading the Secret first if needed, and again when the database
+    /// (or its pooler) refuses the password it holds: the password was rotated. The
+    /// operator changes the role's password a moment before the Secret, and a pooler may
+    /// take a moment to see the new one, so a refusal is tried again for up to
+    /// [`CREDENTIALS_WAIT`], reading the Secret before each try, instead of failing the
+    /// request.
     async fn connect(&self) -> Result<Client, ErrorBody> {
         let mut settings = self.settings.lock().await;
-        let mut fresh = false;
         if settings.is_none() {
             *settings = Some(self.read_secret().await?);
-            fresh = true;
         }
+        let refused_since = Instant::now();
+        let mut pause = CREDENTIALS_RETRY_FIRST;
         loop {
             let current = settings.clone().expect("settings were read");
-            match cellbus_control::pgtls::connect(
+            let error = match cellbus_control::pgtls::connect(
                 &current.config,
                 current.tls,
                 current.root_cert.as_deref(),
@@ -260,26 +271,39 @@ impl CellDatabase {
             .await
             {
                 Ok(client) => return Ok(client),
-                Err(error) if !fresh && refused_credentials(&error) => {
-                    debug!(namespace = %self.namespace, secret = %self.secret, "credentials refused; reading the Secret again");
-                    *settings = Some(self.read_secret().await?);
-                    fresh = true;
-                }
-                Err(error) => {
-                    warn!(namespace = %self.namespace, secret = %self.secret, error = %cellbus_contracts::error_chain(&error), "cannot connect to the cell's database");
-                    let mut body = ErrorBody::new(
-                        ErrorCode::Unavailable,
-                        format!(
-                            "cannot connect to the cell's database: {}",
-                            cellbus_contracts::error_chain(&error)
-                        ),
-                    );
-                    if refused_credentials(&error) {
-                        body = body.with_retryable(true);
-                    }
-                    return Err(body);
-                }
+                Err(error) => error,
+            };
+            // The role's connection limit, met for a moment by connections just closed
+            // whose server processes have not exited yet.
+            if is_too_many_connections(&error) && refused_since.elapsed() < CREDENTIALS_WAIT {
+                drop(current);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(CREDENTIALS_RETRY_MAX);
+                continue;
             }
+            let refused = refused_credentials(&error);
+            if refused && refused_since.elapsed() < CREDENTIALS_WAIT {
+                debug!(namespace = %self.namespace, secret = %self.secret, "credentials refused; reading the Secret again");
+                let fresh = self.read_secret().await?;
+                // The same password again: the Secret has not caught up with the role, or
+                // the pooler with the role. Wait a little before trying it.
+                if fresh.config.get_password() == current.config.get_password() {
+                    drop(current);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(CREDENTIALS_RETRY_MAX);
+                }
+                *settings = Some(fresh);
+                continue;
+            }
+            warn!(namespace = %self.namespace, secret = %self.secret, error = %cellbus_contracts::error_chain(&error), "cannot connect to the cell's database");
+            return Err(ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "cannot connect to the cell's database: {}",
+                    cellbus_contracts::error_chain(&error)
+                ),
+            )
+            .with_retryable(true));
         }
     }
 
@@ -490,13 +514,26 @@ fn no_time(what: &str) -> ErrorBody {
     ErrorBody::new(ErrorCode::Timeout, what.to_owned())
 }
 
-/// Whether the server refused the role's password (or the role is gone).
+/// Whether the server or its pooler refused the role's password (or the role is gone).
+/// PostgreSQL and Supavisor say so with SQLSTATE 28P01 or 28000; PgBouncer closes the
+/// login with a protocol-violation state (08P01) and a message naming the failure.
 fn refused_credentials(error: &cellbus_control::pgtls::ConnectError) -> bool {
-    matches!(
-        error.sql_state(),
-        Some(state) if *state == SqlState::INVALID_PASSWORD
-            || *state == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-    )
+    match error.sql_state() {
+        Some(state)
+            if *state == SqlState::INVALID_PASSWORD
+                || *state == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            true
+        }
+        Some(state) if *state == SqlState::PROTOCOL_VIOLATION => error
+            .db_message()
+            .is_some_and(|message| message.contains("authentication failed")),
+        _ => false,
+    }
+}
+
+fn is_too_many_connections(error: &cellbus_control::pgtls::ConnectError) -> bool {
+    error.sql_state() == Some(&SqlState::TOO_MANY_CONNECTIONS)
 }
 
 /// The error envelope for a statement the database refused or could not run: the class of

@@ -60,6 +60,14 @@ impl Database {
     /// Provisions the database of Cell `cell` as the operator does and hands the runtime
     /// its URL; returns the password.
     pub async fn provision(&self, cell: &str, spec: &DatabaseSpec, rotate: bool) -> String {
+        let password = self.change_role(cell, spec, rotate).await;
+        self.publish(cell, &password);
+        password
+    }
+
+    /// The operator's first half of a rotation: the role's new password, which the
+    /// Secret does not hold yet.
+    pub async fn change_role(&self, cell: &str, spec: &DatabaseSpec, rotate: bool) -> String {
         let wanted = Wanted {
             role: database::role_name(NAMESPACE, cell),
             schema: cell.to_owned(),
@@ -68,16 +76,20 @@ impl Database {
         let provisioned = database::provision(&self.admin, &wanted, rotate)
             .await
             .unwrap();
-        let password = provisioned.password.expect("a new password");
+        provisioned.password.expect("a new password")
+    }
+
+    /// The second half: the Secret with `password`, as the runtime reads it.
+    pub fn publish(&self, cell: &str, password: &str) {
         let endpoint =
             Endpoint::of_admin(&self.admin_url, &self.admin, None, self.pooler()).unwrap();
-        let data = database::secret_data(&endpoint, &provisioned.role, &password);
+        let data =
+            database::secret_data(&endpoint, &database::role_name(NAMESPACE, cell), password);
         self.secrets.insert(
             NAMESPACE,
             &format!("{cell}-db"),
             data[DATABASE_URL_KEY].clone(),
         );
-        password
     }
 
     /// A connection as the admin, for the tables and rows the test sets up (made, as in

@@ -304,6 +304,29 @@ pub struct DatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub rotate: Option<String>,
+    /// Rotate the password on a schedule as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSpec>,
+}
+
+/// A schedule of password rotation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// How often, in whole hours from 1h to 8760h: `720h` rotates every 30 days,
+    /// counted from the last rotation.
+    #[schemars(pattern(r"^([1-9][0-9]{0,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-5][0-9]|8760)h$"))]
+    pub every: String,
+}
+
+impl RotationSpec {
+    /// The period, or `None` when `every` is not 1h to 8760h.
+    pub fn period(&self) -> Option<std::time::Duration> {
+        let hours: u64 = self.every.strip_suffix('h')?.parse().ok()?;
+        (1..=8760)
+            .contains(&hours)
+            .then(|| std::time::Duration::from_secs(hours * 3600))
+    }
 }
 
 /// Connections a cell's role may hold when its Cell sets no `connectionLimit`.

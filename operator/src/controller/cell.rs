@@ -4,6 +4,7 @@
 //! assignment and deletes its stream (unless `Retain`) before Kubernetes forgets it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use std::collections::HashMap;
 
@@ -86,6 +87,8 @@ struct Observation {
     ready: bool,
     /// A failure to report in the conditions and then retry with backoff.
     retry: Option<Error>,
+    /// When the database password's next scheduled rotation is due.
+    rotate_in: Option<Duration>,
 }
 
 async fn apply(
@@ -205,7 +208,11 @@ async fn apply(
     }
     if observation.ready {
         ctx.waits.succeeded(&cell.key());
-        Ok(Action::requeue(ctx.timing.resync))
+        // Back when the next rotation is due, if that comes before the resync.
+        let next = observation
+            .rotate_in
+            .map_or(ctx.timing.resync, |due| due.min(ctx.timing.resync));
+        Ok(Action::requeue(next))
     } else {
         Ok(Action::requeue(ctx.waits.failed(&cell.key())))
     }
@@ -229,6 +236,7 @@ async fn observe(
         }
         module.message = format!("signed by {signer}; {}", module.message);
     }
+    let mut rotate_in = None;
     let (database, database_secret, retry) = match (&spec.database, &schema_conflict) {
         (None, _) => (None, None, None),
         // Neither role nor grant: the schema and its rows are the holder's.
@@ -243,7 +251,9 @@ async fn observe(
             None,
         ),
         (Some(wanted), None) => match crate::database::reconcile(ctx, cell, spec, wanted).await {
-            Ok(condition) => {
+            Ok(reconciled) => {
+                let condition = reconciled.condition;
+                rotate_in = reconciled.rotate_in;
                 let secret = (condition.status == Status::True)
                     .then(|| crate::database::secret_name(cell.name()));
                 (Some(condition), secret, None)
@@ -334,6 +344,7 @@ async fn observe(
         database_secret,
         ready: is_ready,
         retry,
+        rotate_in,
     })
 }
 
