@@ -571,6 +571,16 @@ mod tests {
         );
         assert_eq!(pooled["PGUSER"], "cbs_1");
         assert_eq!(pooled["PGPORT"], "5432");
+        // PgBouncer and pgcat take the role itself: no project ref.
+        endpoint.pooler = Some(Pooler {
+            host: "pgbouncer.db.svc".into(),
+            port: 6432,
+            project_ref: None,
+        });
+        assert_eq!(
+            secret_data(&endpoint, "cbs_1", "pw")["DATABASE_URL"],
+            "postgresql://cbs_1:pw@pgbouncer.db.svc:6432/postgres?sslmode=require"
+        );
         let keys: Vec<&str> = pooled.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
