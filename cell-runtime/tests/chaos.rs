@@ -26,7 +26,7 @@ use cellbus_control::NatsArgs;
 use cellbus_testkit::{NatsCluster, NatsServer};
 use futures::StreamExt;
 use serde_json::json;
-use support::{calling_cell, dead_letters};
+use support::{calling_cell, dead_letters, until_ok};
 use uuid::Uuid;
 
 const REQUESTS: usize = 10_000;
@@ -376,25 +376,6 @@ impl Chaos {
             round.stored, REQUESTS as u64,
             "a resent request was stored twice inside the duplicate window"
         );
-    }
-}
-
-/// A JetStream request may be refused while the cluster elects its leaders: try again
-/// for a while.
-async fn until_ok<T, E: std::fmt::Display>(
-    what: &str,
-    mut attempt: impl AsyncFnMut() -> Result<T, E>,
-) -> T {
-    let limit = Instant::now() + Duration::from_secs(60);
-    loop {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(error) if Instant::now() < limit => {
-                tracing::debug!(%error, "{what}: trying again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => panic!("{what}: {error}"),
-        }
     }
 }
 

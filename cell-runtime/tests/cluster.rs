@@ -16,26 +16,7 @@ use cellbus_runtime::server::Identity;
 use cellbus_runtime::{EngineArgs, Node};
 use cellbus_testkit::NatsCluster;
 use serde_json::json;
-use support::{logs, settle, TestCell, MAX_PAYLOAD, NAMESPACE, POOL};
-
-/// A JetStream request may be refused while the cluster elects its leaders: try again
-/// for a while.
-async fn until_ok<T, E: std::fmt::Display>(
-    what: &str,
-    mut attempt: impl AsyncFnMut() -> Result<T, E>,
-) -> T {
-    let limit = Instant::now() + Duration::from_secs(30);
-    loop {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(error) if Instant::now() < limit => {
-                tracing::debug!(%error, "{what}: trying again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => panic!("{what}: {error}"),
-        }
-    }
-}
+use support::{logs, settle, until_ok, TestCell, MAX_PAYLOAD, NAMESPACE, POOL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_buckets_keep_three_copies_and_one_node_lost_loses_nothing() {

@@ -529,3 +529,22 @@ pub fn root() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     root
 }
+
+/// Tries `attempt` until it succeeds, for up to a minute, then panics with its error: a
+/// JetStream request may be refused while a cluster elects its leaders.
+pub async fn until_ok<T, E: std::fmt::Display>(
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) if Instant::now() < limit => {
+                tracing::debug!(%error, "{what}: trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("{what}: {error}"),
+        }
+    }
+}
