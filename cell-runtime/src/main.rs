@@ -3,11 +3,11 @@ use std::process::ExitCode;
 
 use cellbus_contracts::error_chain;
 use cellbus_contracts::manifest::Object;
+use cellbus_control::logs::LogFormat;
 use cellbus_control::signature;
 use cellbus_control::NatsArgs;
 use cellbus_runtime::{bench, call, serve, signing, up};
-use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use clap::{Parser, Subcommand};
 
 /// Cellbus: small sandboxed services on NATS.
 #[derive(Parser)]
@@ -23,12 +23,6 @@ struct Args {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -99,14 +93,7 @@ fn main() -> ExitCode {
         Command::Serve(_) | Command::Up(_) => "info",
         _ => "warn",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
-    }
+    cellbus_control::logs::init(args.log_format, default);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -33,6 +33,7 @@ NAMESPACE = "cellbus-system"
 # Everything a user may turn on, away from the defaults.
 CUSTOM = {
     "replicas": 1,
+    "logFormat": "json",
     "image": {"repository": "registry.example.com/cellbus-operator", "tag": "dev"},
     "imagePullSecrets": [{"name": "registry"}],
     "runtime": {"image": {"repository": "registry.example.com/cellbus-runtime", "tag": "dev"},
@@ -181,6 +182,7 @@ def test_the_operator_gets_its_settings_from_values_and_secrets():
     assert env["NATS_CREDENTIALS_SECRET"]["value"] == "pool-nats"
     assert env["NATS_CREDENTIALS_DIR"]["value"] == "/var/run/cellbus/nats"
     assert env["CELLBUS_REPLICAS"]["value"] == "3"
+    assert env["CELLBUS_LOG_FORMAT"]["value"] == "json"
     assert env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "operator-nats", "key": "password", "optional": True}
     assert container["volumeMounts"] == [{"name": "nats-credentials", "mountPath": "/var/run/cellbus/nats", "readOnly": True}]
@@ -240,6 +242,7 @@ def with_value(path, value):
         ("serviceMonitor.enabled", "yes", "enabled"),
         ("metricsPort", 70000, "metricsPort"),
         ("imageTag", "v1", "imageTag"),
+        ("logFormat", "yaml", "logFormat"),
     ],
     ids=lambda case: json.dumps(case) if not isinstance(case, str) else case,
 )

@@ -9,6 +9,7 @@
 mod connect;
 pub mod database;
 pub mod durable;
+pub mod logs;
 pub mod manifests;
 pub mod pgtls;
 mod redact;

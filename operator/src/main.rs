@@ -1,12 +1,21 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cellbus_control::logs::LogFormat;
 use clap::{Parser, Subcommand};
 
 /// The Cellbus operator.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "CELLBUS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,13 +46,11 @@ enum Command {
     },
 }
 
-fn run(args: cellbus_operator::run::RunArgs) -> Result<(), cellbus_operator::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+fn run(
+    args: cellbus_operator::run::RunArgs,
+    log_format: LogFormat,
+) -> Result<(), cellbus_operator::Error> {
+    cellbus_control::logs::init(log_format, "info,kube=warn");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,7 +71,7 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Run(args) => run(*args),
+        Command::Run(run_args) => run(*run_args, args.log_format),
         Command::Render { files, config } => {
             cellbus_operator::render::render_paths(&files, &config).map(|yaml| print!("{yaml}"))
         }
