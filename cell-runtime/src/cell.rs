@@ -15,6 +15,7 @@ use jsonschema::Validator;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::process::ProcessCell;
 use crate::wasm::{CallContext, Executor, WasmCell};
@@ -245,8 +246,17 @@ impl LoadedCell {
             Ok(request) => request,
             Err(error) => return refuse(error),
         };
+        // Whatever the cell logs, and the runtime logs for it, carries these.
+        let span = tracing::info_span!(
+            "request",
+            service = %request.service,
+            verb = %request.verb,
+            id = %request.id,
+            correlation_id = %request.correlation_id.unwrap_or(request.id),
+        );
         let encoded = self
             .run(verb, executor, client, &request)
+            .instrument(span)
             .await
             .and_then(|output| {
                 let body = Reply::encode_ok(&request, &output);

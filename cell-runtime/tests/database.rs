@@ -292,6 +292,15 @@ async fn a_secret_not_there_yet_and_a_database_that_is_down_are_unavailable_unti
         .expect_err("the database is down");
     assert_eq!(down.code, ErrorCode::Unavailable, "{down:?}");
     assert!(down.retryable, "{down:?}");
+    // The runtime's own line about it names the request it was serving.
+    let text = logs().text();
+    let line = text
+        .lines()
+        .find(|line| line.contains("cannot connect to the cell's database"))
+        .expect("the failure was logged");
+    for field in ["request{", "service=alpha", "verb=sql", "correlation_id="] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
     db.postgres.start_again().unwrap();
     eventually(20, "a query once the database is back", async || {
         sql(&bus, "alpha", "SELECT 3 AS three").await.ok() == Some(json!([{"three": 3}]))
