@@ -11,6 +11,7 @@ pub mod database;
 pub mod durable;
 pub mod logs;
 pub mod manifests;
+pub mod metrics;
 pub mod pgtls;
 mod redact;
 mod responders;

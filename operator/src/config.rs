@@ -3,6 +3,7 @@
 //! reads an environment variable, so the Helm chart can set them either way.
 
 use cellbus_contracts::quantity;
+use cellbus_contracts::resources::CellPoolSpec;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -118,6 +119,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The NATS a pool's pods use: its own URL, or the operator's default.
+    pub fn bus<'a>(&'a self, pool: &'a CellPoolSpec) -> &'a str {
+        pool.nats
+            .as_ref()
+            .and_then(|nats| nats.url.as_deref())
+            .unwrap_or(&self.nats_url)
+    }
+
     /// Requests and limits of runtime pods whose pool sets no `spec.resources`.
     pub fn runtime_resources(&self) -> ResourceRequirements {
         let quantities = |pairs: &[(&str, Option<&String>)]| {

@@ -109,11 +109,7 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus::TextEncoder::new()
-            .encode_utf8(&self.registry.gather(), &mut out)
-            .expect("encoding metrics into a string cannot fail");
-        out
+        cellbus_control::metrics::render(&self.registry)
     }
 }
 

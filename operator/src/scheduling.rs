@@ -58,14 +58,6 @@ impl NotPlaced {
     }
 }
 
-/// The NATS a pool's pods use: its own URL, or the operator's default.
-pub fn bus<'a>(pool: &'a CellPoolSpec, config: &'a Config) -> &'a str {
-    pool.nats
-        .as_ref()
-        .and_then(|nats| nats.url.as_deref())
-        .unwrap_or(&config.nats_url)
-}
-
 /// The Cells and CellPools the operator knows of at one moment.
 pub struct Snapshot {
     cells: Vec<Arc<ObservedCell>>,
@@ -270,7 +262,7 @@ impl Snapshot {
             .filter(|cell| !cell.is_deleting())
             .filter(|cell| {
                 self.candidate(cell)
-                    .is_ok_and(|(_, _, pool)| bus(pool, config) == bus_url)
+                    .is_ok_and(|(_, _, pool)| config.bus(pool) == bus_url)
             })
             .min_by_key(|cell| rank(cell))
     }
@@ -288,7 +280,7 @@ impl Snapshot {
             ));
         }
         let (spec, pool, pool_spec) = self.candidate(cell)?;
-        let bus_url = bus(pool_spec, config);
+        let bus_url = config.bus(pool_spec);
         match self.holder(&spec.service, bus_url, config) {
             Some(holder) if holder.key() != cell.key() => Err(NotPlaced::new(
                 reasons::SERVICE_CONFLICT,

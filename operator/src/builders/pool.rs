@@ -87,15 +87,6 @@ pub fn service_account(pool: &CellPool) -> ServiceAccount {
     }
 }
 
-/// The NATS URL a pool's pods connect to: the pool's own, else the operator's default.
-pub fn nats_url<'a>(pool: &'a CellPool, config: &'a Config) -> &'a str {
-    pool.spec
-        .nats
-        .as_ref()
-        .and_then(|nats| nats.url.as_deref())
-        .unwrap_or(&config.nats_url)
-}
-
 /// The Secret with a pool's NATS credentials: the pool's own; else, for a pool on the
 /// operator's default NATS, the operator's default Secret. A pool that names a NATS URL of
 /// its own never gets the default credentials, which belong to the default server and
@@ -161,7 +152,7 @@ pub fn deployment(pool: &CellPool, config: &Config) -> Deployment {
         },
         env_value("CELLBUS_POOL", pool.name_any()),
         env_field("POD_NAME", "metadata.name"),
-        env_value("NATS_URL", nats_url(pool, config)),
+        env_value("NATS_URL", config.bus(&pool.spec)),
     ];
     if let Some(secret) = nats_credentials_secret(pool, config) {
         // Each key is optional: a Secret holds user and password, or a token, or neither,

@@ -27,7 +27,7 @@ use crate::context::{Bus, Context};
 use crate::names::FIELD_MANAGER;
 use crate::observed::{CellObject, ObservedCell, ObservedPool};
 use crate::readiness::cell_ready;
-use crate::scheduling::{bus, NotPlaced};
+use crate::scheduling::NotPlaced;
 use crate::Error;
 
 /// The finalizer that holds a Cell until its NATS side is cleaned up.
@@ -161,7 +161,7 @@ async fn apply(
     let subjects = builders::request_subjects(spec)?;
 
     let schema_conflict = snapshot.schema_conflict(&cell, &ctx.config);
-    let observed = match ctx.buses.get(bus(pool_spec, &ctx.config)).await {
+    let observed = match ctx.buses.get(ctx.config.bus(pool_spec)).await {
         Ok(bus) => {
             // From the snapshot placement used, not a second one.
             let signer = snapshot.signer(spec, pool);
@@ -485,7 +485,7 @@ pub(crate) async fn write_assignment(
     })?;
     // The pods may read the new cells' Secrets before they learn of the cells.
     super::pool::sync_secret_access(ctx, pool, &assignment).await?;
-    let bus = ctx.buses.get(bus(pool_spec, &ctx.config)).await?;
+    let bus = ctx.buses.get(ctx.config.bus(pool_spec)).await?;
     if cellbus_control::write_assignment(&bus.buckets.assignments, &assignment).await? {
         tracing::info!(
             pool = %pool.key(),
@@ -548,7 +548,7 @@ async fn cleanup(cell: &Arc<ObservedCell>, ctx: &Context) -> Result<(), Error> {
         if let (Some(plan), false) = (builders::stream_config(spec, ctx.config.replicas)?, retain) {
             let url = pool
                 .and_then(|pool| pool.spec.as_ref().ok())
-                .map(|pool_spec| bus(pool_spec, &ctx.config))
+                .map(|pool_spec| ctx.config.bus(pool_spec))
                 .unwrap_or(&ctx.config.nats_url);
             let bus = ctx.buses.get(url).await?;
             if cellbus_control::delete_stream(&bus.js, &plan.name).await? {

@@ -31,7 +31,7 @@ use crate::context::Context;
 use crate::names::{self, FIELD_MANAGER};
 use crate::observed::{ObservedPool, PoolObject};
 use crate::readiness;
-use crate::scheduling::{bus, ResolvedTrust};
+use crate::scheduling::ResolvedTrust;
 use crate::Error;
 
 /// How metrics and logs name this controller.
@@ -113,7 +113,7 @@ async fn reconcile_pool(
     write_assignment(ctx, pool, None).await?;
     // Reports of pods that stopped reporting would keep old errors in Cells' status.
     ctx.buses
-        .get(bus(&typed.spec, &ctx.config))
+        .get(ctx.config.bus(&typed.spec))
         .await?
         .forget_gone_pods(namespace, pool.name())
         .await?;
@@ -127,7 +127,7 @@ async fn reconcile_pool(
     let wanted = typed.spec.replicas;
     let rollout = Rollout::of(&deployment, wanted);
     let sandbox = if typed.spec.runtime == Runtime::Process && typed.spec.os == Os::Linux {
-        let statuses = match ctx.buses.get(bus(&typed.spec, &ctx.config)).await {
+        let statuses = match ctx.buses.get(ctx.config.bus(&typed.spec)).await {
             Ok(bus) => bus.pod_statuses(namespace, pool.name()),
             Err(_) => Vec::new(),
         };
