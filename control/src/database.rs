@@ -134,40 +134,30 @@ pub(crate) fn redact(text: &str) -> String {
 pub fn role_name(namespace: &str, name: &str) -> String {
     // NUL cannot occur in either name, so no two pairs hash the same input.
     let hash = Sha256::digest(format!("{namespace}\0{name}").as_bytes());
-    let hex: String = hash.iter().take(10).map(|b| format!("{b:02x}")).collect();
-    format!("{ROLE_PREFIX}{hex}")
+    format!("{ROLE_PREFIX}{}", hex::encode(&hash[..10]))
 }
 
 /// `name` as a PostgreSQL identifier: double-quoted, inner quotes doubled.
 pub fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    postgres_protocol::escape::escape_identifier(name)
 }
 
 /// `text` as a PostgreSQL string literal: single-quoted, inner quotes doubled; an `E''`
 /// literal when it holds a backslash, so the meaning never depends on
 /// `standard_conforming_strings`.
 pub fn quote_literal(text: &str) -> String {
-    let quoted = text.replace('\'', "''");
-    if quoted.contains('\\') {
-        format!("E'{}'", quoted.replace('\\', "\\\\"))
-    } else {
-        format!("'{quoted}'")
-    }
+    // libpq's escaping puts a space before an `E''` literal, for pasting after a word.
+    postgres_protocol::escape::escape_literal(text)
+        .trim_start()
+        .to_owned()
 }
 
-/// A new random password: 32 bytes, hex.
+/// A new random password: 32 bytes from the operating system's CSPRNG, hex.
 pub fn new_password() -> String {
-    let bytes: [u8; 32] = rand_bytes();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn rand_bytes() -> [u8; 32] {
-    // Two v4 UUIDs are 244 bits from the OS's random source (getrandom), which is what
-    // a password needs; no other random crate is pulled in for it.
+    use rand_core::RngCore;
     let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
 }
 
 /// What a Cell asks of the database.
@@ -501,16 +491,15 @@ pub fn secret_data(endpoint: &Endpoint, role: &str, password: &str) -> BTreeMap<
     ])
 }
 
-/// Percent-encodes everything but unreserved characters, for the parts of a URL.
+/// Everything but RFC 3986's unreserved characters is percent-encoded in a URL's parts.
+const URL_PART: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn percent(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(text, URL_PART).to_string()
 }
 
 #[cfg(test)]

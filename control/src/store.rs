@@ -203,13 +203,7 @@ fn replicas_error(
 
 /// `sha256:` and the hex digest of `bytes`, the form `spec.module.digest` takes.
 pub fn digest_of(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    let mut text = String::with_capacity(71);
-    text.push_str("sha256:");
-    for byte in hash {
-        text.push_str(&format!("{byte:02x}"));
-    }
-    text
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// The digest an object store records for `bytes` in its info: `SHA-256=` and the
@@ -292,8 +286,7 @@ fn describes(info: &object_store::ObjectInfo, digest: &str) -> bool {
     else {
         return false;
     };
-    let hex: String = recorded.iter().map(|b| format!("{b:02x}")).collect();
-    digest.strip_prefix("sha256:") == Some(hex.as_str())
+    digest.strip_prefix("sha256:") == Some(hex::encode(recorded).as_str())
 }
 
 /// The bytes of the object `name`; `None` when there is none.
