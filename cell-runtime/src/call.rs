@@ -78,13 +78,14 @@ pub async fn run(args: &CallArgs) -> Result<Result<Value, ErrorBody>, CallError>
     // as its pods pull it from there.
     let js = async_nats::jetstream::new(client.clone());
     if js.stream_by_subject(subject.clone()).await.is_ok() {
-        let reply = cellbus_control::durable::durable_request(&client, &js, &request, args.timeout)
-            .await
-            .map_err(|source| CallError::Durable {
-                subject: subject.clone(),
-                timeout: args.timeout,
-                source,
-            })?;
+        let reply =
+            cellbus_control::nats::durable::durable_request(&client, &js, &request, args.timeout)
+                .await
+                .map_err(|source| CallError::Durable {
+                    subject: subject.clone(),
+                    timeout: args.timeout,
+                    source,
+                })?;
         return Ok(reply.into_result());
     }
     let body = serde_json::to_vec(&request).expect("a request always encodes");

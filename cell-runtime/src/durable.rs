@@ -183,9 +183,12 @@ impl Worker {
         loop {
             let attempt = async {
                 let name = subject::stream_name(service).map_err(|e| e.to_string())?;
-                let config =
-                    cellbus_control::durable::consumer_config(service, &self.verb, max_in_flight)
-                        .map_err(|e| e.to_string())?;
+                let config = cellbus_control::nats::durable::consumer_config(
+                    service,
+                    &self.verb,
+                    max_in_flight,
+                )
+                .map_err(|e| e.to_string())?;
                 let stream = js
                     .get_stream(&name)
                     .await

@@ -120,7 +120,7 @@ impl Node {
         let control = cellbus_control::connect(nats, &format!("{name} control")).await?;
         let js = async_nats::jetstream::new(control.clone());
         let buckets = cellbus_control::ensure_buckets(&js).await?;
-        cellbus_control::durable::ensure_dead_letter_stream(&js).await?;
+        cellbus_control::nats::durable::ensure_dead_letter_stream(&js).await?;
         let http = reqwest::Client::builder()
             .https_only(true)
             .build()

@@ -16,7 +16,7 @@ use cellbus_contracts::manifest::{self, select_pool, Object};
 use cellbus_contracts::resources::{CellPoolSpec, CellSpec, Delivery};
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::subject;
-use cellbus_control::database::{Admin, Endpoint, Wanted};
+use cellbus_control::postgres::{Admin, Endpoint, Wanted};
 use cellbus_control::signature::{self, SignatureCheck};
 use cellbus_control::NatsArgs;
 use tempfile::TempDir;
@@ -49,7 +49,7 @@ pub struct UpArgs {
     pub database_url: Option<String>,
     /// Cells' connections go through this pooler; the admin URL is used only to provision.
     #[command(flatten)]
-    pub pooler: cellbus_control::database::PoolerArgs,
+    pub pooler: cellbus_control::postgres::PoolerArgs,
     /// Serve services that something else on the bus already answers, sharing their
     /// requests with it, instead of refusing to start.
     #[arg(long)]
@@ -69,7 +69,7 @@ pub enum UpError {
     Database {
         cell: String,
         #[source]
-        source: cellbus_control::database::DatabaseError,
+        source: cellbus_control::postgres::DatabaseError,
     },
     #[error(transparent)]
     Load(#[from] cellbus_control::manifests::LoadError),
@@ -354,7 +354,7 @@ async fn check_services_free(
 /// the credentials to the runtime in memory.
 async fn provision_databases(
     admin_url: &str,
-    pooler: &cellbus_control::database::PoolerArgs,
+    pooler: &cellbus_control::postgres::PoolerArgs,
     cells: &[(String, String, CellSpec)],
     secrets: &LocalSecrets,
     report: &mut Vec<String>,
@@ -373,11 +373,11 @@ async fn provision_databases(
         }
         let admin = admin.as_ref().expect("connected above");
         let wanted = Wanted {
-            role: cellbus_control::database::role_name(namespace, name),
+            role: cellbus_control::postgres::role_name(namespace, name),
             schema: spec.database_schema().unwrap_or_default(),
             spec: database,
         };
-        let provisioned = cellbus_control::database::provision(admin, &wanted, true)
+        let provisioned = cellbus_control::postgres::provision(admin, &wanted, true)
             .await
             .map_err(failed)?;
         let password = provisioned
@@ -386,7 +386,7 @@ async fn provision_databases(
             .expect("a rotated role has a new password");
         let endpoint =
             Endpoint::of_admin(admin_url, admin, None, pooler.pooler()).map_err(failed)?;
-        let data = cellbus_control::database::secret_data(&endpoint, &provisioned.role, password);
+        let data = cellbus_control::postgres::secret_data(&endpoint, &provisioned.role, password);
         secrets.insert(
             namespace,
             &database_secret_name(name),

@@ -15,7 +15,7 @@ use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::quantity;
 use cellbus_contracts::subject;
 use cellbus_contracts::wire::{self, ErrorBody, ErrorCode};
-use cellbus_control::durable;
+use cellbus_control::nats::durable;
 use uuid::Uuid;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{

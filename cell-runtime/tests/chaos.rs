@@ -118,7 +118,7 @@ impl Chaos {
         })
         .await;
         until_ok("making the dead-letter stream", async || {
-            cellbus_control::durable::ensure_dead_letter_stream(&js).await
+            cellbus_control::nats::durable::ensure_dead_letter_stream(&js).await
         })
         .await;
 
@@ -275,7 +275,7 @@ impl Chaos {
     /// subject) when the publish or its acknowledgement is lost.
     async fn publish(&self, request: &Request, started: Instant) {
         let deadline = tokio::time::Instant::from_std(started + LIMIT);
-        cellbus_control::durable::store_request(
+        cellbus_control::nats::durable::store_request(
             &self.js,
             "cbs.chaos.append",
             request,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cellbus_contracts::assignment::MAX_DATABASE_CONNECTIONS_PER_POD;
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::wire::{ErrorBody, ErrorCode};
-use cellbus_control::database;
+use cellbus_control::postgres;
 use cellbus_runtime::db::Databases;
 use serde_json::{json, Value};
 use support::database::*;
@@ -245,7 +245,7 @@ async fn a_rotated_password_is_read_again_when_the_database_refuses_the_old_one(
     let new = db.provision("alpha", &access("readOnly"), true).await;
     assert_ne!(old, new);
     // Sessions opened with the old password live on; end them so the pool reconnects.
-    let role = database::role_name(NAMESPACE, "alpha");
+    let role = postgres::role_name(NAMESPACE, "alpha");
     db.superuser_client()
         .await
         .batch_execute(&format!(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cellbus_contracts::wire::{ErrorBody, ErrorCode};
-use cellbus_control::database::role_name;
+use cellbus_control::postgres::role_name;
 use cellbus_runtime::db::{Caps, CellDatabase, MAX_ROWS};
 use rstest::rstest;
 use serde_json::{json, Value};

@@ -14,7 +14,7 @@ use cellbus_contracts::durable::{consumer_name, DeadLetter};
 use cellbus_contracts::resources::CellSpec;
 use cellbus_contracts::status::LoadState;
 use cellbus_contracts::wire::{headers, ErrorBody, ErrorCode, Reply, Request};
-use cellbus_control::durable::durable_request;
+use cellbus_control::nats::durable::durable_request;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use support::*;

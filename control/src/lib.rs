@@ -1,118 +1,30 @@
-//! What the operator, the runtime and `cellbus up` share beyond the contracts: the NATS
-//! side (connecting with any of the supported credentials, the buckets, module storage by
-//! digest, assignment writes, the `$ping` readiness check), reading manifest files, and
-//! redacting the secrets of URLs before anything prints them, and module signatures. It depends on the contracts
-//! and async-nats only, so neither binary compiles the other's heavy dependencies.
+//! What the operator, the runtime and `cellbus up` share beyond the contracts, in two
+//! halves that never import each other: [`nats`] (connecting with any of the supported
+//! credentials, the buckets, module storage by digest, assignment writes, streams,
+//! durable requests, the `$ping` readiness check) and [`postgres`] (the admin
+//! connection, a least-privilege role and schema per Cell, the Secret's contents, TLS as
+//! libpq does it). Beside them: reading manifest files, module signatures, redacting the
+//! secrets of URLs before anything prints them, log setup, the metrics text and stop
+//! signals.
 
 #![forbid(unsafe_code)]
 
-mod connect;
-pub mod database;
-pub mod durable;
 pub mod logs;
 pub mod manifests;
 pub mod metrics;
-pub mod pgtls;
+pub mod nats;
+pub mod postgres;
 mod redact;
-mod responders;
 pub mod signature;
-mod store;
-mod streams;
 
-pub use connect::{
-    connect, connect_bounded, connect_once, NatsArgs, NatsCredentials, CA_FILE, CREDS_FILE,
-    NKEY_FILE,
+// The NATS side is what most callers use; its names are at the crate root too.
+pub use nats::{
+    connect, connect_bounded, connect_once, delete_assignment, delete_stream, digest_of,
+    ensure_buckets, ensure_buckets_replicated, ensure_stream, fetch_module, module_exists, ping,
+    ping_until, push_module, read_assignment, responder, stream_config, write_assignment, Buckets,
+    Error, NatsArgs, NatsCredentials, Responder, StreamChange, CA_FILE, CREDS_FILE, NKEY_FILE,
 };
 pub use redact::{redact_url, REDACTED};
-pub use responders::{responder, Responder};
-pub use store::{
-    delete_assignment, digest_of, ensure_buckets, ensure_buckets_replicated, fetch_module,
-    module_exists, ping, ping_until, push_module, read_assignment, write_assignment, Buckets,
-};
-pub use streams::{delete_stream, ensure_stream, stream_config, StreamChange};
-
-/// Everything that can go wrong talking to NATS.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("reading NATS credentials from {path}")]
-    Credentials {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("connecting to NATS at {url}")]
-    Connect {
-        /// The URL as given, its credentials redacted.
-        url: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
-    #[error("opening {what}")]
-    Bucket {
-        what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("storing module {digest}")]
-    PushModule {
-        digest: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("module {digest} is not in the object store")]
-    ModuleMissing { digest: String },
-    #[error("reading module {digest}")]
-    FetchModule {
-        digest: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("module bytes have digest {actual}, not {expected}: the object stored under that name is another module; `cellbus module push` the right file to replace it")]
-    DigestMismatch { expected: String, actual: String },
-    #[error("the object stored as module {digest} does not match its own checksum (cut off or tampered with); `cellbus module push` the right file to replace it")]
-    ObjectCorrupt { digest: String },
-    #[error("writing the assignment {key}")]
-    WriteAssignment {
-        key: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("reading the assignment {key}")]
-    ReadAssignment {
-        key: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("reconciling the stream {name}")]
-    Stream {
-        name: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("{what}")]
-    Durable {
-        what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("{subject} did not reply within {waited:?}")]
-    DurableTimeout {
-        subject: String,
-        waited: std::time::Duration,
-    },
-    #[error("deleting the report {key}")]
-    DeleteReport {
-        key: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("pinging {service}")]
-    Ping {
-        service: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
 
 /// Waits until the process is asked to stop: Ctrl-C or SIGTERM; on Windows Ctrl-C, the
 /// console closing or the system shutting down (how a Windows container is stopped).

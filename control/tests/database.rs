@@ -3,7 +3,7 @@
 //! and names that would break a statement if they were ever interpolated.
 
 use cellbus_contracts::resources::DatabaseSpec;
-use cellbus_control::database::{deprovision, provision, role_name, Admin, DatabaseError, Wanted};
+use cellbus_control::postgres::{deprovision, provision, role_name, Admin, DatabaseError, Wanted};
 use cellbus_testkit::Postgres;
 use rstest::rstest;
 use serde_json::json;

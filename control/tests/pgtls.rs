@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use cellbus_contracts::error_chain;
-use cellbus_control::database::{Admin, DatabaseError};
-use cellbus_control::pgtls::{connect, parse_url, ConnectError, SslMode};
+use cellbus_control::postgres::tls::{connect, parse_url, ConnectError, SslMode};
+use cellbus_control::postgres::{Admin, DatabaseError};
 use cellbus_testkit::Postgres;
 use rstest::rstest;
 use tokio_postgres::config::Host;

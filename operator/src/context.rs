@@ -206,7 +206,7 @@ impl Buses {
         let js = jetstream::new(client.clone());
         let buckets =
             cellbus_control::ensure_buckets_replicated(&js, usize::from(self.replicas)).await?;
-        cellbus_control::durable::ensure_dead_letter_stream(&js).await?;
+        cellbus_control::nats::durable::ensure_dead_letter_stream(&js).await?;
         let reports = Arc::default();
         let watch = tokio::spawn(follow_reports(buckets.status.clone(), Arc::clone(&reports)));
         let bus = Arc::new(Bus {

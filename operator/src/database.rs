@@ -1,5 +1,5 @@
 //! Cells' databases from the operator's side: one admin connection, a role and schema
-//! per Cell with `spec.database` (made by `cellbus_control::database`), and the Secret
+//! per Cell with `spec.database` (made by `cellbus_control::postgres`), and the Secret
 //! `{cell}-db` its pods and apps connect with.
 //!
 //! The Secret is written only when a password is new: when the role is created, when the
@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cellbus_contracts::resources::{CellSpec, DatabaseSpec, DeletionPolicy};
-use cellbus_control::database::{self, Admin, Endpoint, Wanted};
+use cellbus_control::postgres::{self, Admin, Endpoint, Wanted};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -69,7 +69,7 @@ impl Databases {
     async fn admin(
         &self,
         url: &str,
-    ) -> Result<tokio::sync::MutexGuard<'_, Option<Admin>>, database::DatabaseError> {
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<Admin>>, postgres::DatabaseError> {
         let mut admin = self.admin.lock().await;
         if admin.as_ref().is_none_or(Admin::is_closed) {
             *admin = Some(Admin::connect(url).await?);
@@ -81,8 +81,8 @@ impl Databases {
     fn endpoint(
         &self,
         admin_url: &str,
-        admin: &database::Admin,
-    ) -> Result<Endpoint, database::DatabaseError> {
+        admin: &postgres::Admin,
+    ) -> Result<Endpoint, postgres::DatabaseError> {
         let pooler = self.args.pooler.pooler();
         Endpoint::of_admin(admin_url, admin, Some(&self.args.sslmode), pooler)
     }
@@ -133,7 +133,7 @@ pub fn database_secret(
 
 fn wanted<'a>(cell: &ObservedCell, spec: &'a CellSpec, database: &'a DatabaseSpec) -> Wanted<'a> {
     Wanted {
-        role: database::role_name(cell.namespace(), cell.name()),
+        role: postgres::role_name(cell.namespace(), cell.name()),
         schema: spec.database_schema().unwrap_or_default(),
         spec: database,
     }
@@ -234,12 +234,12 @@ pub async fn reconcile(
     });
     let (rotation, rotate_in) = rotation_due(database, annotations, now);
     let wanted = wanted(cell, spec, database);
-    let provisioned = database::provision(admin, &wanted, rotation.is_some())
+    let provisioned = postgres::provision(admin, &wanted, rotation.is_some())
         .await
         .map_err(failed)?;
     if let Some(password) = &provisioned.password {
         let endpoint = ctx.databases.endpoint(admin_url, admin).map_err(failed)?;
-        let data = database::secret_data(&endpoint, &provisioned.role, password);
+        let data = postgres::secret_data(&endpoint, &provisioned.role, password);
         let secret = database_secret(cell, database, data, now);
         secrets
             .patch(
@@ -298,7 +298,7 @@ pub async fn cleanup(
     };
     let admin = ctx.databases.admin(admin_url).await.map_err(failed)?;
     let admin = admin.as_ref().expect("connected by Databases::admin");
-    database::deprovision(
+    postgres::deprovision(
         admin,
         &wanted(cell, spec, database),
         true,

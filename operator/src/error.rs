@@ -72,7 +72,7 @@ pub enum Error {
     Database {
         cell: String,
         #[source]
-        source: cellbus_control::database::DatabaseError,
+        source: cellbus_control::postgres::DatabaseError,
     },
 
     #[error("lost the leader lease; another replica reconciles now")]

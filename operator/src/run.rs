@@ -65,7 +65,7 @@ pub struct DatabaseArgs {
     )]
     pub url: Option<String>,
     #[command(flatten)]
-    pub pooler: cellbus_control::database::PoolerArgs,
+    pub pooler: cellbus_control::postgres::PoolerArgs,
     /// sslmode written into cells' connection settings.
     #[arg(
         long = "database-sslmode",

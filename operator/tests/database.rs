@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cellbus_control::database::role_name;
+use cellbus_control::postgres::role_name;
 use cellbus_operator::context::Context;
 use cellbus_operator::controller::{cell, error_policy};
 use cellbus_operator::database::Databases;

@@ -106,7 +106,7 @@ pub struct CellDatabase {
 /// Where and how to connect. No `Debug`: it holds the password.
 struct Settings {
     config: tokio_postgres::Config,
-    tls: cellbus_control::pgtls::SslMode,
+    tls: cellbus_control::postgres::tls::SslMode,
     root_cert: Option<std::path::PathBuf>,
 }
 
@@ -263,7 +263,7 @@ impl CellDatabase {
         let mut pause = CREDENTIALS_RETRY_FIRST;
         loop {
             let current = settings.clone().expect("settings were read");
-            let error = match cellbus_control::pgtls::connect(
+            let error = match cellbus_control::postgres::tls::connect(
                 &current.config,
                 current.tls,
                 current.root_cert.as_deref(),
@@ -333,15 +333,16 @@ impl CellDatabase {
                 ),
             ));
         };
-        let (config, tls, root_cert) = cellbus_control::pgtls::parse_url(&url).map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "DATABASE_URL of the Secret {}/{} cannot be used: {e}",
-                    self.namespace, self.secret
-                ),
-            )
-        })?;
+        let (config, tls, root_cert) =
+            cellbus_control::postgres::tls::parse_url(&url).map_err(|e| {
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "DATABASE_URL of the Secret {}/{} cannot be used: {e}",
+                        self.namespace, self.secret
+                    ),
+                )
+            })?;
         Ok(Arc::new(Settings {
             config,
             tls,
@@ -412,9 +413,12 @@ impl Lease<'_> {
             return;
         };
         runtime.spawn(async move {
-            if let Err(error) =
-                cellbus_control::pgtls::cancel(&token, settings.tls, settings.root_cert.as_deref())
-                    .await
+            if let Err(error) = cellbus_control::postgres::tls::cancel(
+                &token,
+                settings.tls,
+                settings.root_cert.as_deref(),
+            )
+            .await
             {
                 debug!(error = %error, "cancelling an abandoned statement");
             }
@@ -517,7 +521,7 @@ fn no_time(what: &str) -> ErrorBody {
 /// Whether the server or its pooler refused the role's password (or the role is gone).
 /// PostgreSQL and Supavisor say so with SQLSTATE 28P01 or 28000; PgBouncer closes the
 /// login with a protocol-violation state (08P01) and a message naming the failure.
-fn refused_credentials(error: &cellbus_control::pgtls::ConnectError) -> bool {
+fn refused_credentials(error: &cellbus_control::postgres::tls::ConnectError) -> bool {
     match error.sql_state() {
         Some(state)
             if *state == SqlState::INVALID_PASSWORD
@@ -532,7 +536,7 @@ fn refused_credentials(error: &cellbus_control::pgtls::ConnectError) -> bool {
     }
 }
 
-fn is_too_many_connections(error: &cellbus_control::pgtls::ConnectError) -> bool {
+fn is_too_many_connections(error: &cellbus_control::postgres::tls::ConnectError) -> bool {
     error.sql_state() == Some(&SqlState::TOO_MANY_CONNECTIONS)
 }
 

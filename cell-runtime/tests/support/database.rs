@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use cellbus_contracts::assignment::AssignedDatabase;
 use cellbus_contracts::resources::DatabaseSpec;
-use cellbus_control::database::{self, Admin, Endpoint, Pooler, Wanted};
+use cellbus_control::postgres::{self, Admin, Endpoint, Pooler, Wanted};
 use cellbus_runtime::db::secrets::{LocalSecrets, DATABASE_URL_KEY};
 use cellbus_runtime::db::{CellDatabase, Databases};
 use cellbus_testkit::{PgBouncer, Postgres};
@@ -69,11 +69,11 @@ impl Database {
     /// Secret does not hold yet.
     pub async fn change_role(&self, cell: &str, spec: &DatabaseSpec, rotate: bool) -> String {
         let wanted = Wanted {
-            role: database::role_name(NAMESPACE, cell),
+            role: postgres::role_name(NAMESPACE, cell),
             schema: cell.to_owned(),
             spec,
         };
-        let provisioned = database::provision(&self.admin, &wanted, rotate)
+        let provisioned = postgres::provision(&self.admin, &wanted, rotate)
             .await
             .unwrap();
         provisioned.password.expect("a new password")
@@ -84,7 +84,7 @@ impl Database {
         let endpoint =
             Endpoint::of_admin(&self.admin_url, &self.admin, None, self.pooler()).unwrap();
         let data =
-            database::secret_data(&endpoint, &database::role_name(NAMESPACE, cell), password);
+            postgres::secret_data(&endpoint, &postgres::role_name(NAMESPACE, cell), password);
         self.secrets.insert(
             NAMESPACE,
             &format!("{cell}-db"),
@@ -129,7 +129,7 @@ impl Database {
     /// the server, for at most `seconds`; returns what still runs if something does.
     pub async fn wait_until_not_running(&self, cell: &str, like: &str, seconds: u64) {
         let admin = self.superuser_client().await;
-        let role = database::role_name(NAMESPACE, cell);
+        let role = postgres::role_name(NAMESPACE, cell);
         let limit = Instant::now() + Duration::from_secs(seconds);
         loop {
             let running: Vec<String> = admin

@@ -21,7 +21,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{CancelToken, Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::database::{location, redact};
+use super::{location, redact};
 
 /// The `sslmode` values, for messages.
 const MODES: &str = "disable, allow, prefer, require, verify-ca, verify-full";

@@ -1,4 +1,4 @@
-//! A least-privilege PostgreSQL role and schema per Cell, made through an admin
+//! The PostgreSQL side: a least-privilege role and schema per Cell, made through an admin
 //! connection: what the operator and `cellbus up` do for a Cell with `spec.database`.
 //! Works on plain PostgreSQL and on Supabase (whose pooler, Supavisor, names users
 //! `role.projectref`).
@@ -7,13 +7,13 @@
 //! nothing from a spec is ever interpolated bare. Provisioning is idempotent: running it
 //! again changes nothing, and an existing role keeps its password unless asked to rotate.
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 
 use cellbus_contracts::resources::{DatabaseAccess, DatabaseSpec};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
-
-use crate::pgtls;
 
 pub use cellbus_contracts::resources::DEFAULT_CONNECTION_LIMIT;
 /// Prefix of every role the operator makes, so they are easy to find and never collide
@@ -35,13 +35,13 @@ pub enum DatabaseError {
     #[error("reading the admin URL")]
     AdminUrl {
         #[source]
-        source: pgtls::TlsError,
+        source: tls::TlsError,
     },
     #[error("setting up TLS to the admin database at {location}")]
     Tls {
         location: String,
         #[source]
-        source: pgtls::TlsError,
+        source: tls::TlsError,
     },
     #[error("{action} for role {role}")]
     Statement {
@@ -69,17 +69,17 @@ impl Admin {
     /// its `sslmode` and `sslrootcert` say (libpq's meanings; `prefer` when it says none).
     pub async fn connect(url: &str) -> Result<Self, DatabaseError> {
         let (config, mode, root_cert) =
-            pgtls::parse_url(url).map_err(|source| DatabaseError::AdminUrl { source })?;
+            tls::parse_url(url).map_err(|source| DatabaseError::AdminUrl { source })?;
         let location = location(&config);
-        let client = pgtls::connect(&config, mode, root_cert.as_deref())
+        let client = tls::connect(&config, mode, root_cert.as_deref())
             .await
             .map_err(|error| match error {
-                pgtls::ConnectError::Tls { source } => DatabaseError::Tls {
+                tls::ConnectError::Tls { source } => DatabaseError::Tls {
                     location: location.clone(),
                     source,
                 },
-                pgtls::ConnectError::Connect { source, .. }
-                | pgtls::ConnectError::Cancel { source } => DatabaseError::Connect {
+                tls::ConnectError::Connect { source, .. }
+                | tls::ConnectError::Cancel { source } => DatabaseError::Connect {
                     location: location.clone(),
                     source,
                 },
@@ -390,7 +390,7 @@ impl Endpoint {
         pooler: Option<Pooler>,
     ) -> Result<Self, DatabaseError> {
         let (config, mode, _) =
-            pgtls::parse_url(admin_url).map_err(|source| DatabaseError::AdminUrl { source })?;
+            tls::parse_url(admin_url).map_err(|source| DatabaseError::AdminUrl { source })?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             Some(tokio_postgres::config::Host::Unix(_)) => {
