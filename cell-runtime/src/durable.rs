@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
 use crate::cell::{Answer, LoadedCell};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Most requests fetched in one pull.
 const MAX_BATCH: usize = 64;

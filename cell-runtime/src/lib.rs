@@ -20,6 +20,7 @@ pub mod process;
 pub mod python;
 pub mod serve;
 pub mod server;
+pub mod shared;
 pub mod signing;
 pub mod up;
 // The one module allowed `unsafe`: loading compiled code from the cache.
@@ -34,7 +35,8 @@ use cellbus_control::NatsArgs;
 use crate::db::secrets::KubernetesSecrets;
 use crate::db::{Databases, SecretSource};
 use crate::metrics::Metrics;
-use crate::server::{Identity, PoolServer, Shared};
+use crate::server::{Identity, PoolServer};
+use crate::shared::Shared;
 use crate::wasm::{EngineSettings, Executor, ExecutorError};
 
 /// The default largest request body: 1 MiB.

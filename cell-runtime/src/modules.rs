@@ -6,7 +6,7 @@
 use cellbus_contracts::resources::ModuleSpec;
 use cellbus_control::digest_of;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

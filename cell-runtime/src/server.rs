@@ -14,26 +14,24 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
-use async_nats::{Client, Message};
+use async_nats::Message;
 use cellbus_contracts::assignment::{assignment_key, AssignedCell, PoolAssignment};
 use cellbus_contracts::resources::Runtime;
 use cellbus_contracts::status::{status_key, CellLoadState, LoadState, PingPayload, PodStatus};
 use cellbus_contracts::subject::{self, PING_VERB};
 use cellbus_contracts::wire::{ErrorBody, ErrorCode, Reply, Request};
 use cellbus_control::signature::{self, Trust, TrustError};
-use cellbus_control::Buckets;
 use futures::StreamExt;
 use jiff::Timestamp;
 use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn, Instrument};
 
 use crate::cell::{Answer, CellCode, LoadedCell};
-use crate::db::Databases;
 use crate::durable::DurableWorkers;
-use crate::metrics::Metrics;
 use crate::modules;
-use crate::process::{self, ProcessCell, ProcessSettings};
-use crate::wasm::{Executor, WasmCell};
+use crate::process::{self, ProcessCell};
+use crate::shared::Shared;
+use crate::wasm::WasmCell;
 
 /// How soon a cell that failed to load is tried again.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
@@ -50,29 +48,6 @@ pub struct Identity {
     pub namespace: String,
     pub pool: String,
     pub pod: String,
-}
-
-/// What a pool server shares with the rest of the process.
-#[derive(Clone)]
-pub struct Shared {
-    /// The data connection: requests, replies, durable consumers and cells' calls.
-    pub client: Client,
-    /// The control connection: the buckets (assignment watch, status reports) and
-    /// `$ping`. A connection of its own, so a flood of requests never delays them.
-    pub control: Client,
-    pub buckets: Buckets,
-    pub executor: Arc<Executor>,
-    pub metrics: Arc<Metrics>,
-    pub http: reqwest::Client,
-    /// Connection pools of the cells with a database.
-    pub databases: Arc<Databases>,
-    /// Largest request body accepted.
-    pub max_payload: usize,
-    /// How process cells are started.
-    pub processes: ProcessSettings,
-    /// How often the pod's report is written again, changed or not, so the operator can
-    /// tell a live pod from a gone one.
-    pub report_every: Duration,
 }
 
 /// A running pool server; dropping it does not stop it, [`PoolServer::shutdown`] does.

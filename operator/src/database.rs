@@ -30,7 +30,6 @@ use crate::conditions::{reasons, types, NewCondition, Status};
 use crate::context::Context;
 use crate::names::FIELD_MANAGER;
 use crate::observed::ObservedCell;
-use crate::run::DatabaseArgs;
 use crate::Error;
 
 /// Annotation on the Secret holding the `spec.database.rotate` its password was made for.
@@ -40,6 +39,29 @@ pub const ROTATE_ANNOTATION: &str = "cellbus.io/rotate";
 pub const ROTATED_AT_ANNOTATION: &str = "cellbus.io/rotated-at";
 /// Label on the Secret naming its Cell.
 pub const CELL_LABEL: &str = "cellbus.io/cell";
+
+/// Where the operator provisions Cells' databases (Supabase or plain PostgreSQL). The
+/// Helm chart fills these from the Secret its values name.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct DatabaseArgs {
+    /// Admin connection URL (direct, port 5432): `postgres://user:password@host:5432/db`.
+    /// Without it, Cells with spec.database report DatabaseReady=False.
+    #[arg(
+        long = "database-url",
+        env = "CELLBUS_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub pooler: cellbus_control::postgres::PoolerArgs,
+    /// sslmode written into cells' connection settings.
+    #[arg(
+        long = "database-sslmode",
+        env = "CELLBUS_DATABASE_SSLMODE",
+        default_value = "require"
+    )]
+    pub sslmode: String,
+}
 
 /// The Secret of Cell `cell`'s database credentials.
 pub fn secret_name(cell: &str) -> String {

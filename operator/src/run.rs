@@ -37,7 +37,7 @@ pub struct RunArgs {
     pub nats: NatsCredentials,
 
     #[command(flatten)]
-    pub database: DatabaseArgs,
+    pub database: crate::database::DatabaseArgs,
 
     /// Address of /healthz and /metrics.
     #[arg(long, env = "CELLBUS_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
@@ -50,29 +50,6 @@ pub struct RunArgs {
     /// This replica's name in the Lease; the pod name, else the host name.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-}
-
-/// Where the operator provisions Cells' databases (Supabase or plain PostgreSQL). The
-/// Helm chart fills these from the Secret its values name.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct DatabaseArgs {
-    /// Admin connection URL (direct, port 5432): `postgres://user:password@host:5432/db`.
-    /// Without it, Cells with spec.database report DatabaseReady=False.
-    #[arg(
-        long = "database-url",
-        env = "CELLBUS_DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub url: Option<String>,
-    #[command(flatten)]
-    pub pooler: cellbus_control::postgres::PoolerArgs,
-    /// sslmode written into cells' connection settings.
-    #[arg(
-        long = "database-sslmode",
-        env = "CELLBUS_DATABASE_SSLMODE",
-        default_value = "require"
-    )]
-    pub sslmode: String,
 }
 
 /// Runs the operator until SIGTERM or Ctrl-C, or until it loses the leader Lease (it then

@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cellbus_operator::controller::{cell, pool};
+use cellbus_operator::database::DatabaseArgs;
 use cellbus_operator::database::Databases;
 use cellbus_operator::leader::{self, LeaseSettings};
 use cellbus_operator::metrics::Metrics;
 use cellbus_operator::rbac::{Access, RULES};
-use cellbus_operator::run::{self, DatabaseArgs, RunArgs};
+use cellbus_operator::run::{self, RunArgs};
 use cellbus_testkit::{NatsServer, Postgres};
 use clap::Parser;
 use futures::FutureExt;
