@@ -213,7 +213,9 @@ impl Inner {
     async fn watch(self: Arc<Self>, mut stopped: oneshot::Receiver<()>) {
         let key = self.key();
         let mut current: Option<PoolAssignment> = None;
-        let mut backoff = Duration::from_millis(100);
+        let watch_again =
+            || cellbus_control::backoff::delays(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = watch_again();
         loop {
             let mut watch = match self
                 .shared
@@ -225,11 +227,11 @@ impl Inner {
                 Ok(watch) => watch,
                 Err(error) => {
                     warn!(%error, "watching the assignment; retrying");
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = &mut stopped => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
@@ -248,7 +250,7 @@ impl Inner {
                     _ = &mut stopped => return,
                     entry = watch.next() => match entry {
                         Some(Ok(entry)) => {
-                            backoff = Duration::from_millis(100);
+                            backoff = watch_again();
                             current = match entry.operation {
                                 kv::Operation::Put => match serde_json::from_slice(&entry.value) {
                                     Ok(assignment) => Some(assignment),
@@ -274,8 +276,9 @@ impl Inner {
                     }
                 }
             }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(5));
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = &mut stopped => return,
             }
         }

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod logs;
 pub mod manifests;
 pub mod metrics;

@@ -16,11 +16,7 @@ pub struct Backoff {
 impl Backoff {
     /// The delay after `failures` failures in a row (the first failure is 1).
     pub fn delay(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(31);
-        self.base
-            .checked_mul(1 << doublings)
-            .unwrap_or(self.cap)
-            .min(self.cap)
+        cellbus_control::backoff::delay_after(self.base, self.cap, failures)
     }
 }
 

@@ -260,7 +260,8 @@ impl CellDatabase {
             *settings = Some(self.read_secret().await?);
         }
         let refused_since = Instant::now();
-        let mut pause = CREDENTIALS_RETRY_FIRST;
+        let mut pauses =
+            cellbus_control::backoff::delays(CREDENTIALS_RETRY_FIRST, CREDENTIALS_RETRY_MAX);
         loop {
             let current = settings.clone().expect("settings were read");
             let error = match cellbus_control::postgres::tls::connect(
@@ -277,8 +278,7 @@ impl CellDatabase {
             // whose server processes have not exited yet.
             if is_too_many_connections(&error) && refused_since.elapsed() < CREDENTIALS_WAIT {
                 drop(current);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(CREDENTIALS_RETRY_MAX);
+                tokio::time::sleep(pauses.next().unwrap_or(CREDENTIALS_RETRY_MAX)).await;
                 continue;
             }
             let refused = refused_credentials(&error);
@@ -289,8 +289,7 @@ impl CellDatabase {
                 // the pooler with the role. Wait a little before trying it.
                 if fresh.config.get_password() == current.config.get_password() {
                     drop(current);
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(CREDENTIALS_RETRY_MAX);
+                    tokio::time::sleep(pauses.next().unwrap_or(CREDENTIALS_RETRY_MAX)).await;
                 }
                 *settings = Some(fresh);
                 continue;

@@ -893,8 +893,7 @@ fn end_sandbox(child: &mut tokio::process::Child) {
 
 /// The wait before restart number `failures`.
 fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
+    cellbus_control::backoff::delay_after(FIRST_BACKOFF, MAX_BACKOFF, failures)
 }
 
 fn cell_failed(why: &str) -> ErrorBody {

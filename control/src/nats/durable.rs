@@ -128,7 +128,7 @@ pub async fn store_request(
         })?
         .into();
     let started = tokio::time::Instant::now();
-    let mut pause = RESEND_FIRST;
+    let mut pauses = crate::backoff::delays(RESEND_FIRST, RESEND_MAX);
     loop {
         let mut headers = HeaderMap::new();
         headers.insert(headers::MSG_ID, request.id.to_string().as_str());
@@ -157,6 +157,7 @@ pub async fn store_request(
                 })
             }
         };
+        let pause = pauses.next().unwrap_or(RESEND_MAX);
         let now = tokio::time::Instant::now();
         if now + pause >= deadline {
             let (what, source) = failure;
@@ -167,6 +168,5 @@ pub async fn store_request(
         }
         tracing::debug!(error = %failure.1, "{} {subject}; sending again", failure.0);
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(RESEND_MAX);
     }
 }
