@@ -122,7 +122,8 @@ async fn run() {
             .await
             .unwrap();
     }
-    let objects: Vec<CellObject> = cells(CELLS).collect();
+    // Past their finalizers, which a pass of its own adds before the first apply.
+    let objects: Vec<CellObject> = cells(CELLS).map(with_finalizer).collect();
     for object in &objects {
         caches.apply(object);
     }
@@ -187,7 +188,7 @@ async fn run() {
         ctx.timing.ping_wait.as_millis()
     );
     println!(
-        "  API writes on the first pass: {first_writes} ({:.2} per Cell: finalizer, status, one Event per new condition)",
+        "  API writes on the first pass: {first_writes} ({:.2} per Cell: status, one Event per new condition)",
         first_writes as f64 / CELLS as f64
     );
     println!(

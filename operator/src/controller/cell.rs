@@ -16,15 +16,15 @@ use cellbus_contracts::resources::{
 };
 use cellbus_contracts::status::PingPayload;
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, finalizer, Event as FinalizerEvent};
 use tracing::Instrument;
 
 use super::write_status;
 use crate::builders;
 use crate::conditions::{reasons, set_conditions, types, NewCondition, Status};
 use crate::context::{Bus, Context};
-use crate::names::FIELD_MANAGER;
 use crate::observed::{CellObject, ObservedCell, ObservedPool};
 use crate::readiness::cell_ready;
 use crate::scheduling::NotPlaced;
@@ -61,21 +61,52 @@ async fn reconcile_cell(
     ctx: &Context,
 ) -> Result<Action, Error> {
     let key = cell.key();
-    if cell.is_deleting() {
-        if cell.has_finalizer(FINALIZER) {
-            cleanup(&cell, ctx).await?;
-            remove_finalizer(object, ctx).await?;
-            tracing::info!("cleaned up and released");
-        }
+    let has_finalizer = cell.has_finalizer(FINALIZER);
+    if cell.is_deleting() && !has_finalizer {
         ctx.forget(&key);
         return Ok(Action::await_change());
     }
-    if !cell.has_finalizer(FINALIZER) {
-        add_finalizer(object, ctx).await?;
+    // kube's finalizer helper: added (and nothing else this pass) before the Cell is
+    // applied, cleanup run and the finalizer removed once it is being deleted.
+    let api: Api<CellObject> = Api::namespaced(ctx.client.clone(), cell.namespace());
+    let outcome = finalizer(&api, FINALIZER, Arc::new(object.clone()), |event| async {
+        match event {
+            FinalizerEvent::Apply(object) => {
+                let action = apply(&object, cell.clone(), ctx).await?;
+                ctx.failures.succeeded(&key);
+                Ok(action)
+            }
+            FinalizerEvent::Cleanup(_) => {
+                cleanup(&cell, ctx).await?;
+                ctx.forget(&key);
+                tracing::info!("cleaned up; releasing");
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await;
+    if outcome.is_ok() && (!has_finalizer || cell.is_deleting()) {
+        ctx.wrote("Cell", "patch");
     }
-    let action = apply(object, cell, ctx).await?;
-    ctx.failures.succeeded(&key);
-    Ok(action)
+    outcome.map_err(|error| match error {
+        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error,
+        finalizer::Error::AddFinalizer(source) => Error::Kube {
+            action: "add the finalizer to",
+            object: format!("Cell {key}"),
+            source,
+        },
+        finalizer::Error::RemoveFinalizer(source) => Error::Kube {
+            action: "remove the finalizer from",
+            object: format!("Cell {key}"),
+            source,
+        },
+        finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => {
+            Error::InvalidSpec {
+                object: format!("Cell {key}"),
+                message: error.to_string(),
+            }
+        }
+    })
 }
 
 /// What one look at a placed Cell found.
@@ -556,63 +587,5 @@ async fn cleanup(cell: &Arc<ObservedCell>, ctx: &Context) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
-}
-
-async fn add_finalizer(object: &CellObject, ctx: &Context) -> Result<(), Error> {
-    // `test` makes the patch fail, rather than clobber, if someone changed the list since
-    // we read it; the error policy then retries with a fresh object.
-    let patch = match &object.metadata.finalizers {
-        None => serde_json::json!([
-            { "op": "test", "path": "/metadata/finalizers", "value": null },
-            { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
-        ]),
-        Some(current) => serde_json::json!([
-            { "op": "test", "path": "/metadata/finalizers", "value": current },
-            { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
-        ]),
-    };
-    json_patch(object, patch, "add the finalizer to", ctx).await
-}
-
-async fn remove_finalizer(object: &CellObject, ctx: &Context) -> Result<(), Error> {
-    let finalizers = object.metadata.finalizers.as_deref().unwrap_or_default();
-    let Some(index) = finalizers.iter().position(|f| f == FINALIZER) else {
-        return Ok(());
-    };
-    let path = format!("/metadata/finalizers/{index}");
-    let patch = serde_json::json!([
-        { "op": "test", "path": path, "value": FINALIZER },
-        { "op": "remove", "path": path },
-    ]);
-    json_patch(object, patch, "remove the finalizer from", ctx).await
-}
-
-async fn json_patch(
-    object: &CellObject,
-    patch: serde_json::Value,
-    action: &'static str,
-    ctx: &Context,
-) -> Result<(), Error> {
-    let name = object.metadata.name.as_deref().unwrap_or_default();
-    let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
-    let describe = || format!("Cell {namespace}/{name}");
-    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Serialize {
-        what: format!("the finalizer patch of {}", describe()),
-        source: e.into(),
-    })?;
-    let api: Api<CellObject> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    api.patch(name, &params, &Patch::<()>::Json(patch))
-        .await
-        .map_err(|source| Error::Kube {
-            action,
-            object: describe(),
-            source,
-        })?;
-    ctx.wrote("Cell", "patch");
     Ok(())
 }
