@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use cellbus_contracts::error_chain;
 use cellbus_contracts::manifest::Object;
-use cellbus_control::logs::LogFormat;
+use cellbus_control::logs::LogArgs;
 use cellbus_control::signature;
 use cellbus_control::NatsArgs;
 use cellbus_runtime::{bench, call, serve, signing, up};
@@ -13,14 +13,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "cellbus", version, about)]
 struct Args {
-    /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        env = "CELLBUS_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    logs: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,7 +87,7 @@ fn main() -> ExitCode {
         Command::Serve(_) | Command::Up(_) => "info",
         _ => "warn",
     };
-    cellbus_control::logs::init(args.log_format, default);
+    cellbus_control::logs::init(args.logs.format, default);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

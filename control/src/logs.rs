@@ -13,6 +13,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `--log-format` flag both binaries take.
+#[derive(Clone, Copy, Debug, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(
+        long = "log-format",
+        global = true,
+        env = "CELLBUS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub format: LogFormat,
+}
+
 /// Installs the process's log subscriber: `RUST_LOG` when set, `default` otherwise.
 pub fn init(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

@@ -1,21 +1,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cellbus_control::logs::LogFormat;
+use cellbus_control::logs::LogArgs;
 use clap::{Parser, Subcommand};
 
 /// The Cellbus operator.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        env = "CELLBUS_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    logs: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,11 +40,8 @@ enum Command {
     },
 }
 
-fn run(
-    args: cellbus_operator::run::RunArgs,
-    log_format: LogFormat,
-) -> Result<(), cellbus_operator::Error> {
-    cellbus_control::logs::init(log_format, "info,kube=warn");
+fn run(args: cellbus_operator::run::RunArgs, logs: LogArgs) -> Result<(), cellbus_operator::Error> {
+    cellbus_control::logs::init(logs.format, "info,kube=warn");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,7 +62,7 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Run(run_args) => run(*run_args, args.log_format),
+        Command::Run(run_args) => run(*run_args, args.logs),
         Command::Render { files, config } => {
             cellbus_operator::render::render_paths(&files, &config).map(|yaml| print!("{yaml}"))
         }
