@@ -21,6 +21,7 @@ UPSERT = (
     "ON CONFLICT (page) DO UPDATE SET count = visits.count + 1 RETURNING count"
 )
 TABLE_MISSING = "SELECT to_regclass('visits') IS NULL AS missing"
+UNDEFINED_TABLE = "42P01"
 MAX_PAGE = 200
 
 
@@ -58,6 +59,15 @@ def _create_table() -> None:
             raise
 
 
+def _sqlstate(error: Err) -> str | None:
+    """The SQLSTATE the runtime put in a db error's details, if any."""
+    details = getattr(error.value, "details", None)
+    try:
+        return json.loads(details)["sqlstate"] if details else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _upsert(page: str) -> int:
     rows = json.loads(db.query(UPSERT, json.dumps([page])))
     return rows[0]["count"]
@@ -69,14 +79,15 @@ class WitWorld(wit_world.WitWorld):
             raise _error(ErrorCode.UNKNOWN_VERB, f"visits has no verb `{verb}`")
         page = _page(payload)
         # One statement per request once the table exists. A db error (a CellError raised
-        # as Err) propagates unchanged, except that a missing table is created and the
-        # upsert tried once more. Whether the table is missing is asked of the database
-        # rather than read from the error, and only then is the upsert repeated: repeating
-        # it after any other error could count a visit twice.
+        # as Err) propagates unchanged, except that an upsert refused for want of its table
+        # (SQLSTATE 42P01, in the error's details) makes the table and is tried once more:
+        # a refused statement changed nothing, so repeating it cannot count a visit twice.
+        # Asking the database whether the table is missing instead would race a concurrent
+        # first request that makes it in between.
         try:
             count = _upsert(page)
-        except Err:
-            if not _table_missing():
+        except Err as error:
+            if _sqlstate(error) != UNDEFINED_TABLE:
                 raise
             log.log(log.Level.INFO, "creating the table visits")
             _create_table()
