@@ -26,7 +26,7 @@ use cellbus_control::NatsArgs;
 use cellbus_testkit::{NatsCluster, NatsServer};
 use futures::StreamExt;
 use serde_json::json;
-use support::{calling_cell, dead_letters, until_ok};
+use support::{calling_cell, dead_letters, stream_leader, until_ok};
 use uuid::Uuid;
 
 const REQUESTS: usize = 10_000;
@@ -249,16 +249,7 @@ impl Chaos {
 
     /// The node leading the cell's stream.
     async fn leader(&self) -> String {
-        until_ok("finding the stream's leader", async || {
-            let mut stream = self.js.get_stream(&self.plan.name).await?;
-            let info = stream.info().await?;
-            info.cluster
-                .as_ref()
-                .and_then(|cluster| cluster.leader.clone())
-                .ok_or_else(|| "no leader yet".into())
-                .map_err(|e: Box<dyn std::error::Error + Send + Sync>| e)
-        })
-        .await
+        stream_leader(&self.js, &self.plan.name).await
     }
 
     async fn last_sequence(&self) -> u64 {

@@ -16,7 +16,7 @@ use cellbus_runtime::server::Identity;
 use cellbus_runtime::{EngineArgs, Node};
 use cellbus_testkit::NatsCluster;
 use serde_json::json;
-use support::{logs, settle, until_ok, TestCell, MAX_PAYLOAD, NAMESPACE, POOL};
+use support::{logs, settle, stream_leader, until_ok, TestCell, MAX_PAYLOAD, NAMESPACE, POOL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_buckets_keep_three_copies_and_one_node_lost_loses_nothing() {
@@ -62,12 +62,7 @@ async fn the_buckets_keep_three_copies_and_one_node_lost_loses_nothing() {
         .await
         .unwrap();
     let echo = TestCell::echo(json!({}));
-    let pool: CellPoolSpec = serde_json::from_value(json!({"runtime": "wasm"})).unwrap();
-    let assignment =
-        PoolAssignment::new(NAMESPACE, POOL, &pool, [(echo.name.as_str(), &echo.spec)]).unwrap();
-    cellbus_control::write_assignment(&buckets.assignments, &assignment)
-        .await
-        .unwrap();
+    let assignment = assign(&buckets, &echo).await;
     let leader = stream_leader(&js, "KV_cbs-assignments").await;
     let index = cluster.index_of(&leader).unwrap();
     cluster.kill(index);
@@ -84,13 +79,15 @@ async fn the_buckets_keep_three_copies_and_one_node_lost_loses_nothing() {
     cluster.start_again(index).unwrap();
 }
 
-async fn stream_leader(js: &jetstream::Context, stream: &str) -> String {
-    let mut stream = js.get_stream(stream).await.unwrap();
-    let info = stream.info().await.unwrap();
-    info.cluster
-        .as_ref()
-        .and_then(|cluster| cluster.leader.clone())
-        .expect("a stream leader")
+/// Writes the assignment of a wasm pool serving `cell`.
+async fn assign(buckets: &cellbus_control::Buckets, cell: &TestCell) -> PoolAssignment {
+    let pool: CellPoolSpec = serde_json::from_value(json!({"runtime": "wasm"})).unwrap();
+    let assignment =
+        PoolAssignment::new(NAMESPACE, POOL, &pool, [(cell.name.as_str(), &cell.spec)]).unwrap();
+    cellbus_control::write_assignment(&buckets.assignments, &assignment)
+        .await
+        .unwrap();
+    assignment
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,12 +106,7 @@ async fn a_runtime_keeps_serving_when_the_node_it_talks_to_dies() {
     cellbus_control::push_module(&buckets.modules, &echo.module)
         .await
         .unwrap();
-    let pool: CellPoolSpec = serde_json::from_value(json!({"runtime": "wasm"})).unwrap();
-    let assignment =
-        PoolAssignment::new(NAMESPACE, POOL, &pool, [(echo.name.as_str(), &echo.spec)]).unwrap();
-    cellbus_control::write_assignment(&buckets.assignments, &assignment)
-        .await
-        .unwrap();
+    assign(&buckets, &echo).await;
 
     let cache = tempfile::tempdir().unwrap();
     let node = until_ok("starting the runtime", async || {

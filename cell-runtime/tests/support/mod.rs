@@ -548,3 +548,17 @@ pub async fn until_ok<T, E: std::fmt::Display>(
         }
     }
 }
+
+/// The server leading JetStream stream `stream`, once the cluster has elected one.
+pub async fn stream_leader(js: &jetstream::Context, stream: &str) -> String {
+    until_ok("finding the stream's leader", async || {
+        let mut stream = js.get_stream(stream).await?;
+        let info = stream.info().await?;
+        info.cluster
+            .as_ref()
+            .and_then(|cluster| cluster.leader.clone())
+            .ok_or_else(|| "no leader yet".into())
+            .map_err(|e: Box<dyn std::error::Error + Send + Sync>| e)
+    })
+    .await
+}
