@@ -15,61 +15,18 @@ pub enum QuantityError {
     Cpu(String),
 }
 
+/// The parsers, shared with the Windows sandbox, which builds alone with no dependency.
+#[path = "../../cell-runtime/sandbox-windows/src/quantity.rs"]
+mod parse;
+
 /// Bytes in a memory quantity.
 pub fn memory_bytes(text: &str) -> Result<u64, QuantityError> {
-    let bad = || QuantityError::Memory(text.to_owned());
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let multiplier: u64 = match suffix {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    scaled(number, multiplier).ok_or_else(bad)
+    parse::memory_bytes(text).map_err(|_| QuantityError::Memory(text.to_owned()))
 }
 
 /// Millicores in a CPU quantity.
 pub fn cpu_millis(text: &str) -> Result<u64, QuantityError> {
-    let bad = || QuantityError::Cpu(text.to_owned());
-    match text.strip_suffix('m') {
-        Some(millis) if !millis.contains('.') => scaled(millis, 1).ok_or_else(bad),
-        Some(_) => Err(bad()),
-        None => {
-            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
-            if decimals > 3 {
-                return Err(bad());
-            }
-            scaled(text, 1_000).ok_or_else(bad)
-        }
-    }
-}
-
-/// `number × multiplier` for a plain decimal `number`, exact to the unit (fractions of
-/// a byte or millicore are rounded up, as Kubernetes does).
-fn scaled(number: &str, multiplier: u64) -> Option<u64> {
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || (number.contains('.') && !digits(fraction)) {
-        return None;
-    }
-    let whole: u64 = whole.parse().ok()?;
-    let mut value = whole.checked_mul(multiplier)?;
-    if !fraction.is_empty() {
-        let scale = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
-        let fraction: u128 = fraction.parse().ok()?;
-        let part = (fraction * u128::from(multiplier)).div_ceil(scale);
-        value = value.checked_add(u64::try_from(part).ok()?)?;
-    }
-    Some(value)
+    parse::cpu_millis(text).map_err(|_| QuantityError::Cpu(text.to_owned()))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! What every reconcile shares: the API client, the watch caches, the NATS connections,
+//! What every reconcile shares: the API client, the index of what the watches show, the NATS connections,
 //! the event recorder, metrics, the clock and the per-object backoff.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -11,15 +11,15 @@ use cellbus_control::{Buckets, NatsArgs, NatsCredentials};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::Client;
 
+use crate::assignments::Assignments;
 use crate::backoff::{Attempts, Backoff};
 use crate::conditions::{Clock, SystemClock};
 use crate::database::Databases;
+use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::names::FIELD_MANAGER;
-use crate::observed::{CellObject, ObservedCell, ObservedPool, PoolObject, Watched};
 use crate::scheduling::{ResolvedTrust, Snapshot};
 use crate::{Config, Error};
 
@@ -223,50 +223,13 @@ impl Buses {
     }
 }
 
-/// An object judged at a resourceVersion.
-type Judged<T> = (Option<String>, Arc<T>);
-
-/// Every object of `stores`, judged, reusing the judgement of an object whose
-/// resourceVersion has not changed.
-fn judge_all<K, T>(
-    stores: &[Store<Watched<K>>],
-    judged: &Mutex<HashMap<String, Judged<T>>>,
-    judge: impl Fn(&Watched<K>) -> T,
-) -> Vec<Arc<T>>
-where
-    K: kube::Resource<DynamicType = ()> + 'static,
-{
-    let mut judged = judged.lock().unwrap_or_else(|e| e.into_inner());
-    let mut all = Vec::new();
-    for object in stores.iter().flat_map(Store::state) {
-        let key = format!(
-            "{}/{}",
-            object.metadata.namespace.as_deref().unwrap_or_default(),
-            object.metadata.name.as_deref().unwrap_or_default()
-        );
-        let version = object.metadata.resource_version.clone();
-        let fresh = match judged.get(&key) {
-            Some((seen, value)) if version.is_some() && *seen == version => value.clone(),
-            _ => {
-                let value = Arc::new(judge(&object));
-                judged.insert(key, (version, value.clone()));
-                value
-            }
-        };
-        all.push(fresh);
-    }
-    all
-}
-
 /// Shared by every reconcile of both controllers.
 pub struct Context {
     pub client: Client,
     pub config: Config,
     pub buses: Buses,
-    /// Watch caches of Cells, one per watched namespace (or one for all).
-    pub cells: Vec<Store<CellObject>>,
-    /// Watch caches of CellPools, likewise.
-    pub pools: Vec<Store<PoolObject>>,
+    /// What the watches show, indexed; fed by the watch streams (see `run`).
+    pub index: Arc<RwLock<Index>>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
@@ -277,20 +240,8 @@ pub struct Context {
     pub failures: Attempts,
     /// Not-Ready checks in a row per Cell, for the readiness backoff.
     pub waits: Attempts,
-    /// Asks the Cell controller to look at a Cell again (one whose service was freed).
-    /// Judged Cells by `namespace/name`, with the resourceVersion they were judged at:
-    /// every reconcile looks at all Cells, judging each again would be quadratic.
-    judged: Mutex<HashMap<String, Judged<ObservedCell>>>,
-    /// Judged CellPools, likewise.
-    judged_pools: Mutex<HashMap<String, Judged<ObservedPool>>>,
-    /// One lock per pool: its assignment is computed and written by one reconcile at a
-    /// time, so an older view never overwrites a newer one.
-    assignment_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The database Secrets each pool's Role was last made to list.
-    secret_access: Mutex<HashMap<String, BTreeSet<String>>>,
-    /// Pools' trusts with their sources read, by pool key: placement needs them and the
-    /// caches do not hold ConfigMaps or Secrets.
-    trusts: Mutex<HashMap<String, ResolvedTrust>>,
+    /// Writes the pools' assignments, one writer per pool.
+    pub assignments: Assignments,
 }
 
 impl Context {
@@ -298,8 +249,7 @@ impl Context {
         client: Client,
         config: Config,
         buses: Buses,
-        cells: Vec<Store<CellObject>>,
-        pools: Vec<Store<PoolObject>>,
+        index: Arc<RwLock<Index>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let timing = Timing::default();
@@ -312,19 +262,14 @@ impl Context {
             client,
             config,
             buses,
-            cells,
-            pools,
+            index,
             metrics,
             clock: Arc::new(SystemClock),
             failures: Attempts::new(timing.error_backoff),
             waits: Attempts::new(timing.ready_backoff),
             timing,
             databases: Databases::none(),
-            judged: Mutex::default(),
-            judged_pools: Mutex::default(),
-            assignment_locks: Mutex::default(),
-            secret_access: Mutex::default(),
-            trusts: Mutex::default(),
+            assignments: Assignments::default(),
         }
     }
 
@@ -348,66 +293,27 @@ impl Context {
         self
     }
 
-    /// What the caches hold now.
-    pub fn snapshot(&self) -> Snapshot {
-        let cells = judge_all(&self.cells, &self.judged, ObservedCell::from_object);
-        let pools = judge_all(&self.pools, &self.judged_pools, ObservedPool::from_object);
-        let trusts = self
-            .trusts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Snapshot::new(cells, pools)
-            .with_trusts(trusts)
-            .at(self.clock.now().0.into())
+    /// What the watches show now, for one reconcile to read between two awaits.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot::new(
+            self.index.read().unwrap_or_else(|e| e.into_inner()),
+            self.clock.now().0.into(),
+        )
     }
 
     /// Records the trust a pool's sources were read into (`None`: they could not be),
     /// and whether that changed anything.
     pub fn set_trust(&self, pool: &str, trust: Option<ResolvedTrust>) -> bool {
-        let mut trusts = self.trusts.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = trusts.get(pool) != trust.as_ref();
-        match trust {
-            Some(trust) => trusts.insert(pool.to_owned(), trust),
-            None => trusts.remove(pool),
-        };
-        changed
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_trust(pool, trust)
     }
 
     /// Drops what the context remembers of a Cell that is gone.
     pub fn forget(&self, key: &str) {
-        self.judged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
         self.failures.succeeded(key);
         self.waits.succeeded(key);
-    }
-
-    /// The lock guarding the assignment of pool `key`.
-    pub fn assignment_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.assignment_locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    /// The Secrets `pool`'s Role was last made to list, if this process made it.
-    pub fn secret_access(&self, pool: &str) -> Option<BTreeSet<String>> {
-        self.secret_access
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(pool)
-            .cloned()
-    }
-
-    pub fn set_secret_access(&self, pool: &str, secrets: BTreeSet<String>) {
-        self.secret_access
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(pool.to_owned(), secrets);
     }
 
     /// Counts one write to the Kubernetes API.

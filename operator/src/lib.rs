@@ -5,8 +5,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod assignments;
 pub mod backoff;
 pub mod builders;
+pub mod children;
 pub mod conditions;
 pub mod config;
 pub mod context;
@@ -15,6 +17,7 @@ pub mod crdgen;
 pub mod database;
 mod error;
 pub mod http;
+pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod names;

@@ -3,18 +3,20 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use cellbus_control::NatsCredentials;
-use futures::{FutureExt, StreamExt};
+use futures::channel::mpsc::UnboundedSender;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{watcher, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 
 use crate::context::{Buses, Context};
 use crate::controller::{self, error_policy};
 use crate::database::Databases;
+use crate::index::Index;
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::names;
@@ -113,6 +115,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 }
 
 /// Builds and runs both controllers over every watched namespace until `shutdown`.
+///
+/// One watch per kind and namespace feeds three things in order: the controller's cache,
+/// the [`Index`], and the controller itself. What the index says an event may have
+/// changed for other Cells (a freed service, a new pool) is sent to the Cell controller
+/// of their namespace to look at again. Sharing one watch this way takes kube-runtime's
+/// stream API (`unstable-runtime`; kube 5 is pinned).
 pub async fn controllers(
     client: Client,
     args: &RunArgs,
@@ -120,60 +128,69 @@ pub async fn controllers(
     shutdown: futures::future::Shared<futures::future::BoxFuture<'static, ()>>,
 ) {
     let config = &args.config;
-    let namespaces: Vec<Option<&str>> = if config.watches_all_namespaces() {
+    let namespaces: Vec<Option<String>> = if config.watches_all_namespaces() {
         vec![None]
     } else {
-        config
-            .watch_namespaces
-            .iter()
-            .map(|ns| Some(ns.as_str()))
-            .collect()
+        config.watch_namespaces.iter().cloned().map(Some).collect()
     };
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         names::LABEL_MANAGED_BY,
         names::MANAGED_BY
     ));
+    let index: Arc<RwLock<Index>> = Arc::default();
+    let mut look_again = Vec::new();
+    let mut receivers = Vec::new();
+    for namespace in &namespaces {
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        look_again.push((namespace.clone(), sender));
+        receivers.push(receiver);
+    }
+    let feed = Feed {
+        index: index.clone(),
+        look_again: Arc::new(look_again),
+    };
 
     let mut cell_controllers = Vec::new();
     let mut pool_controllers = Vec::new();
-    for namespace in &namespaces {
-        let cells = Controller::new(
-            api::<CellObject>(&client, *namespace),
-            watcher::Config::default(),
-        );
-        let store = cells.store();
-        let same_namespace = move |pool: PoolObject| cells_of_namespace(&store, &pool);
-        let store = cells.store();
-        let same_service = move |cell: CellObject| cells_of_service(&store, &cell);
-        let cells = cells
-            // A pool's change may place, move or strand any Cell of its namespace.
-            .watches(
-                api::<PoolObject>(&client, *namespace),
-                watcher::Config::default(),
-                same_namespace,
-            )
-            // A Cell's change or deletion may free its service for another Cell.
-            .watches(
-                api::<CellObject>(&client, *namespace),
-                watcher::Config::default(),
-                same_service,
-            )
-            .graceful_shutdown_on(shutdown.clone());
-        let pools = Controller::new(
-            api::<PoolObject>(&client, *namespace),
+    for (namespace, again) in namespaces.iter().zip(receivers) {
+        let scope = namespace.as_deref();
+        let (reader, writer) = reflector::store();
+        let cells = watcher(
+            api::<CellObject>(&client, scope),
             watcher::Config::default(),
         )
-        .owns(api::<Deployment>(&client, *namespace), owned.clone())
-        .graceful_shutdown_on(shutdown.clone());
-        cell_controllers.push(cells);
-        pool_controllers.push(pools);
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok({
+            let (feed, scope) = (feed.clone(), namespace.clone());
+            move |event| feed.cells(scope.as_deref(), event)
+        })
+        .applied_objects();
+        cell_controllers.push(
+            Controller::for_stream(cells, reader)
+                .reconcile_on(again)
+                .graceful_shutdown_on(shutdown.clone()),
+        );
+        let (reader, writer) = reflector::store();
+        let pools = watcher(
+            api::<PoolObject>(&client, scope),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok({
+            let (feed, scope) = (feed.clone(), namespace.clone());
+            move |event| feed.pools(scope.as_deref(), event)
+        })
+        .applied_objects();
+        pool_controllers.push(
+            Controller::for_stream(pools, reader)
+                .owns(api::<Deployment>(&client, scope), owned.clone())
+                .graceful_shutdown_on(shutdown.clone()),
+        );
     }
 
-    let cell_stores: Vec<Store<CellObject>> =
-        cell_controllers.iter().map(Controller::store).collect();
-    let pool_stores: Vec<Store<PoolObject>> =
-        pool_controllers.iter().map(Controller::store).collect();
     let mut routes = HashMap::new();
     if let Some(url) = &args.operator_nats_url {
         routes.insert(config.nats_url.clone(), url.clone());
@@ -183,8 +200,7 @@ pub async fn controllers(
             client.clone(),
             config.clone(),
             Buses::new(args.nats.clone(), routes).with_replicas(args.config.replicas),
-            cell_stores,
-            pool_stores,
+            index,
             metrics,
         )
         .with_databases(Databases::new(args.database.clone())),
@@ -212,6 +228,49 @@ pub async fn controllers(
     tracing::info!("controllers stopped");
 }
 
+/// Feeds watch events into the index and sends the Cells it names to be looked at again
+/// to the Cell controller of their namespace.
+#[derive(Clone)]
+struct Feed {
+    index: Arc<RwLock<Index>>,
+    look_again: Arc<Vec<(Option<String>, LookAgain)>>,
+}
+
+/// Where a Cell controller takes Cells to look at again.
+type LookAgain = UnboundedSender<ObjectRef<CellObject>>;
+
+impl Feed {
+    fn cells(&self, scope: Option<&str>, event: &watcher::Event<CellObject>) {
+        let again = self.index_write().cell_event(scope, event);
+        self.send(again);
+    }
+
+    fn pools(&self, scope: Option<&str>, event: &watcher::Event<PoolObject>) {
+        let again = self.index_write().pool_event(scope, event);
+        self.send(again);
+    }
+
+    fn index_write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, keys: Vec<String>) {
+        for key in keys {
+            let Some((namespace, name)) = key.split_once('/') else {
+                continue;
+            };
+            let controller = self
+                .look_again
+                .iter()
+                .find(|(scope, _)| scope.as_deref().is_none_or(|scope| scope == namespace));
+            if let Some((_, sender)) = controller {
+                // Only fails once the controller has stopped.
+                let _ = sender.unbounded_send(ObjectRef::new(name).within(namespace));
+            }
+        }
+    }
+}
+
 /// An API of `K` in `namespace`, or in all namespaces.
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -221,31 +280,6 @@ where
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     }
-}
-
-/// Every Cell the cache holds in `pool`'s namespace.
-fn cells_of_namespace(cells: &Store<CellObject>, pool: &PoolObject) -> Vec<ObjectRef<CellObject>> {
-    let namespace = pool.metadata.namespace.as_deref();
-    cells
-        .state()
-        .iter()
-        .filter(|cell| cell.metadata.namespace.as_deref() == namespace)
-        .map(|cell| ObjectRef::from_obj(cell.as_ref()))
-        .collect()
-}
-
-/// The other Cells the cache holds that name the same service as `cell`.
-fn cells_of_service(cells: &Store<CellObject>, cell: &CellObject) -> Vec<ObjectRef<CellObject>> {
-    let Some(wanted) = cell.spec_field("/service") else {
-        return Vec::new();
-    };
-    cells
-        .state()
-        .iter()
-        .filter(|other| other.metadata.uid != cell.metadata.uid)
-        .filter(|other| other.spec_field("/service").as_ref() == Some(&wanted))
-        .map(|other| ObjectRef::from_obj(other.as_ref()))
-        .collect()
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -9,8 +9,7 @@
 //! what the pods serve always agree. A database schema is claimed the same way, across
 //! every namespace, since all Cells' schemas live in the operator's one admin database.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 
 use cellbus_contracts::assignment::PoolAssignment;
 use cellbus_contracts::manifest::{select_pool, PoolChoiceError};
@@ -21,6 +20,7 @@ use cellbus_control::signature::{SignatureCheck, SignatureError, Signer};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::conditions::{pool_choice_reason, reasons};
+use crate::index::Index;
 use crate::observed::{ObservedCell, ObservedPool};
 use crate::Config;
 
@@ -58,16 +58,12 @@ impl NotPlaced {
     }
 }
 
-/// The Cells and CellPools the operator knows of at one moment.
-pub struct Snapshot {
-    cells: Vec<Arc<ObservedCell>>,
-    pools: Vec<Arc<ObservedPool>>,
-    by_service: HashMap<String, Vec<usize>>,
-    by_schema: HashMap<String, Vec<usize>>,
+/// The index as one reconcile reads it, judging signatures at one moment. It holds the
+/// index's read lock, so it lives only between two awaits.
+pub struct Snapshot<'a> {
+    index: RwLockReadGuard<'a, Index>,
     /// Signatures are judged at this moment: certificates expire.
     signatures: SignatureCheck,
-    /// The trusts with sources, as the pools' last reconciles read them, by pool key.
-    trusts: HashMap<String, ResolvedTrust>,
 }
 
 /// A pool's trust with its sources read (by its last reconcile): keys and authorities
@@ -79,76 +75,17 @@ pub struct ResolvedTrust {
     pub trust: TrustSpec,
 }
 
-impl Snapshot {
-    pub fn new(cells: Vec<Arc<ObservedCell>>, pools: Vec<Arc<ObservedPool>>) -> Self {
-        let mut snapshot = Self {
-            cells,
-            pools,
-            by_service: HashMap::new(),
-            by_schema: HashMap::new(),
-            signatures: SignatureCheck::now(),
-            trusts: HashMap::new(),
-        };
-        snapshot.index();
-        snapshot
+impl<'a> Snapshot<'a> {
+    /// A view of `index` judging signatures at `now`.
+    pub fn new(index: RwLockReadGuard<'a, Index>, now: std::time::SystemTime) -> Self {
+        let mut signatures = SignatureCheck::now();
+        signatures.now = now;
+        Self { index, signatures }
     }
 
-    /// The snapshot with `cell` in place of the cached version of the same object: the
-    /// object being reconciled is fresher than the cache.
-    pub fn with_cell(mut self, cell: Arc<ObservedCell>) -> Self {
-        let same = |other: &Arc<ObservedCell>| {
-            other.namespace() == cell.namespace() && other.name() == cell.name()
-        };
-        match self.cells.iter().position(same) {
-            Some(index) => self.cells[index] = cell,
-            None => self.cells.push(cell),
-        }
-        self.index();
-        self
-    }
-
-    /// The snapshot with `cell` added unless the caches already hold that object.
-    pub fn with_cell_if_absent(self, cell: Arc<ObservedCell>) -> Self {
-        let present = self
-            .cells
-            .iter()
-            .any(|other| other.namespace() == cell.namespace() && other.name() == cell.name());
-        if present {
-            self
-        } else {
-            self.with_cell(cell)
-        }
-    }
-
-    /// Every Cell, valid, that names `service`.
-    pub fn claimants(&self, service: &str) -> impl Iterator<Item = &ObservedCell> {
-        self.by_service
-            .get(service)
-            .into_iter()
-            .flatten()
-            .map(|&index| self.cells[index].as_ref())
-    }
-
-    fn index(&mut self) {
-        self.by_service.clear();
-        self.by_schema.clear();
-        for (index, cell) in self.cells.iter().enumerate() {
-            if let Ok(spec) = &cell.spec {
-                self.by_service
-                    .entry(spec.service.clone())
-                    .or_default()
-                    .push(index);
-                if let Some(schema) = spec.database_schema() {
-                    self.by_schema.entry(schema).or_default().push(index);
-                }
-            }
-        }
-    }
-
-    /// The snapshot with the pools' trusts as their sources were last read.
-    pub fn with_trusts(mut self, trusts: HashMap<String, ResolvedTrust>) -> Self {
-        self.trusts = trusts;
-        self
+    /// The index itself.
+    pub fn index(&self) -> &Index {
+        &self.index
     }
 
     /// The trust in effect in `pool` (none: signatures are not checked), or why Cells wait:
@@ -162,8 +99,8 @@ impl Snapshot {
             None => Ok(None),
             Some(trust) if trust.from.is_empty() => Ok(Some(trust.clone())),
             Some(_) => self
-                .trusts
-                .get(&pool.key())
+                .index
+                .trust(&pool.key())
                 .filter(|resolved| resolved.generation == pool.generation())
                 .map(|resolved| Some(resolved.trust.clone()))
                 .ok_or_else(|| NotPlaced {
@@ -187,24 +124,16 @@ impl Snapshot {
             .flatten()
     }
 
-    /// The snapshot judging signatures at `now` rather than when it was taken.
-    pub fn at(mut self, now: std::time::SystemTime) -> Self {
-        self.signatures.now = now;
-        self
-    }
-
     /// The pool `name` of `namespace`, valid or not.
     pub fn pool(&self, namespace: &str, name: &str) -> Option<&Arc<ObservedPool>> {
-        self.pools
-            .iter()
-            .find(|pool| pool.namespace() == namespace && pool.name() == name)
+        self.index.pool(namespace, name)
     }
 
     /// The pool chosen for `cell` and that pool's spec, before looking at other Cells.
     fn candidate<'s, 'c>(
         &'s self,
         cell: &'c ObservedCell,
-    ) -> Result<(&'c CellSpec, &'s ObservedPool, &'s CellPoolSpec), NotPlaced> {
+    ) -> Result<(&'c CellSpec, &'s Arc<ObservedPool>, &'s CellPoolSpec), NotPlaced> {
         let spec = cell.spec.as_ref().map_err(|_| {
             NotPlaced::new(
                 reasons::INVALID_SPEC,
@@ -223,9 +152,8 @@ impl Snapshot {
             }
         }
         let candidates: Vec<(&'s str, &'s CellPoolSpec)> = self
-            .pools
-            .iter()
-            .filter(|pool| pool.namespace() == cell.namespace())
+            .index
+            .pools_in(cell.namespace())
             .filter_map(|pool| Some((pool.name(), pool.spec.as_ref().ok()?)))
             .collect();
         let (name, pool_spec) = select_pool(spec, &candidates).map_err(|error| {
@@ -255,10 +183,9 @@ impl Snapshot {
 
     /// The Cell that holds `service` on `bus`: the oldest live claim.
     fn holder(&self, service: &str, bus_url: &str, config: &Config) -> Option<&ObservedCell> {
-        self.by_service
-            .get(service)?
-            .iter()
-            .map(|&index| self.cells[index].as_ref())
+        self.index
+            .claimants(service)
+            .map(Arc::as_ref)
             .filter(|cell| !cell.is_deleting())
             .filter(|cell| {
                 self.candidate(cell)
@@ -272,7 +199,7 @@ impl Snapshot {
         &self,
         cell: &ObservedCell,
         config: &Config,
-    ) -> Result<&ObservedPool, NotPlaced> {
+    ) -> Result<&Arc<ObservedPool>, NotPlaced> {
         if cell.is_deleting() {
             return Err(NotPlaced::new(
                 reasons::DELETING,
@@ -298,10 +225,9 @@ impl Snapshot {
     /// The Cell that holds the database schema `schema`: the oldest placed claim, in any
     /// namespace. A Cell that runs nowhere provisions nothing, so it holds nothing.
     pub fn schema_holder(&self, schema: &str, config: &Config) -> Option<&ObservedCell> {
-        self.by_schema
-            .get(schema)?
-            .iter()
-            .map(|&index| self.cells[index].as_ref())
+        self.index
+            .schema_claimants(schema)
+            .map(Arc::as_ref)
             .filter(|cell| self.placement(cell, config).is_ok())
             .min_by_key(|cell| rank(cell))
     }
@@ -324,10 +250,9 @@ impl Snapshot {
     /// The Cells placed in `pool`, by name.
     pub fn members(&self, pool: &ObservedPool, config: &Config) -> Vec<&ObservedCell> {
         let mut members: Vec<&ObservedCell> = self
-            .cells
-            .iter()
+            .index
+            .cells_in(pool.namespace())
             .map(Arc::as_ref)
-            .filter(|cell| cell.namespace() == pool.namespace())
             .filter(|cell| could_run_in(cell, pool))
             .filter(|cell| {
                 self.placement(cell, config)

@@ -347,7 +347,7 @@ async fn a_deleted_cell_leaves_the_assignment_loses_its_stream_and_is_released()
     bus.js.get_stream("CBS_LEDGER").await.unwrap();
 
     // Deleted: out of the assignment, stream gone, finalizer removed — in that order.
-    let ledger = deleting(caches_get(&ctx, "ledger"));
+    let ledger = deleting(caches.cell("ledger"));
     caches.apply(&ledger);
     let task = reconcile_cell(&ledger, &ctx);
     let call = api.next(|call| (200, object_for(call))).await;
@@ -425,15 +425,6 @@ async fn a_retained_stream_outlives_its_cell() {
     task.await.unwrap().unwrap();
     assert_eq!(read_assignment(&nats, "wasm").await, Some(vec![]));
     bus.js.get_stream("CBS_LEDGER").await.unwrap();
-}
-
-fn caches_get(ctx: &cellbus_operator::context::Context, name: &str) -> CellObject {
-    ctx.cells[0]
-        .state()
-        .into_iter()
-        .find(|o| o.metadata.name.as_deref() == Some(name))
-        .map(|o| (*o).clone())
-        .unwrap()
 }
 
 #[tokio::test]

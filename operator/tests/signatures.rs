@@ -50,7 +50,7 @@ async fn only_cells_whose_signature_verifies_are_placed_and_assigned() {
     }
     let snapshot = ctx.snapshot();
     for case in &signatures.cases {
-        let object = caches_cell(&ctx, &case.service);
+        let object = caches_cell(&caches, &case.service);
         match (snapshot.placement(&object, &ctx.config), case.refused) {
             (Ok(pool), None) => assert_eq!(pool.name(), pool_name(case.trust)),
             (Err(not_placed), Some(reason)) => {
@@ -93,26 +93,21 @@ async fn only_cells_whose_signature_verifies_are_placed_and_assigned() {
     let mut rotated = pool("keys", spec);
     rotated.metadata.resource_version = Some("2".into());
     rotated.metadata.generation = Some(2);
+    drop(snapshot);
     caches.apply(&rotated);
     let snapshot = ctx.snapshot();
     let refused = snapshot
-        .placement(&caches_cell(&ctx, "rotate-a"), &ctx.config)
+        .placement(&caches_cell(&caches, "rotate-a"), &ctx.config)
         .unwrap_err();
     assert_eq!(refused.reason, "UnknownKey");
     assert!(snapshot
-        .placement(&caches_cell(&ctx, "rotate-b"), &ctx.config)
+        .placement(&caches_cell(&caches, "rotate-b"), &ctx.config)
         .is_ok());
 }
 
 /// The Cell as the reconciler reads it from the caches.
-fn caches_cell(ctx: &cellbus_operator::context::Context, name: &str) -> ObservedCell {
-    let object = ctx
-        .cells
-        .iter()
-        .flat_map(|store| store.state())
-        .find(|cell| cell.metadata.name.as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("{name} is not in the caches"));
-    ObservedCell::from_object(&object)
+fn caches_cell(caches: &Caches, name: &str) -> ObservedCell {
+    ObservedCell::from_object(&caches.cell(name))
 }
 
 #[test]
@@ -299,7 +294,7 @@ async fn a_pools_trust_sources_are_read_through_the_api() {
     // Before the pool has read its sources, its Cells wait.
     let waiting = ctx
         .snapshot()
-        .placement(&caches_cell(&ctx, "signed-ed25519"), &ctx.config)
+        .placement(&caches_cell(&caches, "signed-ed25519"), &ctx.config)
         .unwrap_err();
     assert_eq!(waiting.reason, "TrustPending");
 
@@ -326,15 +321,16 @@ async fn a_pools_trust_sources_are_read_through_the_api() {
     );
     let snapshot = ctx.snapshot();
     assert!(snapshot
-        .placement(&caches_cell(&ctx, "signed-ed25519"), &ctx.config)
+        .placement(&caches_cell(&caches, "signed-ed25519"), &ctx.config)
         .is_ok());
     assert_eq!(
         snapshot
-            .placement(&caches_cell(&ctx, "untrusted"), &ctx.config)
+            .placement(&caches_cell(&caches, "untrusted"), &ctx.config)
             .unwrap_err()
             .reason,
         "UnknownKey"
     );
+    drop(snapshot);
     let client = cellbus_control::connect_once(&NatsArgs::url(nats.url()), "test")
         .await
         .unwrap();
@@ -373,7 +369,7 @@ async fn a_pools_trust_sources_are_read_through_the_api() {
     );
     assert_eq!(
         ctx.snapshot()
-            .placement(&caches_cell(&ctx, "signed-ed25519"), &ctx.config)
+            .placement(&caches_cell(&caches, "signed-ed25519"), &ctx.config)
             .unwrap_err()
             .reason,
         "TrustPending"

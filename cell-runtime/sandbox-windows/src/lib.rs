@@ -14,6 +14,7 @@
 pub mod cmdline;
 pub mod container;
 pub mod policy;
+pub mod quantity;
 pub mod shim;
 
 #[cfg(windows)]

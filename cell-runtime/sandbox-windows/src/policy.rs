@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::quantity::{self, QuantityFault};
+
 // Flag values as winnt.h documents them; `job.rs` asserts at compile time that windows-sys
 // agrees, so these can be tested on Linux and cannot drift from what Windows reads.
 
@@ -290,47 +292,18 @@ fn saturating_usize(bytes: u64) -> usize {
     usize::try_from(bytes).unwrap_or(usize::MAX)
 }
 
-/// Bytes in a memory quantity: what the Cell CRD admits (`[0-9]+(\.[0-9]+)?` with an
-/// optional `Ki Mi Gi Ti k M G T` suffix), fractions of a byte rounded up as Kubernetes does.
+/// Bytes in a memory quantity, not negative and not zero.
 fn memory_bytes(field: Field, text: &str) -> Result<u64, PolicyError> {
     let number = unsigned(field, text)?;
-    let split = number
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(number.len());
-    let (digits, suffix) = number.split_at(split);
-    let multiplier: u64 = match suffix {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return Err(unparsable(field, text)),
-    };
-    let bytes = scaled(digits, multiplier).map_err(|e| e.into_error(field, text))?;
+    let bytes = quantity::memory_bytes(number).map_err(|fault| fault_error(fault, field, text))?;
     nonzero(field, text, bytes)
 }
 
-/// Millicores in a CPU quantity: what the Cell CRD admits, cores with up to three decimals
-/// (`0.25`, `2`) or whole millicores (`250m`).
+/// Millicores in a CPU quantity, not negative, not zero, and within a `u32`.
 fn cpu_millis(text: &str) -> Result<u32, PolicyError> {
     let field = Field::Cpu;
     let number = unsigned(field, text)?;
-    let millis = match number.strip_suffix('m') {
-        Some(millis) if !millis.contains('.') => scaled(millis, 1),
-        Some(_) => return Err(unparsable(field, text)),
-        None => {
-            let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
-            if decimals > 3 {
-                return Err(unparsable(field, text));
-            }
-            scaled(number, 1_000)
-        }
-    }
-    .map_err(|e| e.into_error(field, text))?;
+    let millis = quantity::cpu_millis(number).map_err(|fault| fault_error(fault, field, text))?;
     let millis = nonzero(field, text, millis)?;
     u32::try_from(millis).map_err(|_| PolicyError::TooLarge {
         field,
@@ -370,54 +343,14 @@ fn unparsable(field: Field, text: &str) -> PolicyError {
     }
 }
 
-enum ScaleError {
-    Malformed,
-    Overflow,
-}
-
-impl ScaleError {
-    fn into_error(self, field: Field, text: &str) -> PolicyError {
-        match self {
-            ScaleError::Malformed => unparsable(field, text),
-            ScaleError::Overflow => PolicyError::TooLarge {
-                field,
-                value: text.to_owned(),
-            },
-        }
+fn fault_error(fault: QuantityFault, field: Field, text: &str) -> PolicyError {
+    match fault {
+        QuantityFault::Malformed => unparsable(field, text),
+        QuantityFault::Overflow => PolicyError::TooLarge {
+            field,
+            value: text.to_owned(),
+        },
     }
-}
-
-/// `number × multiplier` for a plain decimal `number`, exact, fractions rounded up.
-fn scaled(number: &str, multiplier: u64) -> Result<u64, ScaleError> {
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || (number.contains('.') && !digits(fraction)) {
-        return Err(ScaleError::Malformed);
-    }
-    // Leading zeros do not make a number larger.
-    let whole = whole.trim_start_matches('0');
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| ScaleError::Overflow)?
-    };
-    let mut value = whole.checked_mul(multiplier).ok_or(ScaleError::Overflow)?;
-    // Digits past the nineteenth cannot change a u64 count of bytes or millicores by more
-    // than rounding up, which the `any` below keeps.
-    let kept = &fraction[..fraction.len().min(19)];
-    if !kept.is_empty() {
-        let scale = 10u128.pow(kept.len() as u32);
-        let numerator =
-            kept.parse::<u128>().map_err(|_| ScaleError::Malformed)? * u128::from(multiplier);
-        let mut part = numerator / scale;
-        let dropped_nonzero = fraction[kept.len()..].bytes().any(|b| b != b'0');
-        if numerator % scale != 0 || dropped_nonzero {
-            part += 1;
-        }
-        let part = u64::try_from(part).map_err(|_| ScaleError::Overflow)?;
-        value = value.checked_add(part).ok_or(ScaleError::Overflow)?;
-    }
-    Ok(value)
 }
 
 #[cfg(test)]

@@ -127,16 +127,32 @@ async fn apply(
     cell: Arc<ObservedCell>,
     ctx: &Context,
 ) -> Result<Action, Error> {
-    let snapshot = ctx.snapshot().with_cell(cell.clone());
-    let previous_pool = cell.status.pool.clone();
-    let placed = snapshot.placement(&cell, &ctx.config);
-
-    // A Cell that moved or can no longer run leaves its old pool's assignment.
-    let current_pool = placed.as_ref().ok().map(|pool| pool.name().to_owned());
-    if let Some(previous) = previous_pool.filter(|p| Some(p) != current_pool.as_ref()) {
-        if let Some(pool) = snapshot.pool(cell.namespace(), &previous) {
-            write_assignment(ctx, pool, Some(&cell)).await?;
-        }
+    // One look at the index, which is not held across an await.
+    let (placed, previous, schema_conflict, signer) = {
+        let snapshot = ctx.snapshot();
+        let placed = snapshot.placement(&cell, &ctx.config).cloned();
+        // A Cell that moved or can no longer run leaves its old pool's assignment.
+        let previous = cell
+            .status
+            .pool
+            .as_deref()
+            .filter(|previous| {
+                placed
+                    .as_ref()
+                    .map_or(true, |pool| pool.name() != *previous)
+            })
+            .and_then(|previous| snapshot.pool(cell.namespace(), previous).cloned());
+        let (schema_conflict, signer) = match (&placed, &cell.spec) {
+            (Ok(pool), Ok(spec)) => (
+                snapshot.schema_conflict(&cell, &ctx.config),
+                snapshot.signer(spec, pool),
+            ),
+            _ => (None, None),
+        };
+        (placed, previous, schema_conflict, signer)
+    };
+    if let Some(previous) = previous {
+        ctx.assignments.write(ctx, &previous).await?;
     }
 
     let pool = match placed {
@@ -191,13 +207,8 @@ async fn apply(
     );
     let subjects = builders::request_subjects(spec)?;
 
-    let schema_conflict = snapshot.schema_conflict(&cell, &ctx.config);
     let observed = match ctx.buses.get(ctx.config.bus(pool_spec)).await {
-        Ok(bus) => {
-            // From the snapshot placement used, not a second one.
-            let signer = snapshot.signer(spec, pool);
-            observe(&cell, spec, pool, &bus, schema_conflict, signer, ctx).await
-        }
+        Ok(bus) => observe(&cell, spec, &pool, &bus, schema_conflict, signer, ctx).await,
         Err(error) => Err(error),
     };
     let observation = match observed {
@@ -334,7 +345,7 @@ async fn observe(
         },
     };
 
-    write_assignment(ctx, pool, Some(cell)).await?;
+    ctx.assignments.write(ctx, pool).await?;
     let durable = match &stream {
         Some(stream) => backlog(bus, stream, spec).await?,
         None => Vec::new(),
@@ -486,47 +497,6 @@ async fn module_condition(spec: &CellSpec, bus: &Bus) -> Result<NewCondition, Er
     })
 }
 
-/// Writes `pool`'s assignment as the caches see it now, unless KV already holds it.
-/// `reconciled` is the Cell being reconciled, counted even if the caches do not hold it
-/// yet.
-pub(crate) async fn write_assignment(
-    ctx: &Context,
-    pool: &ObservedPool,
-    reconciled: Option<&Arc<ObservedCell>>,
-) -> Result<(), Error> {
-    let Some(pool_spec) = pool.spec.as_ref().ok() else {
-        return Ok(());
-    };
-    let key = cellbus_contracts::assignment::assignment_key(pool.namespace(), pool.name());
-    let lock = ctx.assignment_lock(&key);
-    let _guard = lock.lock().await;
-    // Computed under the lock from the caches as they are now, so whoever waited for the
-    // lock writes at least what the previous holder saw, never an older view.
-    let mut snapshot = ctx.snapshot();
-    if let Some(cell) = reconciled {
-        snapshot = snapshot.with_cell_if_absent(cell.clone());
-    }
-    let Some(assignment) = snapshot.assignment(pool, &ctx.config) else {
-        return Ok(());
-    };
-    let assignment = assignment.map_err(|source| Error::Assignment {
-        namespace: pool.namespace().to_owned(),
-        pool: pool.name().to_owned(),
-        source,
-    })?;
-    // The pods may read the new cells' Secrets before they learn of the cells.
-    super::pool::sync_secret_access(ctx, pool, &assignment).await?;
-    let bus = ctx.buses.get(ctx.config.bus(pool_spec)).await?;
-    if cellbus_control::write_assignment(&bus.buckets.assignments, &assignment).await? {
-        tracing::info!(
-            pool = %pool.key(),
-            cells = assignment.cells.len(),
-            "wrote the pool assignment"
-        );
-    }
-    Ok(())
-}
-
 /// The next status: the Cell's generation and `conditions` folded into the current ones.
 fn next_status(
     cell: &ObservedCell,
@@ -559,14 +529,13 @@ async fn update_status(
 /// Takes a deleted Cell out of its pool's assignment and deletes its stream unless its
 /// policy retains it. Fine when either is already gone.
 async fn cleanup(cell: &Arc<ObservedCell>, ctx: &Context) -> Result<(), Error> {
-    let snapshot = ctx.snapshot().with_cell(cell.clone());
     let pool = cell
         .status
         .pool
         .as_deref()
-        .and_then(|name| snapshot.pool(cell.namespace(), name));
-    if let Some(pool) = pool {
-        write_assignment(ctx, pool, Some(cell)).await?;
+        .and_then(|name| ctx.snapshot().pool(cell.namespace(), name).cloned());
+    if let Some(pool) = &pool {
+        ctx.assignments.write(ctx, pool).await?;
     }
     if let Ok(spec) = &cell.spec {
         if let Some(database) = &spec.database {
@@ -578,6 +547,7 @@ async fn cleanup(cell: &Arc<ObservedCell>, ctx: &Context) -> Result<(), Error> {
             .is_some_and(|s| s.deletion_policy == DeletionPolicy::Retain);
         if let (Some(plan), false) = (builders::stream_config(spec, ctx.config.replicas)?, retain) {
             let url = pool
+                .as_ref()
                 .and_then(|pool| pool.spec.as_ref().ok())
                 .map(|pool_spec| ctx.config.bus(pool_spec))
                 .unwrap_or(&ctx.config.nats_url);

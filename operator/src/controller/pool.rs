@@ -2,37 +2,27 @@
 //! PodDisruptionBudget, applied only when the live object lacks something we want; the
 //! pool's assignment; and a status read off the Deployment.
 
-use std::collections::BTreeSet;
-use std::fmt::Debug;
 use std::sync::Arc;
 
-use cellbus_contracts::assignment::PoolAssignment;
 use cellbus_contracts::resources::{
     CellPoolSpec, CellPoolStatus, Os, PoolCells, Runtime, TrustSource,
 };
 use cellbus_control::signature;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::Resource;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_json::Value;
 use tracing::Instrument;
 
-use super::cell::write_assignment;
 use super::write_status;
-use crate::builders;
 use crate::conditions::{reasons, set_conditions, types, NewCondition, Status};
 use crate::context::Context;
-use crate::names::{self, FIELD_MANAGER};
+use crate::names;
 use crate::observed::{ObservedPool, PoolObject};
 use crate::readiness;
 use crate::scheduling::ResolvedTrust;
 use crate::Error;
+use crate::{builders, children};
 
 /// How metrics and logs name this controller.
 pub const CONTROLLER: super::ControllerName = "cellpool";
@@ -92,15 +82,15 @@ async fn reconcile_pool(
     };
     let namespace = pool.namespace();
     let objects = builders::pool_objects(&typed, &ctx.config);
-    apply_child(ctx, namespace, &objects.service_account).await?;
-    let deployment = apply_child(ctx, namespace, &objects.deployment).await?;
-    apply_child(ctx, namespace, &objects.service).await?;
+    children::apply(ctx, namespace, &objects.service_account).await?;
+    let deployment = children::apply(ctx, namespace, &objects.deployment).await?;
+    children::apply(ctx, namespace, &objects.service).await?;
     match &objects.pod_disruption_budget {
         Some(budget) => {
-            apply_child(ctx, namespace, budget).await?;
+            children::apply(ctx, namespace, budget).await?;
         }
         None => {
-            delete_child::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
+            children::delete::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
                 ctx,
                 namespace,
                 &names::child_name(pool.name()),
@@ -110,7 +100,7 @@ async fn reconcile_pool(
     }
 
     let trust = read_trust(ctx, pool, &typed.spec).await?;
-    write_assignment(ctx, pool, None).await?;
+    ctx.assignments.write(ctx, pool).await?;
     // Reports of pods that stopped reporting would keep old errors in Cells' status.
     ctx.buses
         .get(ctx.config.bus(&typed.spec))
@@ -118,8 +108,8 @@ async fn reconcile_pool(
         .forget_gone_pods(namespace, pool.name())
         .await?;
 
-    let snapshot = ctx.snapshot();
-    let members: Vec<String> = snapshot
+    let members: Vec<String> = ctx
+        .snapshot()
         .members(pool, &ctx.config)
         .iter()
         .map(|cell| cell.name().to_owned())
@@ -363,162 +353,6 @@ impl Rollout {
     }
 }
 
-/// Keeps the pool's Role listing exactly the database Secrets of the cells in
-/// `assignment`, bound to the pool's ServiceAccount; without such cells, neither exists.
-/// What was last applied is remembered, so an unchanged set costs no request.
-pub(crate) async fn sync_secret_access(
-    ctx: &Context,
-    pool: &ObservedPool,
-    assignment: &PoolAssignment,
-) -> Result<(), Error> {
-    let Some(typed) = pool.typed() else {
-        return Ok(());
-    };
-    let secrets: BTreeSet<String> = assignment
-        .cells
-        .iter()
-        .filter_map(|cell| cell.database.as_ref().map(|db| db.secret.clone()))
-        .collect();
-    let key = pool.key();
-    if ctx
-        .secret_access(&key)
-        .is_some_and(|applied| applied == secrets)
-        || (secrets.is_empty() && ctx.secret_access(&key).is_none())
-    {
-        return Ok(());
-    }
-    let namespace = pool.namespace();
-    match builders::secret_reader_role(&typed, &secrets) {
-        Some(role) => {
-            apply_child(ctx, namespace, &role).await?;
-            apply_child(ctx, namespace, &builders::secret_reader_binding(&typed)).await?;
-        }
-        None => {
-            let name = names::child_name(pool.name());
-            delete_child::<RoleBinding>(ctx, namespace, &name).await?;
-            delete_child::<Role>(ctx, namespace, &name).await?;
-        }
-    }
-    ctx.set_secret_access(&key, secrets);
-    Ok(())
-}
-
-/// The annotation on each child holding the sha256 of the intent last applied to it.
-pub const APPLIED_ANNOTATION: &str = "cellbus.io/applied";
-
-/// Applies `desired` with server-side apply unless the live object already holds every
-/// field of it, and returns the live object. Comparing first is what makes a reconcile
-/// of an unchanged pool write nothing. The intent's hash travels in an annotation, so that
-/// a field the pool no longer asks for (a node selector entry, a toleration, a limit),
-/// which the live object still holds, changes the hash and is applied, and server-side
-/// apply then removes it.
-async fn apply_child<K>(ctx: &Context, namespace: &str, desired: &K) -> Result<K, Error>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
-{
-    let name = desired.meta().name.clone().unwrap_or_default();
-    let kind = K::kind(&());
-    let describe = || format!("{kind} {namespace}/{name}");
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    let live = api.get_opt(&name).await.map_err(|source| Error::Kube {
-        action: "read",
-        object: describe(),
-        source,
-    })?;
-    let serialize = |object: &K| {
-        serde_json::to_value(object).map_err(|e| Error::Serialize {
-            what: describe(),
-            source: e.into(),
-        })
-    };
-    let mut desired = desired.clone();
-    let intent = cellbus_control::digest_of(serialize(&desired)?.to_string().as_bytes());
-    desired
-        .meta_mut()
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(APPLIED_ANNOTATION.into(), intent);
-    let desired = &desired;
-    if let Some(live) = live {
-        if contains(&serialize(&live)?, &serialize(desired)?) {
-            return Ok(live);
-        }
-    }
-    let applied = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(desired),
-        )
-        .await
-        .map_err(|source| Error::Kube {
-            action: "apply",
-            object: describe(),
-            source,
-        })?;
-    ctx.wrote(&kind, "apply");
-    Ok(applied)
-}
-
-/// Deletes a child we no longer want; fine when it is not there.
-async fn delete_child<K>(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned,
-{
-    let kind = K::kind(&());
-    let describe = || format!("{kind} {namespace}/{name}");
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    // Reading first keeps an unchanged pool's reconcile free of writes.
-    let live = api.get_opt(name).await.map_err(|source| Error::Kube {
-        action: "read",
-        object: describe(),
-        source,
-    })?;
-    if live.is_none() {
-        return Ok(());
-    }
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {
-            ctx.wrote(&kind, "delete");
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => Err(Error::Kube {
-            action: "delete",
-            object: describe(),
-            source,
-        }),
-    }
-}
-
-/// Whether `live` holds every field of `desired` with the same value. Lists must match
-/// element by element; the API server's defaults and other managers' fields may add to
-/// `live` freely.
-pub fn contains(live: &Value, desired: &Value) -> bool {
-    match (live, desired) {
-        (_, Value::Null) => true,
-        (Value::Object(live), Value::Object(desired)) => desired.iter().all(|(key, want)| {
-            live.get(key)
-                .map_or(want.is_null(), |have| contains(have, want))
-        }),
-        (Value::Array(live), Value::Array(desired)) => {
-            live.len() == desired.len()
-                && live
-                    .iter()
-                    .zip(desired)
-                    .all(|(have, want)| contains(have, want))
-        }
-        (live, desired) => live == desired,
-    }
-}
-
 fn next_status(
     pool: &ObservedPool,
     status: CellPoolStatus,
@@ -550,38 +384,6 @@ async fn update_status(
 
 #[cfg(test)]
 mod tests {
-    use super::contains;
-    use serde_json::json;
-
-    #[test]
-    fn live_objects_with_defaults_contain_what_we_apply() {
-        let desired = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "runtime", "image": "a"}]}}}});
-        let live = json!({"metadata": {"uid": "x"}, "spec": {"replicas": 2, "strategy": {}, "template": {"spec": {"containers": [{"name": "runtime", "image": "a", "terminationMessagePath": "/dev/termination-log"}]}}}, "status": {}});
-        assert!(contains(&live, &desired));
-    }
-
-    #[test]
-    fn a_changed_or_missing_field_is_not_contained() {
-        let desired = json!({"spec": {"replicas": 2, "containers": [{"image": "b"}]}});
-        assert!(!contains(
-            &json!({"spec": {"replicas": 3, "containers": [{"image": "b"}]}}),
-            &desired
-        ));
-        assert!(!contains(
-            &json!({"spec": {"replicas": 2, "containers": [{"image": "a"}]}}),
-            &desired
-        ));
-        assert!(!contains(
-            &json!({"spec": {"containers": [{"image": "b"}]}}),
-            &desired
-        ));
-        // A list with an extra element is a different list.
-        assert!(!contains(
-            &json!({"spec": {"replicas": 2, "containers": [{"image": "b"}, {"image": "c"}]}}),
-            &desired
-        ));
-    }
-
     use super::{Deployment, Rollout};
     use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
     use rstest::rstest;

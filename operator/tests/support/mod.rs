@@ -5,18 +5,20 @@
 pub mod api;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cellbus_control::NatsCredentials;
 use cellbus_operator::conditions::FixedClock;
 use cellbus_operator::context::{Buses, Context, Timing};
+use cellbus_operator::index::Index;
 use cellbus_operator::metrics::Metrics;
 use cellbus_operator::observed::{CellObject, PoolObject, Watched};
 use cellbus_operator::Config;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::{json, Value};
 
@@ -110,10 +112,11 @@ fn bump<K>(object: &mut Watched<K>) {
     object.metadata.resource_version = Some((version + 1).to_string());
 }
 
-/// The watch caches, which the tests fill as the watches would.
+/// The watch caches and the index they feed, which the tests fill as the watches would.
 pub struct Caches {
     cells: Writer<CellObject>,
     pools: Writer<PoolObject>,
+    index: Arc<RwLock<Index>>,
 }
 
 /// What the caches hold.
@@ -123,17 +126,19 @@ pub trait Cached {
 
 impl Cached for CellObject {
     fn apply_to(&self, caches: &mut Caches) {
-        caches
-            .cells
-            .apply_watcher_event(&watcher::Event::Apply(self.clone()));
+        caches.cell_event(&watcher::Event::Apply(self.clone()));
     }
 }
 
 impl Cached for PoolObject {
     fn apply_to(&self, caches: &mut Caches) {
+        let event = watcher::Event::Apply(self.clone());
+        caches.pools.apply_watcher_event(&event);
         caches
-            .pools
-            .apply_watcher_event(&watcher::Event::Apply(self.clone()));
+            .index
+            .write()
+            .unwrap()
+            .pool_event(Some(NAMESPACE), &event);
     }
 }
 
@@ -158,8 +163,25 @@ impl Caches {
     }
 
     pub fn delete(&mut self, object: &CellObject) {
-        self.cells
-            .apply_watcher_event(&watcher::Event::Delete(object.clone()));
+        self.cell_event(&watcher::Event::Delete(object.clone()));
+    }
+
+    fn cell_event(&mut self, event: &watcher::Event<CellObject>) {
+        self.cells.apply_watcher_event(event);
+        self.index
+            .write()
+            .unwrap()
+            .cell_event(Some(NAMESPACE), event);
+    }
+
+    /// The Cell `name` as the cache holds it.
+    pub fn cell(&self, name: &str) -> CellObject {
+        let found = self
+            .cells
+            .as_reader()
+            .get(&ObjectRef::new(name).within(NAMESPACE))
+            .unwrap_or_else(|| panic!("no Cell {name} in the cache"));
+        (*found).clone()
     }
 }
 
@@ -187,8 +209,7 @@ pub fn context_with(
     nats_url: &str,
     stale_after: Duration,
 ) -> (Arc<Context>, Caches) {
-    let cells = Writer::new(());
-    let pools = Writer::new(());
+    let index: Arc<RwLock<Index>> = Arc::default();
     let config = Config {
         nats_url: nats_url.to_owned(),
         ..Config::default()
@@ -197,13 +218,17 @@ pub fn context_with(
         client,
         config,
         Buses::new(NatsCredentials::default(), HashMap::new()).with_stale_after(stale_after),
-        vec![cells.as_reader()],
-        vec![pools.as_reader()],
+        index.clone(),
         Arc::new(Metrics::new()),
     )
     .with_timing(timing())
     .with_clock(Arc::new(FixedClock(now())));
-    (Arc::new(context), Caches { cells, pools })
+    let caches = Caches {
+        cells: Writer::new(()),
+        pools: Writer::new(()),
+        index,
+    };
+    (Arc::new(context), caches)
 }
 
 /// The spec of a wasm pool.
