@@ -337,13 +337,12 @@ fn released(mut lease: Lease) -> Lease {
 mod tests {
     use std::future::Future;
 
-    use http::{Method, Request, Response, StatusCode};
-    use kube::client::Body;
+    use http::{Method, StatusCode};
     use rstest::rstest;
     use serde_json::{json, Value};
-    use tower_test::mock::{self, SendResponse};
 
     use super::*;
+    use crate::mock_api::{mock_client, ApiServer, Call};
 
     const NAMESPACE: &str = "cellbus";
     const NAME: &str = "cellbus-operator";
@@ -522,24 +521,9 @@ mod tests {
 
     // ----- one round against a fake API server -----
 
-    type Handle = mock::Handle<Request<Body>, Response<Body>>;
-
-    /// Plays the API server: hands out requests in order for the test to check and answer.
-    struct ApiServer(Handle);
-
-    /// A request the fake API server received.
-    struct Received {
-        method: Method,
-        path: String,
-        query: String,
-        body: Value,
-        reply: SendResponse<Response<Body>>,
-    }
-
     fn api() -> (Api<Lease>, ApiServer) {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
-        (Api::namespaced(client, NAMESPACE), ApiServer(handle))
+        let (client, server) = mock_client();
+        (Api::namespaced(client, NAMESPACE), server)
     }
 
     async fn within<F: Future>(what: &str, future: F) -> F::Output {
@@ -548,58 +532,15 @@ mod tests {
             .unwrap_or_else(|_| panic!("{what} did not happen within {PATIENCE:?}"))
     }
 
-    impl ApiServer {
-        /// The next request, which must be `method` on `path`.
-        async fn expect(&mut self, method: Method, path: &str) -> Received {
-            let (request, reply) = within(&format!("{method} {path}"), self.0.next_request())
-                .await
-                .unwrap_or_else(|| panic!("the client went away before {method} {path}"));
-            let (parts, body) = request.into_parts();
-            let bytes = body.collect_bytes().await.expect("a readable request body");
-            let received = Received {
-                method: parts.method,
-                path: parts.uri.path().to_owned(),
-                query: parts.uri.query().unwrap_or_default().to_owned(),
-                body: if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).expect("a JSON request body")
-                },
-                reply,
-            };
-            assert_eq!(
-                (&received.method, received.path.as_str()),
-                (&method, path),
-                "unexpected request"
-            );
-            let access = crate::rbac::Access::of_request(
-                received.method.as_str(),
-                &received.path,
-                &received.query,
-            );
-            assert!(
-                access.as_ref().is_some_and(crate::rbac::Access::is_granted),
-                "{access:?} is not granted by rbac::RULES (the chart's Role)"
-            );
-            received
-        }
-
-        /// The client sends nothing more before it is dropped.
-        async fn expect_no_more_requests(mut self) {
-            if let Some((request, _)) = within("the client's end", self.0.next_request()).await {
-                panic!("unexpected request {} {}", request.method(), request.uri());
-            }
-        }
+    /// What the Lease tests read of a request.
+    trait LeaseRequest {
+        fn spec(&self, field: &str) -> &Value;
+        fn spec_time(&self, field: &str) -> Timestamp;
+        /// The write must name our field manager.
+        fn assert_field_manager(&self);
     }
 
-    impl Received {
-        fn query_parameter(&self, name: &str) -> Option<&str> {
-            self.query
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find_map(|(key, value)| (key == name).then_some(value))
-        }
-
+    impl LeaseRequest for Call {
         fn spec(&self, field: &str) -> &Value {
             &self.body["spec"][field]
         }
@@ -612,24 +553,8 @@ mod tests {
                 .expect("a timestamp")
         }
 
-        /// The write must name our field manager.
         fn assert_field_manager(&self) {
-            assert_eq!(self.query_parameter("fieldManager"), Some(FIELD_MANAGER));
-        }
-
-        fn answer(self, status: StatusCode, body: &Value) {
-            let response = Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(body).unwrap()))
-                .unwrap();
-            self.reply.send_response(response);
-        }
-
-        /// Accepts the write as the API server would, answering with what was sent.
-        fn accept(self, status: StatusCode) {
-            let body = self.body.clone();
-            self.answer(status, &body);
+            assert_eq!(self.field_manager(), Some(FIELD_MANAGER));
         }
     }
 
@@ -887,14 +812,9 @@ mod tests {
         }
     }
 
-    fn client_and_server() -> (Client, ApiServer) {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        (Client::new(service, "default"), ApiServer(handle))
-    }
-
     #[tokio::test]
     async fn the_loop_leads_once_it_created_the_lease_and_releases_it_when_leadership_is_dropped() {
-        let (client, mut server) = client_and_server();
+        let (client, mut server) = mock_client();
         let (mut leadership, task) = spawn(client, quick_settings());
         assert!(
             !leadership.is_leader(),
@@ -942,7 +862,7 @@ mod tests {
     #[tokio::test]
     async fn a_leader_that_cannot_renew_steps_down_once_its_lease_duration_has_passed() {
         let settings = quick_settings();
-        let (client, mut server) = client_and_server();
+        let (client, mut server) = mock_client();
         let (mut leadership, _task) = spawn(client, settings.clone());
 
         let served = tokio::spawn(async move {
@@ -955,13 +875,10 @@ mod tests {
                 .await
                 .accept(StatusCode::CREATED);
             // From now on the API server is down.
-            while let Some((_, reply)) = server.0.next_request().await {
-                let response = Response::builder()
-                    .status(StatusCode::SERVICE_UNAVAILABLE)
-                    .body(Body::from(b"unavailable".to_vec()))
-                    .unwrap();
-                reply.send_response(response);
-            }
+            server.serve_with(|_| {
+                let code = StatusCode::SERVICE_UNAVAILABLE;
+                (code.as_u16(), failure(code, "ServiceUnavailable"))
+            });
         });
 
         assert!(within("leading", leadership.wait_until_leader()).await);

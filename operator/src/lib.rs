@@ -5,6 +5,10 @@
 
 #![forbid(unsafe_code)]
 
+// The test support names the crate as its integration tests do.
+#[cfg(test)]
+extern crate self as cellbus_operator;
+
 pub mod assignments;
 pub mod backoff;
 pub mod builders;
@@ -20,6 +24,11 @@ pub mod http;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+/// The mock API server of the controller tests, shared with the unit tests here.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../tests/support/api.rs"]
+mod mock_api;
 pub mod names;
 pub mod observed;
 pub mod rbac;

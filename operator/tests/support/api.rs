@@ -2,7 +2,10 @@
 //! mock, and the test answers each request after asserting on it, in the style of
 //! kube-rs's controller-rs. [`ApiServer::serve_all`] instead answers everything like a
 //! forgetful API server would (nothing exists, every write succeeds), for runs that only
-//! count requests.
+//! count requests. Every request must be one the chart's RBAC grants.
+//!
+//! The controller tests use it through `tests/support`, and the crate's own unit tests
+//! (the leader election's) include this file as `crate::mock_api`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +14,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use kube::client::Body;
 use serde_json::{json, Value};
-use tower_test::mock::{self, Handle};
+use tower_test::mock::{self, Handle, SendResponse};
 
 /// One request the client sent.
 #[derive(Clone, Debug)]
@@ -100,6 +103,37 @@ pub struct ApiServer {
     handle: Handle<Request<Body>, Response<Body>>,
 }
 
+/// A request the test has read and not answered yet.
+pub struct Pending {
+    pub call: Call,
+    reply: SendResponse<Response<Body>>,
+}
+
+impl std::ops::Deref for Pending {
+    type Target = Call;
+
+    fn deref(&self) -> &Call {
+        &self.call
+    }
+}
+
+impl Pending {
+    /// Answers with `status` and `body`.
+    pub fn answer(self, status: impl Into<u16>, body: &Value) -> Call {
+        self.reply.send_response(response(status.into(), body));
+        self.call
+    }
+
+    /// Accepts a write as the API server would, answering with what was sent.
+    pub fn accept(self, status: impl Into<u16>) -> Call {
+        let body = self.call.body.clone();
+        self.answer(status, &body)
+    }
+}
+
+/// How long a test waits for a request that should come.
+const PATIENCE: Duration = Duration::from_secs(10);
+
 /// A client whose requests go to the returned [`ApiServer`].
 pub fn mock_client() -> (kube::Client, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -107,17 +141,44 @@ pub fn mock_client() -> (kube::Client, ApiServer) {
 }
 
 impl ApiServer {
+    /// The next request, which must come within ten seconds, unanswered.
+    pub async fn receive(&mut self) -> Pending {
+        let (request, reply) = tokio::time::timeout(PATIENCE, self.handle.next_request())
+            .await
+            .expect("the controller should have sent another request")
+            .expect("the client is gone");
+        Pending {
+            call: read(request).await,
+            reply,
+        }
+    }
+
+    /// The next request, which must be `method` on `path`, unanswered.
+    pub async fn expect(&mut self, method: impl AsRef<str>, path: &str) -> Pending {
+        let pending = self.receive().await;
+        assert_eq!(
+            pending.line(),
+            format!("{} {path}", method.as_ref()),
+            "unexpected request"
+        );
+        pending
+    }
+
     /// The next request, which must come within ten seconds, answered as `respond` says.
     pub async fn next(&mut self, respond: impl FnOnce(&Call) -> (u16, Value)) -> Call {
-        let (request, send) =
-            tokio::time::timeout(Duration::from_secs(10), self.handle.next_request())
-                .await
-                .expect("the controller should have sent another request")
-                .expect("the client is gone");
-        let call = read(request).await;
-        let (status, body) = respond(&call);
-        send.send_response(response(status, &body));
-        call
+        let pending = self.receive().await;
+        let (status, body) = respond(&pending.call);
+        pending.answer(status, &body)
+    }
+
+    /// Asserts that the client sends nothing more before it is dropped.
+    pub async fn expect_no_more_requests(mut self) {
+        let next = tokio::time::timeout(PATIENCE, self.handle.next_request())
+            .await
+            .expect("the client should have been dropped");
+        if let Some((request, _)) = next {
+            panic!("unexpected request {} {}", request.method(), request.uri());
+        }
     }
 
     /// The next request, answered by [`forgetful`].
