@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cellbus_contracts::assignment::assignment_key;
-use cellbus_operator::context::{Context, Timing};
+use cellbus_operator::controller::context::{Context, Timing};
 use cellbus_operator::controller::{cell, pool};
-use cellbus_operator::observed::CellObject;
+use cellbus_operator::state::observed::CellObject;
 use cellbus_testkit::NatsServer;
 use futures::StreamExt;
 use serde_json::{json, Value};

@@ -105,7 +105,7 @@ impl Error {
             Self::Nats(_) => "nats",
             Self::InvalidSpec { .. } => "invalid_spec",
             Self::NotPlaced {
-                reason: crate::conditions::reasons::INVALID_SPEC,
+                reason: crate::state::conditions::reasons::INVALID_SPEC,
                 ..
             } => "invalid_spec",
             Self::NotPlaced { .. } => "not_scheduled",

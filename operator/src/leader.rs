@@ -4,6 +4,13 @@
 //!
 //! Expiry is judged from the Lease's `renewTime`, so replicas' clocks are assumed to
 //! agree to well within a lease duration (as they do on NTP-synchronised nodes).
+//!
+//! Ours rather than a crate's: `kube-lease-manager` 0.13 supports kube 5, but a leader
+//! that cannot reach the API server goes on reporting leadership after its Lease lapsed
+//! (its loop logs the error and retries), and it renews with a patch that carries no
+//! resourceVersion, so a replica that lost the Lease can renew the winner's. Here a
+//! leader steps down once a lease duration passed without a renewal, and every write is
+//! conditional on the resourceVersion read (see the tests of both).
 
 use std::time::Duration;
 
@@ -16,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::names::FIELD_MANAGER;
+use crate::state::names::FIELD_MANAGER;
 
 /// Which Lease to compete for, under what name, and how often to touch it.
 #[derive(Clone, Debug, PartialEq, Eq)]

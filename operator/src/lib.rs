@@ -1,7 +1,11 @@
 //! The Cellbus operator: controllers for `Cell` and `CellPool`, the provisioners of the
 //! resources cells need outside Kubernetes, and the generator of the CRDs and schemas.
-//! The desired state comes from pure builders ([`builders`], [`conditions`]) that need no
-//! cluster; `render` prints what they make of a set of manifests.
+//!
+//! Pure parts, tested without a cluster: [`state`] (what the watches show, indexed, and
+//! what follows from it: placement, conditions, names) and [`builders`] (every object the
+//! operator makes). I/O: [`controller`] (the reconcilers and what they write to the API,
+//! NATS and PostgreSQL), [`run`] (the watches feeding them), [`leader`], [`http`]. `render`
+//! prints what the builders make of a set of manifests.
 
 #![forbid(unsafe_code)]
 
@@ -9,19 +13,12 @@
 #[cfg(test)]
 extern crate self as cellbus_operator;
 
-pub mod assignments;
-pub mod backoff;
 pub mod builders;
-pub mod children;
-pub mod conditions;
 pub mod config;
-pub mod context;
 pub mod controller;
 pub mod crdgen;
-pub mod database;
 mod error;
 pub mod http;
-pub mod index;
 pub mod leader;
 pub mod metrics;
 /// The mock API server of the controller tests, shared with the unit tests here.
@@ -29,13 +26,10 @@ pub mod metrics;
 #[allow(dead_code)]
 #[path = "../tests/support/api.rs"]
 mod mock_api;
-pub mod names;
-pub mod observed;
 pub mod rbac;
-pub mod readiness;
 pub mod render;
 pub mod run;
-pub mod scheduling;
+pub mod state;
 
 pub use config::Config;
 pub use error::Error;

@@ -15,8 +15,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::builders::{self, PoolObjects, StreamPlan};
-use crate::conditions;
 use crate::config::Config;
+use crate::state::conditions;
 use crate::Error;
 
 /// What the operator would do for a set of manifests.

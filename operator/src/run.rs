@@ -13,14 +13,14 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 
-use crate::context::{Buses, Context};
+use crate::controller::context::{Buses, Context};
+use crate::controller::database::Databases;
 use crate::controller::{self, error_policy};
-use crate::database::Databases;
-use crate::index::Index;
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
-use crate::names;
-use crate::observed::{CellObject, PoolObject};
+use crate::state::index::Index;
+use crate::state::names;
+use crate::state::observed::{CellObject, PoolObject};
 use crate::{http, Config, Error};
 
 /// Settings of a running operator beyond what `render` shares.
@@ -39,7 +39,7 @@ pub struct RunArgs {
     pub nats: NatsCredentials,
 
     #[command(flatten)]
-    pub database: crate::database::DatabaseArgs,
+    pub database: crate::controller::database::DatabaseArgs,
 
     /// Address of /healthz and /metrics.
     #[arg(long, env = "CELLBUS_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]

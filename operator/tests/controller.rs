@@ -10,7 +10,7 @@ use std::time::Duration;
 use cellbus_contracts::assignment::assignment_key;
 use cellbus_control::NatsArgs;
 use cellbus_operator::controller::{cell, error_policy, pool};
-use cellbus_operator::observed::{CellObject, PoolObject};
+use cellbus_operator::state::observed::{CellObject, PoolObject};
 use cellbus_operator::Error;
 use cellbus_runtime::bench::ECHO_WASM;
 use cellbus_runtime::server::Identity;
@@ -43,14 +43,14 @@ fn ledger_spec(stream: Value) -> Value {
 /// Runs one reconcile of a Cell in the background; the test plays the API server.
 fn reconcile_cell(
     object: &CellObject,
-    ctx: &Arc<cellbus_operator::context::Context>,
+    ctx: &Arc<cellbus_operator::controller::context::Context>,
 ) -> tokio::task::JoinHandle<Result<Action, Error>> {
     tokio::spawn(cell::reconcile(Arc::new(object.clone()), ctx.clone()))
 }
 
 fn reconcile_pool(
     object: &PoolObject,
-    ctx: &Arc<cellbus_operator::context::Context>,
+    ctx: &Arc<cellbus_operator::controller::context::Context>,
 ) -> tokio::task::JoinHandle<Result<Action, Error>> {
     tokio::spawn(pool::reconcile(Arc::new(object.clone()), ctx.clone()))
 }
@@ -696,7 +696,7 @@ async fn every_bad_manifest_past_the_schema_ends_as_a_condition_and_an_event_wit
 /// failure with the error policy as the controller would.
 async fn reconcile_recording(
     object: &Object,
-    ctx: &Arc<cellbus_operator::context::Context>,
+    ctx: &Arc<cellbus_operator::controller::context::Context>,
     api: &mut ApiServer,
 ) -> (Option<Value>, Vec<String>, Result<Action, Error>) {
     let mut task = match object {
@@ -724,7 +724,11 @@ async fn reconcile_recording(
 }
 
 /// The error policy's answer for `object` after `error`.
-fn policy(object: &Object, error: &Error, ctx: &Arc<cellbus_operator::context::Context>) -> Action {
+fn policy(
+    object: &Object,
+    error: &Error,
+    ctx: &Arc<cellbus_operator::controller::context::Context>,
+) -> Action {
     match object {
         Object::Cell(cell) => error_policy(Arc::new(cell.clone()), error, ctx.clone()),
         Object::Pool(pool) => error_policy(Arc::new(pool.clone()), error, ctx.clone()),
@@ -862,7 +866,7 @@ async fn the_report_of_a_pod_that_stopped_reporting_is_ignored_and_deleted() {
     };
     put("wasm-gone").await;
     put("wasm-live").await;
-    let pods = |bus: &cellbus_operator::context::Bus| {
+    let pods = |bus: &cellbus_operator::controller::context::Bus| {
         let mut pods: Vec<String> = bus
             .pod_statuses(NAMESPACE, "wasm")
             .into_iter()

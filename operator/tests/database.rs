@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cellbus_control::postgres::role_name;
-use cellbus_operator::context::Context;
+use cellbus_operator::controller::context::Context;
+use cellbus_operator::controller::database::DatabaseArgs;
+use cellbus_operator::controller::database::Databases;
 use cellbus_operator::controller::{cell, error_policy};
-use cellbus_operator::database::DatabaseArgs;
-use cellbus_operator::database::Databases;
-use cellbus_operator::observed::CellObject;
+use cellbus_operator::state::observed::CellObject;
 use cellbus_testkit::{CapturedLogs, NatsServer, Postgres};
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
@@ -429,9 +429,9 @@ async fn deleting_a_cell_with_policy_delete_drops_its_role() {
 
 /// `object` moved to `namespace`.
 fn in_namespace<K>(
-    mut object: cellbus_operator::observed::Watched<K>,
+    mut object: cellbus_operator::state::observed::Watched<K>,
     namespace: &str,
-) -> cellbus_operator::observed::Watched<K> {
+) -> cellbus_operator::state::observed::Watched<K> {
     object.metadata.namespace = Some(namespace.into());
     object
 }

@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cellbus_operator::controller::database::DatabaseArgs;
+use cellbus_operator::controller::database::Databases;
 use cellbus_operator::controller::{cell, pool};
-use cellbus_operator::database::DatabaseArgs;
-use cellbus_operator::database::Databases;
 use cellbus_operator::leader::{self, LeaseSettings};
 use cellbus_operator::metrics::Metrics;
 use cellbus_operator::rbac::{Access, RULES};
@@ -172,7 +172,9 @@ async fn every_rule_is_called_and_every_call_is_a_rule() {
         ..ObjectReference::default()
     };
     for _ in 0..2 {
-        let event = cellbus_operator::context::transition_event("Ready", false, "Waiting", "again");
+        let event = cellbus_operator::controller::context::transition_event(
+            "Ready", false, "Waiting", "again",
+        );
         ctx.publish(&object, event).await;
     }
 

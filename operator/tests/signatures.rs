@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cellbus_contracts::assignment::assignment_key;
 use cellbus_control::NatsArgs;
 use cellbus_operator::controller::cell;
-use cellbus_operator::observed::ObservedCell;
+use cellbus_operator::state::observed::ObservedCell;
 use cellbus_operator::Error;
 use cellbus_runtime::bench::ECHO_WASM;
 use cellbus_testkit::pki::{Case, Signatures, TrustKind};
@@ -138,7 +138,7 @@ fn a_pool_whose_trust_cannot_be_read_is_invalid_naming_the_entry() {
         ),
     ] {
         let object = pool("keys", json!({"runtime": "wasm", "trust": trust}));
-        let observed = cellbus_operator::observed::ObservedPool::from_object(&object);
+        let observed = cellbus_operator::state::observed::ObservedPool::from_object(&object);
         let errors = observed.spec.expect_err("the pool is invalid");
         assert_eq!(errors[0].field, field, "{errors:?}");
         assert!(errors[0].message.contains(words), "{errors:?}");

@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::config::Config;
-use crate::names;
+use crate::state::names;
 
 /// Port of a pool's Service. The Service targets the container port by name, so it stays
 /// right whatever port the operator is configured to run the runtime on.

@@ -23,11 +23,11 @@ use tracing::Instrument;
 
 use super::write_status;
 use crate::builders;
-use crate::conditions::{reasons, set_conditions, types, NewCondition, Status};
-use crate::context::{Bus, Context};
-use crate::observed::{CellObject, ObservedCell, ObservedPool};
-use crate::readiness::cell_ready;
-use crate::scheduling::NotPlaced;
+use crate::controller::context::{Bus, Context};
+use crate::state::conditions::{reasons, set_conditions, types, NewCondition, Status};
+use crate::state::observed::{CellObject, ObservedCell, ObservedPool};
+use crate::state::readiness::cell_ready;
+use crate::state::scheduling::NotPlaced;
 use crate::Error;
 
 /// The finalizer that holds a Cell until its NATS side is cleaned up.
@@ -292,25 +292,27 @@ async fn observe(
             None,
             None,
         ),
-        (Some(wanted), None) => match crate::database::reconcile(ctx, cell, spec, wanted).await {
-            Ok(reconciled) => {
-                let condition = reconciled.condition;
-                rotate_in = reconciled.rotate_in;
-                let secret = (condition.status == Status::True)
-                    .then(|| crate::database::secret_name(cell.name()));
-                (Some(condition), secret, None)
+        (Some(wanted), None) => {
+            match crate::controller::database::reconcile(ctx, cell, spec, wanted).await {
+                Ok(reconciled) => {
+                    let condition = reconciled.condition;
+                    rotate_in = reconciled.rotate_in;
+                    let secret = (condition.status == Status::True)
+                        .then(|| crate::controller::database::secret_name(cell.name()));
+                    (Some(condition), secret, None)
+                }
+                Err(error) => (
+                    Some(NewCondition::new(
+                        types::DATABASE_READY,
+                        Status::False,
+                        reasons::DATABASE_UNAVAILABLE,
+                        cellbus_contracts::error_chain(&error),
+                    )),
+                    cell.status.database_secret.clone(),
+                    Some(error),
+                ),
             }
-            Err(error) => (
-                Some(NewCondition::new(
-                    types::DATABASE_READY,
-                    Status::False,
-                    reasons::DATABASE_UNAVAILABLE,
-                    cellbus_contracts::error_chain(&error),
-                )),
-                cell.status.database_secret.clone(),
-                Some(error),
-            ),
-        },
+        }
     };
 
     let (stream_condition, stream) = match builders::stream_config(spec, ctx.config.replicas)? {
@@ -539,7 +541,7 @@ async fn cleanup(cell: &Arc<ObservedCell>, ctx: &Context) -> Result<(), Error> {
     }
     if let Ok(spec) = &cell.spec {
         if let Some(database) = &spec.database {
-            crate::database::cleanup(ctx, cell, spec, database).await?;
+            crate::controller::database::cleanup(ctx, cell, spec, database).await?;
         }
         let retain = spec
             .stream

@@ -1,7 +1,13 @@
-//! The two controllers and what they share: status writes that happen only when the
-//! status changes, Events only when a condition changes, and the error policy.
+//! The operator's I/O: the two controllers and what they share (the [`context`], status
+//! writes that happen only when the status changes, Events only when a condition
+//! changes, the error policy), the one writer of each pool's [`assignments`], the
+//! [`children`] objects they apply, and the [`database`] provisioner.
 
+pub mod assignments;
 pub mod cell;
+pub mod children;
+pub mod context;
+pub mod database;
 pub mod pool;
 
 use std::sync::Arc;
@@ -13,10 +19,10 @@ use kube::runtime::controller::Action;
 use kube::Resource;
 use serde::Serialize;
 
-use crate::conditions::types;
-use crate::context::{transition_event, Context};
-use crate::names::FIELD_MANAGER;
-use crate::observed::Watched;
+use crate::controller::context::{transition_event, Context};
+use crate::state::conditions::types;
+use crate::state::names::FIELD_MANAGER;
+use crate::state::observed::Watched;
 use crate::Error;
 
 /// Name of a controller, as metrics and logs label it.

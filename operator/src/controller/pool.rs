@@ -14,15 +14,16 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use tracing::Instrument;
 
+use super::children;
 use super::write_status;
-use crate::conditions::{reasons, set_conditions, types, NewCondition, Status};
-use crate::context::Context;
-use crate::names;
-use crate::observed::{ObservedPool, PoolObject};
-use crate::readiness;
-use crate::scheduling::ResolvedTrust;
+use crate::builders;
+use crate::controller::context::Context;
+use crate::state::conditions::{reasons, set_conditions, types, NewCondition, Status};
+use crate::state::names;
+use crate::state::observed::{ObservedPool, PoolObject};
+use crate::state::readiness;
+use crate::state::scheduling::ResolvedTrust;
 use crate::Error;
-use crate::{builders, children};
 
 /// How metrics and logs name this controller.
 pub const CONTROLLER: super::ControllerName = "cellpool";

@@ -9,11 +9,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cellbus_control::NatsCredentials;
-use cellbus_operator::conditions::FixedClock;
-use cellbus_operator::context::{Buses, Context, Timing};
-use cellbus_operator::index::Index;
+use cellbus_operator::controller::context::{Buses, Context, Timing};
 use cellbus_operator::metrics::Metrics;
-use cellbus_operator::observed::{CellObject, PoolObject, Watched};
+use cellbus_operator::state::conditions::FixedClock;
+use cellbus_operator::state::index::Index;
+use cellbus_operator::state::observed::{CellObject, PoolObject, Watched};
 use cellbus_operator::Config;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use kube::runtime::watcher::Event;
 
-use crate::observed::{CellObject, ObservedCell, ObservedPool, PoolObject};
-use crate::scheduling::ResolvedTrust;
+use crate::state::observed::{CellObject, ObservedCell, ObservedPool, PoolObject};
+use crate::state::scheduling::ResolvedTrust;
 
 /// The Cells and CellPools the watches have shown, indexed.
 #[derive(Default)]
@@ -299,7 +299,7 @@ fn remove_from(index: &mut HashMap<String, BTreeSet<String>>, entry: &str, key: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observed::Watched;
+    use crate::state::observed::Watched;
     use serde_json::{json, Value};
 
     fn object<K>(

@@ -8,7 +8,7 @@
 use cellbus_contracts::resources::condition;
 use cellbus_contracts::status::{LoadState, PingPayload, PodStatus, SandboxReport};
 
-use crate::conditions::{reasons, NewCondition, Status};
+use crate::state::conditions::{reasons, NewCondition, Status};
 
 /// The Ready condition of the Cell `name` serving `service` with module `digest`.
 pub fn cell_ready(

@@ -13,14 +13,14 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 
-use crate::assignments::Assignments;
-use crate::backoff::{Attempts, Backoff};
-use crate::conditions::{Clock, SystemClock};
-use crate::database::Databases;
-use crate::index::Index;
+use crate::controller::assignments::Assignments;
+use crate::controller::database::Databases;
 use crate::metrics::Metrics;
-use crate::names::FIELD_MANAGER;
-use crate::scheduling::{ResolvedTrust, Snapshot};
+use crate::state::backoff::{Attempts, Backoff};
+use crate::state::conditions::{Clock, SystemClock};
+use crate::state::index::Index;
+use crate::state::names::FIELD_MANAGER;
+use crate::state::scheduling::{ResolvedTrust, Snapshot};
 use crate::{Config, Error};
 
 /// How long the operator waits for things and how it spaces retries.

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::context::Context;
-use crate::names::FIELD_MANAGER;
+use crate::controller::context::Context;
+use crate::state::names::FIELD_MANAGER;
 use crate::Error;
 
 /// The annotation on each child holding the sha256 of the intent last applied to it.

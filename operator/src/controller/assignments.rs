@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use cellbus_contracts::assignment::PoolAssignment;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
-use crate::context::Context;
-use crate::observed::ObservedPool;
-use crate::{builders, children, names, Error};
+use super::children;
+use crate::controller::context::Context;
+use crate::state::names;
+use crate::state::observed::ObservedPool;
+use crate::{builders, Error};
 
 /// The writers of every pool, made on first use.
 #[derive(Default)]

@@ -26,10 +26,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
 
-use crate::conditions::{reasons, types, NewCondition, Status};
-use crate::context::Context;
-use crate::names::FIELD_MANAGER;
-use crate::observed::ObservedCell;
+use crate::controller::context::Context;
+use crate::state::conditions::{reasons, types, NewCondition, Status};
+use crate::state::names::FIELD_MANAGER;
+use crate::state::observed::ObservedCell;
 use crate::Error;
 
 /// Annotation on the Secret holding the `spec.database.rotate` its password was made for.

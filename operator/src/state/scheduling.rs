@@ -19,9 +19,9 @@ use cellbus_contracts::validate;
 use cellbus_control::signature::{SignatureCheck, SignatureError, Signer};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::conditions::{pool_choice_reason, reasons};
-use crate::index::Index;
-use crate::observed::{ObservedCell, ObservedPool};
+use crate::state::conditions::{pool_choice_reason, reasons};
+use crate::state::index::Index;
+use crate::state::observed::{ObservedCell, ObservedPool};
 use crate::Config;
 
 /// Why a Cell runs nowhere: a reason from [`reasons`] and a message a person can act on.
