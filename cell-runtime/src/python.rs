@@ -25,6 +25,21 @@ use pyo3::types::PyModule;
 use serde_json::Value;
 use tracing::warn;
 
+/// Why a Python module cannot be a cell.
+#[derive(Debug, thiserror::Error)]
+pub enum PythonLoadError {
+    #[error("the module is not Python source: it holds a NUL byte")]
+    NulByte,
+    #[error("running the module")]
+    Run(#[source] PyErr),
+    #[error("the module defines no `handle(verb, payload)`")]
+    NoHandle,
+    #[error("`handle` is not a function")]
+    HandleNotCallable,
+    #[error("preparing the interpreter")]
+    Interpreter(#[source] PyErr),
+}
+
 /// A loaded Python cell.
 pub struct PythonCell {
     service: String,
@@ -39,34 +54,33 @@ pub struct PythonCell {
 impl PythonCell {
     /// Runs `source` (the module's bytes, already checked against their digest) as the
     /// module of `service` and finds its `handle`.
-    pub fn load(service: &str, digest: &str, source: &[u8]) -> Result<Self, String> {
-        let code = CString::new(source)
-            .map_err(|_| "the module is not Python source: it holds a NUL byte".to_owned())?;
+    pub fn load(service: &str, digest: &str, source: &[u8]) -> Result<Self, PythonLoadError> {
+        let code = CString::new(source).map_err(|_| PythonLoadError::NulByte)?;
         let short = digest.trim_start_matches("sha256:");
         let short = &short[..short.len().min(12)];
         let name = format!("cellbus_cell_{}_{short}", service.replace('-', "_"));
         let file = CString::new(format!("<cell {service} {digest}>")).expect("no NUL");
         let module_name = CString::new(name.clone()).expect("no NUL");
         Python::attach(|py| {
-            install_cellbus_module(py).map_err(|e| describe(py, &e))?;
+            install_cellbus_module(py).map_err(PythonLoadError::Interpreter)?;
             let module = PyModule::from_code(py, &code, &file, &module_name)
-                .map_err(|e| format!("running the module: {}", describe(py, &e)))?;
+                .map_err(PythonLoadError::Run)?;
             // Kept by us, not by sys.modules: a replaced version goes when it is dropped.
             py.import("sys")
                 .and_then(|sys| sys.getattr("modules"))
                 .and_then(|modules| modules.del_item(&name))
-                .map_err(|e| describe(py, &e))?;
+                .map_err(PythonLoadError::Interpreter)?;
             let handle = module
                 .getattr("handle")
-                .map_err(|_| "the module defines no `handle(verb, payload)`".to_owned())?;
+                .map_err(|_| PythonLoadError::NoHandle)?;
             if !handle.is_callable() {
-                return Err("`handle` is not a function".to_owned());
+                return Err(PythonLoadError::HandleNotCallable);
             }
             let function = |module, name| {
                 py.import(module)
                     .and_then(|module| module.getattr(name))
                     .map(Bound::unbind)
-                    .map_err(|e| describe(py, &e))
+                    .map_err(PythonLoadError::Interpreter)
             };
             Ok(Self {
                 service: service.to_owned(),

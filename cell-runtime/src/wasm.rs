@@ -56,18 +56,18 @@ pub struct EngineSettings {
 /// Why a cell's module cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("compiling the module: {0}")]
-    Compile(String),
+    #[error("compiling the module")]
+    Compile(#[source] wasmtime::Error),
     #[error("the module imports {import}, {why}")]
-    Capability { import: String, why: String },
-    #[error("linking the module: {0}")]
-    Link(String),
-    #[error("the module does not export `handle` of the cell world: {0}")]
-    Export(String),
-    #[error("limits: {0}")]
-    Limits(String),
-    #[error("{0}")]
-    Database(String),
+    Capability { import: String, why: &'static str },
+    #[error("linking the module")]
+    Link(#[source] wasmtime::Error),
+    #[error("the module does not export `handle` of the cell world")]
+    Export(#[source] wasmtime::Error),
+    #[error("limits")]
+    Limits(#[source] quantity::QuantityError),
+    #[error(transparent)]
+    Database(#[from] database::NoSecretSource),
 }
 
 /// The process-wide executor.
@@ -125,7 +125,7 @@ impl Executor {
             .memory_reservation(settings.max_memory as u64)
             .memory_guard_size(64 << 10)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| ExecutorError(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(ExecutorError::Engine)?;
 
         // Deadlines are counted in epochs: a thread advances them for as long as the
         // engine lives.
@@ -139,32 +139,29 @@ impl Executor {
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
-            .map_err(|e| ExecutorError(format!("starting the epoch thread: {e}")))?;
+            .map_err(ExecutorError::EpochThread)?;
 
         let mut linker = Linker::new(&engine);
         types::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+            .map_err(ExecutorError::Linker)?;
         log::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+            .map_err(ExecutorError::Linker)?;
         call::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+            .map_err(ExecutorError::Linker)?;
         db::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+            .map_err(ExecutorError::Linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(ExecutorError::Linker)?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        std::fs::create_dir_all(&settings.cache_dir).map_err(|e| {
-            ExecutorError(format!(
-                "creating the code cache {}: {e}",
-                settings.cache_dir.display()
-            ))
+        std::fs::create_dir_all(&settings.cache_dir).map_err(|source| ExecutorError::Cache {
+            dir: settings.cache_dir.clone(),
+            source,
         })?;
         let cache = code_directory(&settings.cache_dir)
-            .inspect_err(|why| {
+            .inspect_err(|error| {
                 tracing::warn!(
-                    %why,
+                    why = %cellbus_contracts::error_chain(error),
                     "compiled code will not be cached: the code cache cannot be trusted"
                 );
             })
@@ -227,16 +224,15 @@ impl Executor {
                         return Ok((component, CodeSource::Cache));
                     }
                 }
-                Err(why) => tracing::warn!(
+                Err(error) => tracing::warn!(
                     file = %file.display(),
-                    %why,
+                    why = %cellbus_contracts::error_chain(&error),
                     "ignoring a compiled artifact; compiling the module again"
                 ),
             }
         }
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
         self.metrics.module_compiles.inc();
         self.metrics
@@ -256,7 +252,7 @@ impl Executor {
         &self,
         cell: &AssignedCell,
         component: &Component,
-        database: Option<Result<Arc<CellDatabase>, String>>,
+        database: Option<Result<Arc<CellDatabase>, database::NoSecretSource>>,
     ) -> Result<WasmCell, LoadError> {
         let imports: Vec<String> = component
             .component_type()
@@ -269,19 +265,18 @@ impl Executor {
         let imports_db = imports.iter().any(|i| interface_of(i) == DB_INTERFACE);
         let database = match database {
             Some(Ok(pool)) => Some(pool),
-            Some(Err(why)) if imports_db => return Err(LoadError::Database(why)),
+            Some(Err(error)) if imports_db => return Err(LoadError::Database(error)),
             Some(Err(_)) | None => None,
         };
         let pre = self
             .linker
             .instantiate_pre(component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre =
-            bindings::RuntimePre::new(pre).map_err(|e| LoadError::Export(format!("{e:#}")))?;
+            .map_err(LoadError::Link)?;
+        let pre = bindings::RuntimePre::new(pre).map_err(LoadError::Export)?;
         let memory = match &cell.limits.memory {
             Some(text) => Some(
                 quantity::memory_bytes(text)
-                    .map_err(|e| LoadError::Limits(e.to_string()))?
+                    .map_err(LoadError::Limits)?
                     .try_into()
                     .unwrap_or(usize::MAX),
             ),
@@ -428,44 +423,75 @@ fn write_artifact(path: &Path, digest: &str, tag: &str, code: &[u8]) -> std::io:
 
 /// The code of a compiled artifact, read whole into memory, once its file is one only this
 /// user could have written and its header names `digest`, `tag` and the code's SHA-256.
-fn read_artifact(path: &Path, digest: &str, tag: &str) -> Result<Vec<u8>, String> {
+fn read_artifact(path: &Path, digest: &str, tag: &str) -> Result<Vec<u8>, ArtifactError> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut file = std::fs::File::open(path).map_err(ArtifactError::Read)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let meta = file.metadata().map_err(|e| e.to_string())?;
+        let meta = file.metadata().map_err(ArtifactError::Read)?;
         if !meta.is_file() {
-            return Err("not a regular file".into());
+            return Err(ArtifactError::NotAFile);
         }
         cache_trust(meta.uid(), meta.mode(), effective_uid())?;
     }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    file.read_to_end(&mut bytes).map_err(ArtifactError::Read)?;
     let line_end = bytes
         .iter()
         .take(512)
         .position(|b| *b == b'\n')
-        .ok_or("no header line")?;
+        .ok_or(ArtifactError::NoHeader)?;
     let header =
-        std::str::from_utf8(&bytes[..line_end]).map_err(|_| "a header that is not text")?;
+        std::str::from_utf8(&bytes[..line_end]).map_err(|_| ArtifactError::HeaderNotText)?;
     let [magic, named_digest, named_tag, hash] = header.split(' ').collect::<Vec<_>>()[..] else {
-        return Err(format!("a malformed header {header:?}"));
+        return Err(ArtifactError::MalformedHeader(header.to_owned()));
     };
     if magic != ARTIFACT_MAGIC {
-        return Err(format!("header {magic:?}, not {ARTIFACT_MAGIC}"));
+        return Err(ArtifactError::Magic(magic.to_owned()));
     }
     if named_digest != digest {
-        return Err(format!("compiled from module {named_digest}, not {digest}"));
+        return Err(ArtifactError::OtherModule {
+            named: named_digest.to_owned(),
+            expected: digest.to_owned(),
+        });
     }
     if named_tag != tag {
-        return Err(format!("compiled by engine {named_tag}, not {tag}"));
+        return Err(ArtifactError::OtherEngine {
+            named: named_tag.to_owned(),
+            expected: tag.to_owned(),
+        });
     }
     if sha256_hex(&bytes[line_end + 1..]) != hash {
-        return Err("the code does not have the SHA-256 its header names".into());
+        return Err(ArtifactError::Hash);
     }
     bytes.drain(..=line_end);
     Ok(bytes)
+}
+
+/// Why a compiled artifact is not used.
+#[derive(Debug, thiserror::Error)]
+enum ArtifactError {
+    #[error("reading it")]
+    Read(#[source] std::io::Error),
+    #[error("not a regular file")]
+    NotAFile,
+    #[error(transparent)]
+    Untrusted(#[from] Untrusted),
+    #[error("no header line")]
+    NoHeader,
+    #[error("a header that is not text")]
+    HeaderNotText,
+    #[error("a malformed header {0:?}")]
+    MalformedHeader(String),
+    #[error("header {0:?}, not {ARTIFACT_MAGIC}")]
+    Magic(String),
+    #[error("compiled from module {named}, not {expected}")]
+    OtherModule { named: String, expected: String },
+    #[error("compiled by engine {named}, not {expected}")]
+    OtherEngine { named: String, expected: String },
+    #[error("the code does not have the SHA-256 its header names")]
+    Hash,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -478,7 +504,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// this user, since the cache directory itself may be a volume anyone can write (a
 /// Kubernetes emptyDir is). The error says why it cannot be trusted to hold only code this
 /// user compiled.
-fn code_directory(cache_dir: &Path) -> Result<PathBuf, String> {
+fn code_directory(cache_dir: &Path) -> Result<PathBuf, CacheError> {
     let dir = cache_dir.join("wasm");
     #[cfg_attr(not(unix), allow(unused_mut))]
     let mut builder = std::fs::DirBuilder::new();
@@ -490,37 +516,72 @@ fn code_directory(cache_dir: &Path) -> Result<PathBuf, String> {
     match builder.create(&dir) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(error) => return Err(format!("creating {}: {error}", dir.display())),
+        Err(source) => return Err(CacheError::Create { dir, source }),
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let meta = match std::fs::metadata(&dir) {
+            Ok(meta) => meta,
+            Err(source) => return Err(CacheError::Inspect { dir, source }),
+        };
         if !meta.is_dir() {
-            return Err(format!("{} is not a directory", dir.display()));
+            return Err(CacheError::NotADirectory(dir));
         }
-        cache_trust(meta.uid(), meta.mode(), effective_uid())
-            .map_err(|why| format!("{}: {why}", dir.display()))?;
+        if let Err(source) = cache_trust(meta.uid(), meta.mode(), effective_uid()) {
+            return Err(CacheError::Untrusted { dir, source });
+        }
     }
     Ok(dir)
+}
+
+/// Why the directory of compiled code cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("creating {}", dir.display())]
+    Create {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", dir.display())]
+    Inspect {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{}", dir.display())]
+    Untrusted {
+        dir: PathBuf,
+        #[source]
+        source: Untrusted,
+    },
 }
 
 /// Whether a code cache directory or artifact with this owner and mode (`st_uid`,
 /// `st_mode`) can hold only what the user `uid` wrote: it must be that user's and
 /// writable by no group and no other user. The error says why not.
-pub fn cache_trust(owner: u32, mode: u32, uid: u32) -> Result<(), String> {
+pub fn cache_trust(owner: u32, mode: u32, uid: u32) -> Result<(), Untrusted> {
     if owner != uid {
-        return Err(format!(
-            "owned by uid {owner}, not by this runtime's uid {uid}"
-        ));
+        return Err(Untrusted::Owner { owner, uid });
     }
     if mode & 0o022 != 0 {
-        return Err(format!(
-            "mode {:o} lets others write to it (it must be writable by its owner alone)",
-            mode & 0o7777
-        ));
+        return Err(Untrusted::Writable {
+            mode: mode & 0o7777,
+        });
     }
     Ok(())
+}
+
+/// Why a code cache directory or artifact may hold code this runtime did not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Untrusted {
+    #[error("owned by uid {owner}, not by this runtime's uid {uid}")]
+    Owner { owner: u32, uid: u32 },
+    #[error("mode {mode:o} lets others write to it (it must be writable by its owner alone)")]
+    Writable { mode: u32 },
 }
 
 #[cfg(unix)]
@@ -531,10 +592,10 @@ fn effective_uid() -> u32 {
 
 /// Only what a cell's Cell grants may be imported.
 fn check_capability(import: &str, cell: &AssignedCell) -> Result<(), LoadError> {
-    let refuse = |why: &str| {
+    let refuse = |why: &'static str| {
         Err(LoadError::Capability {
             import: import.to_owned(),
-            why: why.to_owned(),
+            why,
         })
     };
     match interface_of(import) {
@@ -896,5 +957,17 @@ fn to_cell_error(error: ErrorBody) -> types::CellError {
 
 /// Why the executor could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("setting up the WebAssembly engine: {0}")]
-pub struct ExecutorError(String);
+pub enum ExecutorError {
+    #[error("setting up the WebAssembly engine")]
+    Engine(#[source] wasmtime::Error),
+    #[error("setting up the WebAssembly engine: starting the epoch thread")]
+    EpochThread(#[source] std::io::Error),
+    #[error("setting up the WebAssembly engine: linking the host interfaces")]
+    Linker(#[source] wasmtime::Error),
+    #[error("setting up the WebAssembly engine: creating the code cache {}", dir.display())]
+    Cache {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

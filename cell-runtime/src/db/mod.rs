@@ -65,14 +65,13 @@ impl Databases {
         &self,
         namespace: &str,
         database: &AssignedDatabase,
-    ) -> Result<Arc<CellDatabase>, String> {
+    ) -> Result<Arc<CellDatabase>, NoSecretSource> {
         let secret = database.secret.as_str();
         let Some(source) = &self.source else {
-            return Err(format!(
-                "the cell has a database, but this runtime has no way to read its Secret \
-                 {namespace}/{secret} (it reads Secrets through the Kubernetes API in a \
-                 pod, and from `cellbus up` when CELLBUS_DATABASE_URL is set)"
-            ));
+            return Err(NoSecretSource {
+                namespace: namespace.to_owned(),
+                secret: secret.to_owned(),
+            });
         };
         let key = (namespace.to_owned(), secret.to_owned());
         let mut pools = self.pools.lock().expect("pools lock");
@@ -89,6 +88,18 @@ impl Databases {
         pools.insert(key, Arc::downgrade(&pool));
         Ok(pool)
     }
+}
+
+/// A cell has a database, but its runtime cannot read the database's Secret.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the cell has a database, but this runtime has no way to read its Secret \
+     {namespace}/{secret} (it reads Secrets through the Kubernetes API in a pod, and from \
+     `cellbus up` when CELLBUS_DATABASE_URL is set)"
+)]
+pub struct NoSecretSource {
+    namespace: String,
+    secret: String,
 }
 
 /// One cell's connections.

@@ -73,7 +73,36 @@ pub struct ProcessSettings {
     /// The cgroup leaves processes run in, where the runtime's cgroup is delegated.
     pub cgroups: CellCgroups,
     users: Arc<CellUsers>,
-    files: Arc<OnceLock<Result<CellFiles, String>>>,
+    files: Arc<OnceLock<Result<CellFiles, Arc<std::io::Error>>>>,
+}
+
+/// Why a process cell cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("spec.module.command is empty: it needs at least the program")]
+    EmptyCommand,
+    #[error("spec.env: `{name}` steers the dynamic loader; a cell may not set it")]
+    LoaderVariable { name: String },
+    #[error(transparent)]
+    Limits(#[from] sandbox::LimitsError),
+    #[error(
+        "process cells run under users of their own: start the runtime as root or with \
+         CAP_SETUID and CAP_SETGID (a process pool's pods have them)"
+    )]
+    CannotSwitchUsers,
+    #[error("making the process cells' files")]
+    Files(#[source] Arc<std::io::Error>),
+    #[error(
+        "every block of uids for process cells is held by another runtime (lock files \
+         cellbus-cell-users-*.lock in {})",
+        dir.display()
+    )]
+    UidsTaken { dir: PathBuf },
+    #[error(
+        "this runtime has run {CELL_UIDS} process cells, each under a user of its own, and \
+         has no user left"
+    )]
+    NoUserLeft,
 }
 
 /// The uid each process cell of this runtime runs as, one per Cell, kept for the
@@ -83,7 +112,8 @@ pub struct ProcessSettings {
 /// runtime dies; a pod's runtime has its own /tmp and takes the first block.
 #[derive(Debug, Default)]
 struct CellUsers {
-    block: OnceLock<Result<(u32, std::fs::File), String>>,
+    /// The first uid of the block and the lock holding it; `None` when every block is taken.
+    block: OnceLock<Option<(u32, std::fs::File)>>,
     assigned: Mutex<HashMap<String, CellUser>>,
 }
 
@@ -96,22 +126,21 @@ struct CellUser {
 }
 
 impl CellUsers {
-    fn of(&self, cell: &str) -> Result<CellUser, String> {
+    fn of(&self, cell: &str) -> Result<CellUser, ProcessError> {
         let (first, _lock) = self
             .block
             .get_or_init(claim_uid_block)
             .as_ref()
-            .map_err(Clone::clone)?;
+            .ok_or_else(|| ProcessError::UidsTaken {
+                dir: std::env::temp_dir(),
+            })?;
         let mut assigned = self.assigned.lock().expect("users lock");
         if let Some(user) = assigned.get(cell) {
             return Ok(user.clone());
         }
         let next = u32::try_from(assigned.len()).unwrap_or(u32::MAX);
         if next >= CELL_UIDS {
-            return Err(format!(
-                "this runtime has run {CELL_UIDS} process cells, each under a user of its own, \
-                 and has no user left"
-            ));
+            return Err(ProcessError::NoUserLeft);
         }
         let user = CellUser {
             uid: first + next,
@@ -124,7 +153,7 @@ impl CellUsers {
 
 /// The first uid of a block no other runtime of this machine holds, and the lock that
 /// holds it.
-fn claim_uid_block() -> Result<(u32, std::fs::File), String> {
+fn claim_uid_block() -> Option<(u32, std::fs::File)> {
     let dir = std::env::temp_dir();
     for block in 0..UID_BLOCKS {
         let path = dir.join(format!("cellbus-cell-users-{block}.lock"));
@@ -138,14 +167,10 @@ fn claim_uid_block() -> Result<(u32, std::fs::File), String> {
             .or_else(|_| std::fs::File::open(&path));
         let Ok(file) = file else { continue };
         if file.try_lock().is_ok() {
-            return Ok((FIRST_CELL_UID + block * CELL_UIDS, file));
+            return Some((FIRST_CELL_UID + block * CELL_UIDS, file));
         }
     }
-    Err(format!(
-        "every block of uids for process cells is held by another runtime (lock files \
-         cellbus-cell-users-*.lock in {})",
-        dir.display()
-    ))
+    None
 }
 
 /// The files process cells run or read, set up when the runtime's first process cell
@@ -176,13 +201,11 @@ impl ProcessSettings {
     }
 
     /// The cells' files, set up on first use.
-    pub fn files(&self) -> Result<&CellFiles, String> {
+    pub fn files(&self) -> Result<&CellFiles, ProcessError> {
         self.files
-            .get_or_init(|| {
-                CellFiles::set_up().map_err(|e| format!("making the process cells' files: {e}"))
-            })
+            .get_or_init(|| CellFiles::set_up().map_err(Arc::new))
             .as_ref()
-            .map_err(Clone::clone)
+            .map_err(|error| ProcessError::Files(error.clone()))
     }
 }
 
@@ -196,14 +219,10 @@ impl ProcessSettings {
         command: &[String],
         executable: Option<&Executable>,
         metrics: &Metrics,
-    ) -> Result<(sandbox::Confinement, Arc<tokio::sync::Mutex<()>>), String> {
+    ) -> Result<(sandbox::Confinement, Arc<tokio::sync::Mutex<()>>), ProcessError> {
         self.say_how_cells_are_confined(metrics);
         if cfg!(target_os = "linux") && !sandbox::can_switch_users() {
-            return Err(
-                "process cells run under users of their own: start the runtime as \
-                 root or with CAP_SETUID and CAP_SETGID (a process pool's pods have them)"
-                    .into(),
-            );
+            return Err(ProcessError::CannotSwitchUsers);
         }
         let files = self.files()?;
         let mut readable: Vec<PathBuf> = executable.map(|e| e.path.clone()).into_iter().collect();
@@ -356,19 +375,38 @@ impl Executable {
 
     /// Checks the file still holds the bytes of its digest: done before every start, so
     /// nothing but those bytes ever runs under the cell's name.
-    pub fn verify(&self) -> Result<(), String> {
-        let bytes = std::fs::read(&self.path)
-            .map_err(|e| format!("reading the executable {}: {e}", self.path.display()))?;
+    pub fn verify(&self) -> Result<(), ExecutableError> {
+        let bytes = std::fs::read(&self.path).map_err(|source| ExecutableError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
         let actual = cellbus_control::digest_of(&bytes);
         if actual != self.digest {
-            return Err(format!(
-                "the executable {} has digest {actual}, not {}; it is not run",
-                self.path.display(),
-                self.digest
-            ));
+            return Err(ExecutableError::Digest {
+                path: self.path.clone(),
+                actual,
+                expected: self.digest.clone(),
+            });
         }
         Ok(())
     }
+}
+
+/// Why a stored executable is not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutableError {
+    #[error("reading the executable {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the executable {} has digest {actual}, not {expected}; it is not run", path.display())]
+    Digest {
+        path: PathBuf,
+        actual: String,
+        expected: String,
+    },
 }
 
 /// A process cell: its program, its limits, and the process serving it now.
@@ -441,15 +479,14 @@ impl ProcessCell {
         reply_limit: usize,
         settings: &ProcessSettings,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ProcessError> {
         if command.is_empty() {
-            return Err("spec.module.command is empty: it needs at least the program".into());
+            return Err(ProcessError::EmptyCommand);
         }
         if let Some(var) = spec.env.iter().find(|var| steers_the_loader(&var.name)) {
-            return Err(format!(
-                "spec.env: `{}` steers the dynamic loader; a cell may not set it",
-                var.name
-            ));
+            return Err(ProcessError::LoaderVariable {
+                name: var.name.clone(),
+            });
         }
         let limits = SandboxLimits::of(&spec.limits)?;
         // Decided, and said, when the runtime's first process cell arrives.
