@@ -25,12 +25,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cell::Output;
+use bytes::BytesMut;
 use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::resources::{steers_the_loader, Network};
 use cellbus_contracts::wire::{ErrorBody, ErrorCode, Request};
+use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::oneshot;
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -761,18 +764,11 @@ impl Supervisor {
     /// Matches reply lines to requests until the process stops writing or breaks the
     /// protocol.
     async fn read_replies(&self, running: &Arc<Running>, stdout: ChildStdout) {
-        let mut stdout = BufReader::new(stdout);
-        let mut line = Vec::new();
+        let mut lines = FramedRead::new(stdout, ReplyLines::new(self.max_line));
         loop {
-            match read_line(&mut stdout, &mut line, self.max_line).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    // A process that is exiting closes its stdout first; give it a moment,
-                    // so its requests are answered with how it exited.
-                    tokio::time::sleep(EXIT_GRACE).await;
-                    return self.stop(running, "the process closed its stdout");
-                }
-                Err(LineTooLong) => {
+            let line = match lines.next().await {
+                Some(Ok(line)) => line,
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
                     return self.stop(
                         running,
                         &format!(
@@ -781,8 +777,19 @@ impl Supervisor {
                         ),
                     )
                 }
-            }
-            match parse_reply(&line) {
+                Some(Err(LinesCodecError::Io(error)))
+                    if error.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    return self.stop(running, "the process wrote a line that is not UTF-8");
+                }
+                Some(Err(LinesCodecError::Io(_))) | None => {
+                    // A process that is exiting closes its stdout first; give it a moment,
+                    // so its requests are answered with how it exited.
+                    tokio::time::sleep(EXIT_GRACE).await;
+                    return self.stop(running, "the process closed its stdout");
+                }
+            };
+            match parse_reply(line.as_bytes()) {
                 Ok(reply) => {
                     let pending = running
                         .pending
@@ -953,41 +960,26 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-struct LineTooLong;
+/// Reply lines of at most a given length. A line the end of the stream cut short is not a
+/// reply: the process stopped while writing it.
+struct ReplyLines(LinesCodec);
 
-/// Reads one line into `line` (without its newline), refusing lines over `max` bytes
-/// before reading them whole. `Ok(false)` at the end of the stream.
-async fn read_line(
-    reader: &mut BufReader<ChildStdout>,
-    line: &mut Vec<u8>,
-    max: usize,
-) -> Result<bool, LineTooLong> {
-    line.clear();
-    loop {
-        let available = match reader.fill_buf().await {
-            Ok(available) => available,
-            Err(_) => return Ok(false),
-        };
-        if available.is_empty() {
-            return Ok(false);
-        }
-        let (taken, done) = match available.iter().position(|b| *b == b'\n') {
-            Some(at) => {
-                line.extend_from_slice(&available[..at]);
-                (at + 1, true)
-            }
-            None => {
-                line.extend_from_slice(available);
-                (available.len(), false)
-            }
-        };
-        reader.consume(taken);
-        if line.len() > max {
-            return Err(LineTooLong);
-        }
-        if done {
-            return Ok(true);
-        }
+impl ReplyLines {
+    fn new(max: usize) -> Self {
+        Self(LinesCodec::new_with_max_length(max))
+    }
+}
+
+impl Decoder for ReplyLines {
+    type Item = String;
+    type Error = LinesCodecError;
+
+    fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<String>, LinesCodecError> {
+        self.0.decode(buffer)
+    }
+
+    fn decode_eof(&mut self, buffer: &mut BytesMut) -> Result<Option<String>, LinesCodecError> {
+        self.0.decode(buffer)
     }
 }
 
