@@ -25,6 +25,8 @@ use pyo3::types::PyModule;
 use serde_json::Value;
 use tracing::warn;
 
+use crate::error::RequestError;
+
 /// Why a Python module cannot be a cell.
 #[derive(Debug, thiserror::Error)]
 pub enum PythonLoadError {
@@ -98,7 +100,7 @@ impl PythonCell {
         verb: &str,
         payload: &Value,
         deadline: Instant,
-    ) -> Result<Value, ErrorBody> {
+    ) -> Result<Value, RequestError> {
         let cell = self.clone();
         let verb = verb.to_owned();
         let payload = payload.to_string();
@@ -119,7 +121,7 @@ impl PythonCell {
         };
         let outcome = running.await;
         watchdog.abort();
-        outcome.unwrap_or_else(|e| Err(internal(format!("the Python call failed: {e}"))))
+        outcome.unwrap_or_else(|error| Err(RequestError::PythonTask(error)))
     }
 
     fn call(
@@ -128,14 +130,14 @@ impl PythonCell {
         payload: &str,
         thread: &std::sync::Mutex<Option<i64>>,
         timed_out: &AtomicBool,
-    ) -> Result<Value, ErrorBody> {
+    ) -> Result<Value, RequestError> {
         Python::attach(|py| {
             let ident = self
                 .get_ident
                 .bind(py)
                 .call0()
                 .and_then(|ident| ident.extract::<i64>())
-                .map_err(|e| internal(describe(py, &e)))?;
+                .map_err(RequestError::PythonInterpreter)?;
             *thread.lock().expect("thread lock") = Some(ident);
             let outcome = self
                 .loads
@@ -147,28 +149,23 @@ impl PythonCell {
             // No interruption may land after this point.
             *thread.lock().expect("thread lock") = None;
             match outcome {
-                Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                    ErrorBody::new(ErrorCode::CellFailed, format!("the reply is not JSON: {e}"))
-                }),
+                Ok(text) => serde_json::from_str(&text).map_err(RequestError::ReplyNotJson),
                 Err(error) => Err(self.error_reply(py, &error, timed_out)),
             }
         })
     }
 
-    fn error_reply(&self, py: Python<'_>, error: &PyErr, timed_out: &AtomicBool) -> ErrorBody {
+    fn error_reply(&self, py: Python<'_>, error: &PyErr, timed_out: &AtomicBool) -> RequestError {
         if timed_out.load(Ordering::Acquire)
             && error.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
         {
-            return ErrorBody::new(
-                ErrorCode::Timeout,
-                "the cell did not return before the request's deadline",
-            );
+            return RequestError::PythonDeadline;
         }
         if let Some(body) = cell_error(py, error, self.dumps.bind(py)) {
-            return body;
+            return RequestError::Answered(body);
         }
         warn!(target: "cell", service = %self.service, "{}", crate::celllog::escape(&traceback(py, error)));
-        ErrorBody::new(ErrorCode::CellFailed, describe(py, error))
+        RequestError::Raised(describe(py, error))
     }
 }
 
@@ -244,8 +241,4 @@ fn traceback(py: Python<'_>, error: &PyErr) -> String {
         Ok(lines) => lines.concat(),
         Err(_) => describe(py, error),
     }
-}
-
-fn internal(message: String) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Internal, message)
 }

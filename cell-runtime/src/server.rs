@@ -19,7 +19,7 @@ use cellbus_contracts::assignment::{assignment_key, AssignedCell, PoolAssignment
 use cellbus_contracts::resources::Runtime;
 use cellbus_contracts::status::{status_key, CellLoadState, LoadState, PingPayload, PodStatus};
 use cellbus_contracts::subject::{self, PING_VERB};
-use cellbus_contracts::wire::{ErrorBody, ErrorCode, Reply, Request};
+use cellbus_contracts::wire::{ErrorBody, Reply, Request};
 use cellbus_control::signature::{self, Trust, TrustError};
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -28,7 +28,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::cell::{Answer, CellCode, LoadedCell};
 use crate::durable::DurableWorkers;
-use crate::error::LoadError;
+use crate::error::{LoadError, RequestError};
 use crate::modules;
 use crate::process::{self, ProcessCell};
 use crate::shared::Shared;
@@ -591,19 +591,13 @@ impl Inner {
             return None;
         }
         let refusal = match cell {
-            _ if message.payload.len() > self.shared.max_payload => ErrorBody::new(
-                ErrorCode::ResourceExhausted,
-                format!(
-                    "request of {} bytes is over the {}-byte limit",
-                    message.payload.len(),
-                    self.shared.max_payload
-                ),
-            )
-            .with_retryable(false),
-            None => ErrorBody::new(
-                ErrorCode::Unavailable,
-                format!("{service} is not loaded in this pod"),
-            ),
+            _ if message.payload.len() > self.shared.max_payload => RequestError::RequestTooLarge {
+                size: message.payload.len(),
+                limit: self.shared.max_payload,
+            },
+            None => RequestError::NotLoaded {
+                service: service.to_owned(),
+            },
             Some(cell) => match cell.admit(verb) {
                 Ok(permit) => {
                     return Some(Admitted {
@@ -617,7 +611,7 @@ impl Inner {
                 Err(refusal) => refusal,
             },
         };
-        let answer = Answer::refusal(&message.payload, refusal);
+        let answer = Answer::refusal(&message.payload, &refusal);
         self.send(reply_to, service, verb, &answer, started).await;
         None
     }
@@ -680,7 +674,9 @@ impl Inner {
             (Err(error), _) => Reply::error_for_raw(&message.payload, error),
             (Ok(request), None) => Reply::error(
                 &request,
-                ErrorBody::new(ErrorCode::Unavailable, format!("{service} is not loaded")),
+                ErrorBody::from(&RequestError::NotLoaded {
+                    service: service.to_owned(),
+                }),
             ),
             (Ok(request), Some(cell)) => Reply::ok(
                 &request,

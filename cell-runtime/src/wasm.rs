@@ -25,6 +25,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::db::{self as database, CellDatabase};
+use crate::error::RequestError;
 use crate::metrics::Metrics;
 
 mod bindings {
@@ -301,7 +302,7 @@ impl Executor {
         verb: &str,
         payload: &str,
         context: CallContext,
-    ) -> Result<String, ErrorBody> {
+    ) -> Result<String, RequestError> {
         let deadline = context.deadline;
         let mut store = Store::new(
             &self.engine,
@@ -330,7 +331,7 @@ impl Executor {
         });
         store
             .set_fuel(cell.fuel.unwrap_or(u64::MAX))
-            .map_err(|e| internal(format!("setting fuel: {e}")))?;
+            .map_err(RequestError::Fuel)?;
 
         let started = Instant::now();
         let instance = cell.pre.instantiate_async(&mut store).await;
@@ -343,13 +344,13 @@ impl Executor {
         };
         match outcome {
             Ok(Ok(output)) => Ok(output),
-            Ok(Err(error)) => Err(from_cell_error(error)),
-            Err(error) => Err(self.classify(&error, store.data().memory_exceeded)),
+            Ok(Err(error)) => Err(RequestError::Answered(from_cell_error(error))),
+            Err(error) => Err(self.classify(error, store.data().memory_exceeded)),
         }
     }
 
-    /// The error envelope for a trap or host failure, counting sandbox kills.
-    fn classify(&self, error: &wasmtime::Error, memory_exceeded: bool) -> ErrorBody {
+    /// What a trap or host failure means for the request, counting sandbox kills.
+    fn classify(&self, error: wasmtime::Error, memory_exceeded: bool) -> RequestError {
         let kill = |reason: &str| {
             self.metrics
                 .sandbox_kills
@@ -358,50 +359,34 @@ impl Executor {
         };
         if memory_exceeded {
             kill("memory");
-            return ErrorBody::new(
-                ErrorCode::ResourceExhausted,
-                "the cell tried to grow its memory past its limit",
-            )
-            .with_retryable(false);
+            return RequestError::MemoryExceeded;
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
                 kill("deadline");
-                ErrorBody::new(
-                    ErrorCode::Timeout,
-                    "the cell did not answer before its deadline",
-                )
+                RequestError::Interrupted
             }
             Some(Trap::OutOfFuel) => {
                 kill("fuel");
-                ErrorBody::new(ErrorCode::ResourceExhausted, "the cell ran out of fuel")
-                    .with_retryable(false)
+                RequestError::OutOfFuel
             }
             Some(Trap::AllocationTooLarge) => {
                 kill("memory");
-                ErrorBody::new(
-                    ErrorCode::ResourceExhausted,
-                    "no room for another instance of the cell",
-                )
+                RequestError::NoInstanceRoom
             }
             Some(trap) => {
                 kill("trap");
-                ErrorBody::new(ErrorCode::CellFailed, format!("the cell trapped: {trap}"))
+                RequestError::Trapped(*trap)
             }
-            None if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() => ErrorBody::new(
-                ErrorCode::ResourceExhausted,
-                format!("no instance slot free in this runtime: {error}"),
-            ),
+            None if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
+                RequestError::NoInstanceSlot(error)
+            }
             None => {
                 kill("error");
-                ErrorBody::new(ErrorCode::CellFailed, format!("the cell failed: {error:#}"))
+                RequestError::Failed(error)
             }
         }
     }
-}
-
-fn internal(message: String) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Internal, message)
 }
 
 /// First field of a compiled artifact's header line, which goes on with the module
@@ -737,7 +722,7 @@ impl call::Host for Host {
     ) -> Result<String, types::CellError> {
         self.call(service, verb, payload)
             .await
-            .map_err(to_cell_error)
+            .map_err(|error| to_cell_error(&error))
     }
 }
 
@@ -746,26 +731,23 @@ impl db::Host for Host {
         self.database()?
             .query(&sql, &params, self.context.deadline, self.rows)
             .await
-            .map_err(to_cell_error)
+            .map_err(|error| to_cell_error(&error))
     }
 
     async fn execute(&mut self, sql: String, params: String) -> Result<u64, types::CellError> {
         self.database()?
             .execute(&sql, &params, self.context.deadline)
             .await
-            .map_err(to_cell_error)
+            .map_err(|error| to_cell_error(&error))
     }
 }
 
 impl Host {
     /// The cell's pool; a component only links `db` when its Cell has one.
     fn database(&self) -> Result<Arc<CellDatabase>, types::CellError> {
-        self.database.clone().ok_or_else(|| {
-            to_cell_error(ErrorBody::new(
-                ErrorCode::Forbidden,
-                "the cell has no database; give its Cell spec.database",
-            ))
-        })
+        self.database
+            .clone()
+            .ok_or_else(|| to_cell_error(&RequestError::NoDatabase))
     }
 
     /// A request to another service on behalf of the cell: only to subjects it was
@@ -775,40 +757,27 @@ impl Host {
         service: String,
         verb: String,
         payload: String,
-    ) -> Result<String, ErrorBody> {
-        let subject = subject::request_subject(&service, &verb)
-            .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+    ) -> Result<String, RequestError> {
+        let subject =
+            subject::request_subject(&service, &verb).map_err(RequestError::CallTarget)?;
         if !self
             .calls
             .iter()
             .any(|pattern| subject_matches(pattern, &subject))
         {
-            return Err(ErrorBody::new(
-                ErrorCode::Forbidden,
-                format!("the cell may not call {subject}; grant it in spec.capabilities.call"),
-            ));
+            return Err(RequestError::CallNotGranted { subject });
         }
-        let payload: serde_json::Value = serde_json::from_str(&payload).map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!("call payload is not JSON: {e}"),
-            )
-        })?;
+        let payload: serde_json::Value =
+            serde_json::from_str(&payload).map_err(RequestError::CallPayload)?;
         let remaining = self
             .context
             .deadline
             .saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(ErrorBody::new(
-                ErrorCode::Timeout,
-                "no time left for the call",
-            ));
+            return Err(RequestError::NoTimeForCall);
         }
         let Some(client) = self.context.client.clone() else {
-            return Err(ErrorBody::new(
-                ErrorCode::Unavailable,
-                "no bus to call through",
-            ));
+            return Err(RequestError::NoBus);
         };
         let request = wire::Request::new(service, verb, payload)
             .with_correlation_id(self.context.correlation_id)
@@ -818,49 +787,35 @@ impl Host {
         let js = async_nats::jetstream::new(client.clone());
         if self.durable.is_durable(&js, &subject).await {
             return match durable::durable_request(&client, &js, &request, remaining).await {
-                Ok(reply) => reply.into_result().map(|payload| payload.to_string()),
-                Err(cellbus_control::Error::DurableTimeout { .. }) => Err(ErrorBody::new(
-                    ErrorCode::Timeout,
-                    format!("{subject} did not answer in time"),
-                )),
-                Err(error) => Err(ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "calling {subject} through its stream: {}",
-                        cellbus_contracts::error_chain(&error)
-                    ),
-                )),
+                Ok(reply) => answered(reply),
+                Err(cellbus_control::Error::DurableTimeout { .. }) => {
+                    Err(RequestError::CallTimeout { subject })
+                }
+                Err(source) => Err(RequestError::CallThroughStream { subject, source }),
             };
         }
-        let body = serde_json::to_vec(&request).map_err(|e| internal(e.to_string()))?;
+        let body = serde_json::to_vec(&request).map_err(RequestError::EncodeCall)?;
         let reply =
             match tokio::time::timeout(remaining, client.request(subject.clone(), body.into()))
                 .await
             {
-                Err(_) => {
-                    return Err(ErrorBody::new(
-                        ErrorCode::Timeout,
-                        format!("{subject} did not answer in time"),
-                    ))
-                }
-                Ok(Err(error)) => {
-                    let code = match error.kind() {
-                        async_nats::RequestErrorKind::NoResponders => ErrorCode::Unavailable,
-                        async_nats::RequestErrorKind::TimedOut => ErrorCode::Timeout,
-                        _ => ErrorCode::Unavailable,
-                    };
-                    return Err(ErrorBody::new(code, format!("calling {subject}: {error}")));
-                }
+                Err(_) => return Err(RequestError::CallTimeout { subject }),
+                Ok(Err(source)) => return Err(RequestError::Call { subject, source }),
                 Ok(Ok(message)) => message,
             };
         match serde_json::from_slice::<wire::Reply>(&reply.payload) {
-            Ok(reply) => reply.into_result().map(|payload| payload.to_string()),
-            Err(error) => Err(ErrorBody::new(
-                ErrorCode::Internal,
-                format!("{subject} answered with something that is not a reply: {error}"),
-            )),
+            Ok(reply) => answered(reply),
+            Err(source) => Err(RequestError::NotAReply { subject, source }),
         }
     }
+}
+
+/// The payload of the reply to a cell's call, or the error it carried, passed on.
+fn answered(reply: wire::Reply) -> Result<String, RequestError> {
+    reply
+        .into_result()
+        .map(|payload| payload.to_string())
+        .map_err(RequestError::Answered)
 }
 
 /// How long what JetStream said of a call target holds: a verb made durable (or no
@@ -934,8 +889,9 @@ fn from_cell_error(error: types::CellError) -> ErrorBody {
     }
 }
 
-fn to_cell_error(error: ErrorBody) -> types::CellError {
+fn to_cell_error(error: &RequestError) -> types::CellError {
     use types::ErrorCode as C;
+    let error = ErrorBody::from(error);
     let code = match error.code {
         ErrorCode::BadRequest => C::BadRequest,
         ErrorCode::SchemaViolation => C::SchemaViolation,

@@ -28,7 +28,7 @@ use crate::cell::Output;
 use bytes::BytesMut;
 use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::resources::{steers_the_loader, Network};
-use cellbus_contracts::wire::{ErrorBody, ErrorCode, Request};
+use cellbus_contracts::wire::Request;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
@@ -37,6 +37,7 @@ use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::error::RequestError;
 use crate::metrics::Metrics;
 pub use cgroup::CellCgroups;
 use protocol::{parse_reply, request_line};
@@ -468,7 +469,7 @@ impl Drop for LeafGuard {
 
 struct Pending {
     correlation_id: Uuid,
-    reply: oneshot::Sender<Result<Output, ErrorBody>>,
+    reply: oneshot::Sender<Result<Output, RequestError>>,
 }
 
 impl ProcessCell {
@@ -522,7 +523,11 @@ impl ProcessCell {
     }
 
     /// Runs `request` in the process, answering within `deadline`.
-    pub async fn invoke(&self, request: &Request, deadline: Instant) -> Result<Output, ErrorBody> {
+    pub async fn invoke(
+        &self,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Output, RequestError> {
         self.supervisor.invoke(request, deadline).await
     }
 }
@@ -531,10 +536,9 @@ impl Drop for ProcessCell {
     /// A replaced or removed cell's process stops with it.
     fn drop(&mut self) {
         self.supervisor.closed.store(true, Ordering::Release);
-        let why = "the cell was replaced or removed";
         if let Ok(slot) = self.supervisor.slot.try_lock() {
             if let Some(running) = &slot.running {
-                self.supervisor.stop(running, why);
+                self.supervisor.stop(running, StopReason::Replaced);
             }
         } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             // Someone holds the slot for a moment (a start, which sees `closed` and stops
@@ -542,7 +546,7 @@ impl Drop for ProcessCell {
             let supervisor = self.supervisor.clone();
             runtime.spawn(async move {
                 if let Some(running) = &supervisor.slot.lock().await.running {
-                    supervisor.stop(running, why);
+                    supervisor.stop(running, StopReason::Replaced);
                 }
             });
         }
@@ -554,7 +558,7 @@ impl Supervisor {
         self: &Arc<Self>,
         request: &Request,
         deadline: Instant,
-    ) -> Result<Output, ErrorBody> {
+    ) -> Result<Output, RequestError> {
         let running = self.running(deadline).await?;
         let id = Uuid::new_v4();
         let (reply, answer) = oneshot::channel();
@@ -576,7 +580,7 @@ impl Supervisor {
         match written {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                self.stop(&running, &format!("its stdin is closed ({error})"));
+                self.stop(&running, StopReason::StdinClosed(Arc::new(error)));
             }
             Err(_) => {
                 self.kill_for_deadline(&running);
@@ -584,20 +588,17 @@ impl Supervisor {
         }
         match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(cell_failed("the process stopped")),
+            Ok(Err(_)) => Err(RequestError::ProcessGone),
             Err(_) => {
                 running.pending.lock().expect("pending lock").remove(&id);
                 self.kill_for_deadline(&running);
-                Err(ErrorBody::new(
-                    ErrorCode::Timeout,
-                    "the process did not answer before the request's deadline; it was stopped",
-                ))
+                Err(RequestError::ProcessDeadline)
             }
         }
     }
 
     /// The running process, started (after the backoff, if one is due) when there is none.
-    async fn running(self: &Arc<Self>, deadline: Instant) -> Result<Arc<Running>, ErrorBody> {
+    async fn running(self: &Arc<Self>, deadline: Instant) -> Result<Arc<Running>, RequestError> {
         let mut slot = self.slot.lock().await;
         if let Some(running) = &slot.running {
             if !running.stopped.load(Ordering::Acquire) {
@@ -606,33 +607,21 @@ impl Supervisor {
         }
         if let Some(next) = slot.next_start {
             if next > deadline {
-                return Err(ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "the process stopped and is restarted in {} ms, after this request's deadline",
-                        next.saturating_duration_since(Instant::now()).as_millis()
-                    ),
-                )
-                .with_retryable(true));
+                return Err(RequestError::RestartAfterDeadline {
+                    in_ms: next.saturating_duration_since(Instant::now()).as_millis(),
+                });
             }
             tokio::time::sleep_until(next.into()).await;
         }
         if self.closed.load(Ordering::Acquire) {
-            return Err(
-                ErrorBody::new(ErrorCode::Unavailable, "the cell was replaced or removed")
-                    .with_retryable(true),
-            );
+            return Err(RequestError::CellReplaced);
         }
         // The previous process of this cell's user (a restart, or the Cell replaced) ends
         // by killing every process of the user: it must be gone first.
         let Ok(turn) =
             tokio::time::timeout_at(deadline.into(), self.turn.clone().lock_owned()).await
         else {
-            return Err(ErrorBody::new(
-                ErrorCode::Unavailable,
-                "the cell's previous process had not exited by this request's deadline",
-            )
-            .with_retryable(true));
+            return Err(RequestError::PreviousProcess);
         };
         match self.start(turn) {
             Ok(running) => {
@@ -644,7 +633,7 @@ impl Supervisor {
                 slot.failures += 1;
                 slot.next_start = Some(Instant::now() + backoff(slot.failures));
                 warn!(service = %self.service, %error, "cannot start the cell's process");
-                Err(cell_failed(&format!("cannot start the process: {error}")))
+                Err(RequestError::ProcessStart(error))
             }
         }
     }
@@ -737,7 +726,7 @@ impl Supervisor {
             let _ = tokio::task::spawn_blocking(move || drop(leaf)).await;
         });
         if self.closed.load(Ordering::Acquire) {
-            self.stop(&running, "the cell was replaced or removed");
+            self.stop(&running, StopReason::Replaced);
         }
         Ok(running)
     }
@@ -769,24 +758,18 @@ impl Supervisor {
             let line = match lines.next().await {
                 Some(Ok(line)) => line,
                 Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                    return self.stop(
-                        running,
-                        &format!(
-                            "the process wrote a line longer than {} bytes",
-                            self.max_line
-                        ),
-                    )
+                    return self.stop(running, StopReason::LineTooLong { max: self.max_line })
                 }
                 Some(Err(LinesCodecError::Io(error)))
                     if error.kind() == std::io::ErrorKind::InvalidData =>
                 {
-                    return self.stop(running, "the process wrote a line that is not UTF-8");
+                    return self.stop(running, StopReason::NotUtf8);
                 }
                 Some(Err(LinesCodecError::Io(_))) | None => {
                     // A process that is exiting closes its stdout first; give it a moment,
                     // so its requests are answered with how it exited.
                     tokio::time::sleep(EXIT_GRACE).await;
-                    return self.stop(running, "the process closed its stdout");
+                    return self.stop(running, StopReason::ClosedStdout);
                 }
             };
             match parse_reply(line.as_bytes()) {
@@ -798,7 +781,8 @@ impl Supervisor {
                         .remove(&reply.id);
                     match pending {
                         Some(pending) => {
-                            let _ = pending.reply.send(reply.outcome);
+                            let outcome = reply.outcome.map_err(RequestError::Answered);
+                            let _ = pending.reply.send(outcome);
                         }
                         // The request timed out already, or never was.
                         None => {
@@ -806,7 +790,7 @@ impl Supervisor {
                         }
                     }
                 }
-                Err(error) => return self.stop(running, &format!("the process wrote {error}")),
+                Err(error) => return self.stop(running, StopReason::NotAReply(error)),
             }
         }
     }
@@ -850,15 +834,15 @@ impl Supervisor {
         running: &Arc<Running>,
         status: std::io::Result<std::process::ExitStatus>,
     ) {
-        let how = match &status {
-            Ok(status) => describe_exit(*status),
-            Err(error) => format!("could not be waited for: {error}"),
+        let why = match status {
+            Ok(status) => StopReason::Exited(status),
+            Err(error) => StopReason::Unwaitable(Arc::new(error)),
         };
         let expected = self.closed.load(Ordering::Acquire);
         if !expected {
-            warn!(service = %self.service, pid = running.pid, "the cell's process {how}");
+            warn!(service = %self.service, pid = running.pid, "{why}");
         }
-        self.fail_pending(running, &format!("the process {how}"));
+        self.fail_pending(running, &why);
         running.stopped.store(true, Ordering::Release);
         let mut slot = self.slot.lock().await;
         if slot
@@ -877,7 +861,7 @@ impl Supervisor {
 
     /// Stops the process for `why`: its requests are answered `cell_failed` now, and the
     /// whole process group is killed.
-    fn stop(&self, running: &Arc<Running>, why: &str) {
+    fn stop(&self, running: &Arc<Running>, why: StopReason) {
         if running.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -888,7 +872,7 @@ impl Supervisor {
                 .with_label_values(&["protocol"])
                 .inc();
         }
-        self.fail_pending(running, why);
+        self.fail_pending(running, &why);
         if let Some(terminate) = running.terminate.lock().expect("terminate lock").take() {
             // Gone already if the process has exited.
             let _ = terminate.send(());
@@ -903,13 +887,10 @@ impl Supervisor {
             .sandbox_kills
             .with_label_values(&["deadline"])
             .inc();
-        self.stop(
-            running,
-            "a request's deadline passed while the process held it",
-        );
+        self.stop(running, StopReason::Deadline);
     }
 
-    fn fail_pending(&self, running: &Arc<Running>, why: &str) {
+    fn fail_pending(&self, running: &Arc<Running>, why: &StopReason) {
         let pending: Vec<Pending> = running
             .pending
             .lock()
@@ -918,7 +899,9 @@ impl Supervisor {
             .map(|(_, pending)| pending)
             .collect();
         for pending in pending {
-            let _ = pending.reply.send(Err(cell_failed(why)));
+            let _ = pending
+                .reply
+                .send(Err(RequestError::ProcessStopped(why.clone())));
         }
     }
 }
@@ -940,8 +923,27 @@ fn backoff(failures: u32) -> Duration {
     cellbus_control::backoff::delay_after(FIRST_BACKOFF, MAX_BACKOFF, failures)
 }
 
-fn cell_failed(why: &str) -> ErrorBody {
-    ErrorBody::new(ErrorCode::CellFailed, why.to_owned())
+/// Why a process was stopped, or stopped by itself; every request it held fails with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StopReason {
+    #[error("the process closed its stdout")]
+    ClosedStdout,
+    #[error("the process wrote a line longer than {max} bytes")]
+    LineTooLong { max: usize },
+    #[error("the process wrote a line that is not UTF-8")]
+    NotUtf8,
+    #[error("the process wrote {0}")]
+    NotAReply(protocol::LineError),
+    #[error("its stdin is closed ({0})")]
+    StdinClosed(Arc<std::io::Error>),
+    #[error("the process {}", describe_exit(*.0))]
+    Exited(std::process::ExitStatus),
+    #[error("the process could not be waited for: {0}")]
+    Unwaitable(Arc<std::io::Error>),
+    #[error("the cell was replaced or removed")]
+    Replaced,
+    #[error("a request's deadline passed while the process held it")]
+    Deadline,
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
