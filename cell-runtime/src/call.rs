@@ -112,7 +112,7 @@ pub async fn run(args: &CallArgs) -> Result<Result<Value, ErrorBody>, CallError>
 }
 
 /// `500ms`, `5s`, `2m`, or a plain number of milliseconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -120,15 +120,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 5s or 1m"))?;
+        .map_err(|_| DurationError::NotADuration(text.to_owned()))?;
     let duration = match unit {
         "" | "ms" => Duration::from_millis(number),
         "s" => Duration::from_secs(number),
         "m" => Duration::from_secs(number * 60),
-        _ => return Err(format!("`{text}`: the unit is ms, s or m")),
+        _ => return Err(DurationError::Unit(text.to_owned())),
     };
     if duration.is_zero() {
-        return Err("the duration must be above zero".into());
+        return Err(DurationError::Zero);
     }
     Ok(duration)
+}
+
+/// Why a flag's text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` is not a duration such as 500ms, 5s or 1m")]
+    NotADuration(String),
+    #[error("`{0}`: the unit is ms, s or m")]
+    Unit(String),
+    #[error("the duration must be above zero")]
+    Zero,
 }

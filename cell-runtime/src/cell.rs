@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::resources::Delivery;
-use cellbus_contracts::wire::{ErrorBody, ErrorCode, ErrorReply, Reply, Request};
+use cellbus_contracts::wire::{ErrorReply, Reply, Request};
 use jiff::Timestamp;
 use jsonschema::Validator;
 use serde_json::value::RawValue;
@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+use crate::error::RequestError;
 use crate::process::ProcessCell;
 use crate::wasm::{CallContext, Executor, WasmCell};
 
@@ -61,20 +62,12 @@ pub struct ReplyLimit {
 }
 
 impl ReplyLimit {
-    /// `resource_exhausted` for a reply of `size` bytes, when that is over the limit.
-    pub fn check(&self, size: usize) -> Result<(), ErrorBody> {
+    /// Whether a reply of `size` bytes is over the limit.
+    pub fn check(&self, size: usize) -> Result<(), RequestError> {
         if size <= self.bytes {
             return Ok(());
         }
-        Err(ErrorBody::new(
-            ErrorCode::ResourceExhausted,
-            format!(
-                "the reply of {size} bytes is over the {}-byte limit ({})",
-                self.bytes, self.source
-            ),
-        )
-        .with_details(json!({"size": size, "limit": self.bytes}))
-        .with_retryable(false))
+        Err(RequestError::ReplyTooLarge { size, limit: *self })
     }
 }
 
@@ -96,8 +89,8 @@ impl Answer {
     }
 
     /// The refusal of `raw`, a request not read further: correlated by the ids it carries.
-    pub fn refusal(raw: &[u8], error: ErrorBody) -> Self {
-        Self::error(Reply::error_for_raw(raw, error))
+    pub fn refusal(raw: &[u8], error: &RequestError) -> Self {
+        Self::error(Reply::error_for_raw(raw, error.into()))
     }
 
     /// The reply's bytes.
@@ -238,13 +231,13 @@ impl LoadedCell {
         body: &[u8],
     ) -> Answer {
         let _permit = permit;
-        let refuse = |error| Answer::refusal(body, error);
+        let refuse = |error| Answer::refusal(body, &error);
         let Some(verb) = self.verbs.get(verb_name) else {
             return refuse(self.unknown_verb(verb_name));
         };
         let request = match Request::parse(body, self.service(), verb_name) {
             Ok(request) => request,
-            Err(error) => return refuse(error),
+            Err(error) => return refuse(RequestError::Envelope(error)),
         };
         // Whatever the cell logs, and the runtime logs for it, carries these.
         let span = tracing::info_span!(
@@ -266,12 +259,12 @@ impl LoadedCell {
         match encoded {
             Ok(body) => Answer::Ok(Bytes::from(body)),
             Err(error) => {
-                let reply = Reply::error(&request, error);
+                let reply = Reply::error(&request, (&error).into());
                 // An error the cell wrote is bounded by the same limit as its output.
                 let size = serde_json::to_vec(&reply).map_or(0, |body| body.len());
                 match self.reply_limit.check(size) {
                     Ok(()) => Answer::error(reply),
-                    Err(error) => Answer::error(Reply::error(&request, error)),
+                    Err(error) => Answer::error(Reply::error(&request, (&error).into())),
                 }
             }
         }
@@ -279,22 +272,19 @@ impl LoadedCell {
 
     /// One of the cell's in-flight permits for a request to `verb`, or why the request is
     /// refused without being read: the verb does not exist, or the cell is full.
-    pub fn admit(&self, verb: &str) -> Result<OwnedSemaphorePermit, ErrorBody> {
+    pub fn admit(&self, verb: &str) -> Result<OwnedSemaphorePermit, RequestError> {
         if !self.verbs.contains_key(verb) {
             return Err(self.unknown_verb(verb));
         }
         self.try_permit()
     }
 
-    fn unknown_verb(&self, verb: &str) -> ErrorBody {
-        ErrorBody::new(
-            ErrorCode::UnknownVerb,
-            format!(
-                "{} has no verb {verb}; it answers {}",
-                self.service(),
-                self.verb_names()
-            ),
-        )
+    fn unknown_verb(&self, verb: &str) -> RequestError {
+        RequestError::UnknownVerb {
+            service: self.service().to_owned(),
+            verb: verb.to_owned(),
+            verbs: self.verb_names(),
+        }
     }
 
     async fn run(
@@ -303,18 +293,14 @@ impl LoadedCell {
         executor: &Executor,
         client: Option<async_nats::Client>,
         request: &Request,
-    ) -> Result<Output, ErrorBody> {
+    ) -> Result<Output, RequestError> {
         if let Some(schema) = &verb.input {
             let violations = schema_violations(schema, &request.payload);
             if !violations.is_empty() {
-                return Err(ErrorBody::new(
-                    ErrorCode::SchemaViolation,
-                    format!(
-                        "payload does not match the input schema of {}",
-                        request.verb
-                    ),
-                )
-                .with_details(json!(violations)));
+                return Err(RequestError::InputSchema {
+                    verb: request.verb.clone(),
+                    violations,
+                });
             }
         }
 
@@ -337,12 +323,7 @@ impl LoadedCell {
                     .await?;
                 // Checked before it is parsed: text past the limit is refused unread.
                 self.reply_limit.check(output.len())?;
-                RawValue::from_string(output).map_err(|e| {
-                    ErrorBody::new(
-                        ErrorCode::CellFailed,
-                        format!("the cell's output is not JSON: {e}"),
-                    )
-                })?
+                RawValue::from_string(output).map_err(RequestError::OutputNotJson)?
             }
             CellCode::Process(code) => code.invoke(request, context.deadline).await?,
             #[cfg(feature = "python")]
@@ -350,49 +331,34 @@ impl LoadedCell {
                 let output = code
                     .invoke(&request.verb, &request.payload, context.deadline)
                     .await?;
-                serde_json::value::to_raw_value(&output).map_err(|e| {
-                    ErrorBody::new(
-                        ErrorCode::CellFailed,
-                        format!("the cell's output cannot be encoded: {e}"),
-                    )
-                })?
+                serde_json::value::to_raw_value(&output)
+                    .map_err(RequestError::OutputNotEncodable)?
             }
         };
         if let Some(schema) = &verb.output {
             // Only a verb with an output schema builds the output as a value, and only
             // output already within the reply limit.
-            let value: Value = serde_json::from_str(output.get()).map_err(|e| {
-                ErrorBody::new(
-                    ErrorCode::CellFailed,
-                    format!("the cell's output is not JSON: {e}"),
-                )
-            })?;
+            let value: Value =
+                serde_json::from_str(output.get()).map_err(RequestError::OutputNotJson)?;
             let violations = schema_violations(schema, &value);
             if !violations.is_empty() {
-                return Err(ErrorBody::new(
-                    ErrorCode::CellFailed,
-                    format!(
-                        "the cell's output does not match the output schema of {}",
-                        request.verb
-                    ),
-                )
-                .with_details(json!(violations)));
+                return Err(RequestError::OutputSchema {
+                    verb: request.verb.clone(),
+                    violations,
+                });
             }
         }
         Ok(output)
     }
 
-    fn try_permit(&self) -> Result<OwnedSemaphorePermit, ErrorBody> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            ErrorBody::new(
-                ErrorCode::ResourceExhausted,
-                format!(
-                    "{} is running as many requests as it may ({})",
-                    self.service(),
-                    self.max_in_flight()
-                ),
-            )
-        })
+    fn try_permit(&self) -> Result<OwnedSemaphorePermit, RequestError> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| RequestError::Full {
+                service: self.service().to_owned(),
+                max_in_flight: self.max_in_flight(),
+            })
     }
 
     fn verb_names(&self) -> String {

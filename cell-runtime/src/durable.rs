@@ -310,7 +310,7 @@ impl Worker {
                     // Not stored as a dead letter: it must not be dropped, so it stays in
                     // the stream for a later delivery to try again.
                     Err(error) => {
-                        warn!(%error, "storing a dead letter");
+                        warn!(error = %cellbus_contracts::error_chain(&error), "storing a dead letter");
                         message
                             .ack_with(AckKind::Nak(Some(self.redelivery.delay(delivered))))
                             .await
@@ -336,16 +336,24 @@ impl Worker {
             .map_err(|error| warn!(%error, "publishing a durable reply"))
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), String> {
-        let subject = subject::dead_letter_subject(&letter.service, &letter.verb)
-            .map_err(|e| e.to_string())?;
-        let body = serde_json::to_vec(letter).map_err(|e| e.to_string())?;
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        let subject = subject::dead_letter_subject(&letter.service, &letter.verb)?;
+        let body = serde_json::to_vec(letter)?;
         jetstream::new(self.shared.client.clone())
             .publish(subject, body.into())
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .await?
+            .await?;
+        Ok(())
     }
+}
+
+/// Why a dead letter was not stored.
+#[derive(Debug, thiserror::Error)]
+enum DeadLetterError {
+    #[error(transparent)]
+    Subject(#[from] subject::SubjectError),
+    #[error("encoding the dead letter")]
+    Encode(#[from] serde_json::Error),
+    #[error("publishing the dead letter")]
+    Publish(#[from] jetstream::context::PublishError),
 }

@@ -21,15 +21,24 @@ pub struct Health {
 
 impl Health {
     /// Ready: connected to NATS and every pool's assignment applied. The reason when not.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), NotReady> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err("not connected to NATS".into());
+            return Err(NotReady::Disconnected);
         }
         match self.pools.iter().find(|pool| !pool.assignment_loaded()) {
-            Some(_) => Err("the pool assignment has not been loaded yet".into()),
+            Some(_) => Err(NotReady::AssignmentNotLoaded),
             None => Ok(()),
         }
     }
+}
+
+/// Why the runtime is not ready to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("not connected to NATS")]
+    Disconnected,
+    #[error("the pool assignment has not been loaded yet")]
+    AssignmentNotLoaded,
 }
 
 pub fn router(health: Health) -> Router {

@@ -9,6 +9,7 @@ pub mod cell;
 pub mod celllog;
 pub mod db;
 pub mod durable;
+pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod modules;
@@ -154,7 +155,8 @@ impl Node {
 fn secrets_from_environment() -> Option<Arc<dyn SecretSource>> {
     match KubernetesSecrets::in_cluster() {
         Ok(found) => found.map(|source| Arc::new(source) as Arc<dyn SecretSource>),
-        Err(why) => {
+        Err(error) => {
+            let why = cellbus_contracts::error_chain(&error);
             tracing::warn!(%why, "database Secrets cannot be read; cells with a database will not load");
             None
         }

@@ -25,6 +25,23 @@ use pyo3::types::PyModule;
 use serde_json::Value;
 use tracing::warn;
 
+use crate::error::RequestError;
+
+/// Why a Python module cannot be a cell.
+#[derive(Debug, thiserror::Error)]
+pub enum PythonLoadError {
+    #[error("the module is not Python source: it holds a NUL byte")]
+    NulByte,
+    #[error("running the module")]
+    Run(#[source] PyErr),
+    #[error("the module defines no `handle(verb, payload)`")]
+    NoHandle,
+    #[error("`handle` is not a function")]
+    HandleNotCallable,
+    #[error("preparing the interpreter")]
+    Interpreter(#[source] PyErr),
+}
+
 /// A loaded Python cell.
 pub struct PythonCell {
     service: String,
@@ -39,34 +56,33 @@ pub struct PythonCell {
 impl PythonCell {
     /// Runs `source` (the module's bytes, already checked against their digest) as the
     /// module of `service` and finds its `handle`.
-    pub fn load(service: &str, digest: &str, source: &[u8]) -> Result<Self, String> {
-        let code = CString::new(source)
-            .map_err(|_| "the module is not Python source: it holds a NUL byte".to_owned())?;
+    pub fn load(service: &str, digest: &str, source: &[u8]) -> Result<Self, PythonLoadError> {
+        let code = CString::new(source).map_err(|_| PythonLoadError::NulByte)?;
         let short = digest.trim_start_matches("sha256:");
         let short = &short[..short.len().min(12)];
         let name = format!("cellbus_cell_{}_{short}", service.replace('-', "_"));
         let file = CString::new(format!("<cell {service} {digest}>")).expect("no NUL");
         let module_name = CString::new(name.clone()).expect("no NUL");
         Python::attach(|py| {
-            install_cellbus_module(py).map_err(|e| describe(py, &e))?;
+            install_cellbus_module(py).map_err(PythonLoadError::Interpreter)?;
             let module = PyModule::from_code(py, &code, &file, &module_name)
-                .map_err(|e| format!("running the module: {}", describe(py, &e)))?;
+                .map_err(PythonLoadError::Run)?;
             // Kept by us, not by sys.modules: a replaced version goes when it is dropped.
             py.import("sys")
                 .and_then(|sys| sys.getattr("modules"))
                 .and_then(|modules| modules.del_item(&name))
-                .map_err(|e| describe(py, &e))?;
+                .map_err(PythonLoadError::Interpreter)?;
             let handle = module
                 .getattr("handle")
-                .map_err(|_| "the module defines no `handle(verb, payload)`".to_owned())?;
+                .map_err(|_| PythonLoadError::NoHandle)?;
             if !handle.is_callable() {
-                return Err("`handle` is not a function".to_owned());
+                return Err(PythonLoadError::HandleNotCallable);
             }
             let function = |module, name| {
                 py.import(module)
                     .and_then(|module| module.getattr(name))
                     .map(Bound::unbind)
-                    .map_err(|e| describe(py, &e))
+                    .map_err(PythonLoadError::Interpreter)
             };
             Ok(Self {
                 service: service.to_owned(),
@@ -84,7 +100,7 @@ impl PythonCell {
         verb: &str,
         payload: &Value,
         deadline: Instant,
-    ) -> Result<Value, ErrorBody> {
+    ) -> Result<Value, RequestError> {
         let cell = self.clone();
         let verb = verb.to_owned();
         let payload = payload.to_string();
@@ -105,7 +121,7 @@ impl PythonCell {
         };
         let outcome = running.await;
         watchdog.abort();
-        outcome.unwrap_or_else(|e| Err(internal(format!("the Python call failed: {e}"))))
+        outcome.unwrap_or_else(|error| Err(RequestError::PythonTask(error)))
     }
 
     fn call(
@@ -114,14 +130,14 @@ impl PythonCell {
         payload: &str,
         thread: &std::sync::Mutex<Option<i64>>,
         timed_out: &AtomicBool,
-    ) -> Result<Value, ErrorBody> {
+    ) -> Result<Value, RequestError> {
         Python::attach(|py| {
             let ident = self
                 .get_ident
                 .bind(py)
                 .call0()
                 .and_then(|ident| ident.extract::<i64>())
-                .map_err(|e| internal(describe(py, &e)))?;
+                .map_err(RequestError::PythonInterpreter)?;
             *thread.lock().expect("thread lock") = Some(ident);
             let outcome = self
                 .loads
@@ -133,28 +149,23 @@ impl PythonCell {
             // No interruption may land after this point.
             *thread.lock().expect("thread lock") = None;
             match outcome {
-                Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                    ErrorBody::new(ErrorCode::CellFailed, format!("the reply is not JSON: {e}"))
-                }),
+                Ok(text) => serde_json::from_str(&text).map_err(RequestError::ReplyNotJson),
                 Err(error) => Err(self.error_reply(py, &error, timed_out)),
             }
         })
     }
 
-    fn error_reply(&self, py: Python<'_>, error: &PyErr, timed_out: &AtomicBool) -> ErrorBody {
+    fn error_reply(&self, py: Python<'_>, error: &PyErr, timed_out: &AtomicBool) -> RequestError {
         if timed_out.load(Ordering::Acquire)
             && error.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
         {
-            return ErrorBody::new(
-                ErrorCode::Timeout,
-                "the cell did not return before the request's deadline",
-            );
+            return RequestError::PythonDeadline;
         }
         if let Some(body) = cell_error(py, error, self.dumps.bind(py)) {
-            return body;
+            return RequestError::Answered(body);
         }
         warn!(target: "cell", service = %self.service, "{}", crate::celllog::escape(&traceback(py, error)));
-        ErrorBody::new(ErrorCode::CellFailed, describe(py, error))
+        RequestError::Raised(describe(py, error))
     }
 }
 
@@ -230,8 +241,4 @@ fn traceback(py: Python<'_>, error: &PyErr) -> String {
         Ok(lines) => lines.concat(),
         Err(_) => describe(py, error),
     }
-}
-
-fn internal(message: String) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Internal, message)
 }

@@ -19,7 +19,7 @@ use cellbus_contracts::assignment::{assignment_key, AssignedCell, PoolAssignment
 use cellbus_contracts::resources::Runtime;
 use cellbus_contracts::status::{status_key, CellLoadState, LoadState, PingPayload, PodStatus};
 use cellbus_contracts::subject::{self, PING_VERB};
-use cellbus_contracts::wire::{ErrorBody, ErrorCode, Reply, Request};
+use cellbus_contracts::wire::{ErrorBody, Reply, Request};
 use cellbus_control::signature::{self, Trust, TrustError};
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -28,6 +28,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::cell::{Answer, CellCode, LoadedCell};
 use crate::durable::DurableWorkers;
+use crate::error::{LoadError, RequestError};
 use crate::modules;
 use crate::process::{self, ProcessCell};
 use crate::shared::Shared;
@@ -303,12 +304,12 @@ impl Inner {
         // that expired).
         let trust = assignment
             .and_then(|a| a.trust.as_ref())
-            .map(Trust::from_spec);
+            .map(|spec| Trust::from_spec(spec).map_err(Arc::new));
         let mut wanted = Vec::with_capacity(assigned.len());
         for spec in assigned {
             match verify_signature(trust.as_ref(), &spec) {
                 Ok(()) => wanted.push(spec),
-                Err(reason) => states.push(not_loaded(&spec, reason)),
+                Err(error) => states.push(not_loaded(&spec, &error)),
             }
         }
         for spec in wanted.iter() {
@@ -329,7 +330,7 @@ impl Inner {
                     self.subscribe(&spec.service).await;
                     self.restart_durable(&spec.service, Some(cell)).await;
                 }
-                Err(reason) => states.push(not_loaded(spec, reason)),
+                Err(error) => states.push(not_loaded(spec, &error)),
             }
         }
         let removed: Vec<String> = self
@@ -368,8 +369,8 @@ impl Inner {
         self.cells.read().expect("cells lock").get(service).cloned()
     }
 
-    /// Fetches, verifies and prepares one cell; the error is the reason to report.
-    async fn load(&self, spec: &AssignedCell, runtime: Runtime) -> Result<LoadedCell, String> {
+    /// Fetches, verifies and prepares one cell.
+    async fn load(&self, spec: &AssignedCell, runtime: Runtime) -> Result<LoadedCell, LoadError> {
         let code = match runtime {
             Runtime::Wasm => CellCode::Wasm(self.load_wasm(spec).await?),
             Runtime::Process => CellCode::Process(self.load_process(spec).await?),
@@ -381,15 +382,13 @@ impl Inner {
                     crate::python::PythonCell::load(&service, &digest, &bytes)
                 })
                 .await
-                .map_err(|e| format!("loading the Python module: {e}"))??;
+                .map_err(LoadError::PythonTask)??;
                 CellCode::Python(Arc::new(code))
             }
             #[cfg(not(feature = "python"))]
-            Runtime::Python => {
-                return Err("python cells need a runtime built with the `python` feature".into())
-            }
+            Runtime::Python => return Err(LoadError::PythonNotBuilt),
         };
-        LoadedCell::new(spec.clone(), code, self.bus_max_payload()).map_err(|e| e.to_string())
+        Ok(LoadedCell::new(spec.clone(), code, self.bus_max_payload())?)
     }
 
     /// The largest message the server takes, as it said when the runtime connected.
@@ -401,31 +400,26 @@ impl Inner {
     }
 
     /// The module's bytes, checked against its digest, and the digest.
-    async fn fetch(&self, spec: &AssignedCell) -> Result<(String, Vec<u8>), String> {
-        modules::fetch(&self.shared, &spec.module)
-            .await
-            .map_err(|e| cellbus_contracts::error_chain(&e))
+    async fn fetch(&self, spec: &AssignedCell) -> Result<(String, Vec<u8>), LoadError> {
+        Ok(modules::fetch(&self.shared, &spec.module).await?)
     }
 
-    async fn load_wasm(&self, spec: &AssignedCell) -> Result<WasmCell, String> {
+    async fn load_wasm(&self, spec: &AssignedCell) -> Result<WasmCell, LoadError> {
         let (digest, bytes) = self.fetch(spec).await?;
         let executor = &self.shared.executor;
         let compiler = executor.clone();
         let compiled = tokio::task::spawn_blocking(move || compiler.component(&digest, &bytes))
             .await
-            .map_err(|e| format!("compiling: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(LoadError::CompileTask)??;
         let database = spec.database.as_ref().map(|database| {
             self.shared
                 .databases
                 .pool(&self.identity.namespace, database)
         });
-        executor
-            .prepare(spec, &compiled.0, database)
-            .map_err(|e| e.to_string())
+        Ok(executor.prepare(spec, &compiled.0, database)?)
     }
 
-    async fn load_process(&self, spec: &AssignedCell) -> Result<ProcessCell, String> {
+    async fn load_process(&self, spec: &AssignedCell) -> Result<ProcessCell, LoadError> {
         let processes = &self.shared.processes;
         let (command, executable) = match &spec.module.command {
             Some(command) => (command.clone(), None),
@@ -435,7 +429,7 @@ impl Inner {
                 let (digest, bytes) = self.fetch(spec).await?;
                 let executable =
                     process::Executable::install(&processes.files()?.executables, &digest, &bytes)
-                        .map_err(|e| format!("storing the executable: {e}"))?;
+                        .map_err(LoadError::StoreExecutable)?;
                 (
                     vec![executable.path.display().to_string()],
                     Some(executable),
@@ -443,14 +437,14 @@ impl Inner {
             }
         };
         let reply_limit = crate::cell::reply_limit(spec, self.bus_max_payload()).bytes;
-        ProcessCell::new(
+        Ok(ProcessCell::new(
             spec,
             command,
             executable,
             reply_limit,
             processes,
             self.shared.metrics.clone(),
-        )
+        )?)
     }
 
     async fn report(&self, cells: Vec<CellLoadState>) {
@@ -597,19 +591,13 @@ impl Inner {
             return None;
         }
         let refusal = match cell {
-            _ if message.payload.len() > self.shared.max_payload => ErrorBody::new(
-                ErrorCode::ResourceExhausted,
-                format!(
-                    "request of {} bytes is over the {}-byte limit",
-                    message.payload.len(),
-                    self.shared.max_payload
-                ),
-            )
-            .with_retryable(false),
-            None => ErrorBody::new(
-                ErrorCode::Unavailable,
-                format!("{service} is not loaded in this pod"),
-            ),
+            _ if message.payload.len() > self.shared.max_payload => RequestError::RequestTooLarge {
+                size: message.payload.len(),
+                limit: self.shared.max_payload,
+            },
+            None => RequestError::NotLoaded {
+                service: service.to_owned(),
+            },
             Some(cell) => match cell.admit(verb) {
                 Ok(permit) => {
                     return Some(Admitted {
@@ -623,7 +611,7 @@ impl Inner {
                 Err(refusal) => refusal,
             },
         };
-        let answer = Answer::refusal(&message.payload, refusal);
+        let answer = Answer::refusal(&message.payload, &refusal);
         self.send(reply_to, service, verb, &answer, started).await;
         None
     }
@@ -686,7 +674,9 @@ impl Inner {
             (Err(error), _) => Reply::error_for_raw(&message.payload, error),
             (Ok(request), None) => Reply::error(
                 &request,
-                ErrorBody::new(ErrorCode::Unavailable, format!("{service} is not loaded")),
+                ErrorBody::from(&RequestError::NotLoaded {
+                    service: service.to_owned(),
+                }),
             ),
             (Ok(request), Some(cell)) => Reply::ok(
                 &request,
@@ -720,20 +710,15 @@ fn parse_subject(subject: &str) -> Option<(&str, &str)> {
 }
 
 /// Whether the pool's `trust` (absent: signatures are not checked) vouches for `spec`'s
-/// module; the error is the reason to report.
+/// module.
 fn verify_signature(
-    trust: Option<&Result<Trust, TrustError>>,
+    trust: Option<&Result<Trust, Arc<TrustError>>>,
     spec: &AssignedCell,
-) -> Result<(), String> {
+) -> Result<(), LoadError> {
     let trust = match trust {
         None => return Ok(()),
         Some(Ok(trust)) => trust,
-        Some(Err(error)) => {
-            return Err(format!(
-                "the pool's trust cannot be read: {}",
-                cellbus_contracts::error_chain(error)
-            ))
-        }
+        Some(Err(error)) => return Err(LoadError::Trust(error.clone())),
     };
     let signer = signature::verify_module(
         spec.signature.as_ref(),
@@ -742,19 +727,14 @@ fn verify_signature(
         trust,
         std::time::SystemTime::now(),
     )
-    .map_err(|error| {
-        format!(
-            "signature refused ({}): {}",
-            error.reason(),
-            cellbus_contracts::error_chain(&error)
-        )
-    })?;
+    .map_err(LoadError::Signature)?;
     info!(service = %spec.service, %signer, "signature verified");
     Ok(())
 }
 
-/// The state of a cell that did not load, logged with `reason`.
-fn not_loaded(spec: &AssignedCell, reason: String) -> CellLoadState {
+/// The state of a cell that did not load, logged with why.
+fn not_loaded(spec: &AssignedCell, error: &LoadError) -> CellLoadState {
+    let reason = cellbus_contracts::error_chain(error);
     warn!(service = %spec.service, digest = ?spec.module.digest, %reason, "cell not loaded");
     CellLoadState {
         name: spec.name.clone(),

@@ -478,7 +478,7 @@ impl LocalNats {
     /// A server on each of `ports`; with `routes` (one cluster port per server), routed
     /// to each other.
     fn start_nodes(ports: &[u16], routes: &[u16]) -> Result<Self, UpError> {
-        let binary = find_on_path("nats-server").ok_or(UpError::NoNatsServer)?;
+        let binary = which::which("nats-server").map_err(|_| UpError::NoNatsServer)?;
         let store = tempfile::Builder::new()
             .prefix("cellbus-up-")
             .tempdir()
@@ -542,10 +542,4 @@ fn free_port() -> Result<u16, UpError> {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .map_err(UpError::StartNats)
-}
-
-fn find_on_path(binary: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(binary))
-        .find(|path| path.is_file())
 }

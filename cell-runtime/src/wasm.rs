@@ -25,6 +25,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::db::{self as database, CellDatabase};
+use crate::error::RequestError;
 use crate::metrics::Metrics;
 
 mod bindings {
@@ -56,18 +57,18 @@ pub struct EngineSettings {
 /// Why a cell's module cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("compiling the module: {0}")]
-    Compile(String),
+    #[error("compiling the module")]
+    Compile(#[source] wasmtime::Error),
     #[error("the module imports {import}, {why}")]
-    Capability { import: String, why: String },
-    #[error("linking the module: {0}")]
-    Link(String),
-    #[error("the module does not export `handle` of the cell world: {0}")]
-    Export(String),
-    #[error("limits: {0}")]
-    Limits(String),
-    #[error("{0}")]
-    Database(String),
+    Capability { import: String, why: &'static str },
+    #[error("linking the module")]
+    Link(#[source] wasmtime::Error),
+    #[error("the module does not export `handle` of the cell world")]
+    Export(#[source] wasmtime::Error),
+    #[error("limits")]
+    Limits(#[source] quantity::QuantityError),
+    #[error(transparent)]
+    Database(#[from] database::NoSecretSource),
 }
 
 /// The process-wide executor.
@@ -125,7 +126,7 @@ impl Executor {
             .memory_reservation(settings.max_memory as u64)
             .memory_guard_size(64 << 10)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| ExecutorError(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(ExecutorError::Engine)?;
 
         // Deadlines are counted in epochs: a thread advances them for as long as the
         // engine lives.
@@ -139,32 +140,29 @@ impl Executor {
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
-            .map_err(|e| ExecutorError(format!("starting the epoch thread: {e}")))?;
+            .map_err(ExecutorError::EpochThread)?;
 
         let mut linker = Linker::new(&engine);
         types::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+            .map_err(ExecutorError::Linker)?;
         log::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+            .map_err(ExecutorError::Linker)?;
         call::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+            .map_err(ExecutorError::Linker)?;
         db::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| ExecutorError(format!("{e:#}")))?;
+            .map_err(ExecutorError::Linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(ExecutorError::Linker)?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        std::fs::create_dir_all(&settings.cache_dir).map_err(|e| {
-            ExecutorError(format!(
-                "creating the code cache {}: {e}",
-                settings.cache_dir.display()
-            ))
+        std::fs::create_dir_all(&settings.cache_dir).map_err(|source| ExecutorError::Cache {
+            dir: settings.cache_dir.clone(),
+            source,
         })?;
         let cache = code_directory(&settings.cache_dir)
-            .inspect_err(|why| {
+            .inspect_err(|error| {
                 tracing::warn!(
-                    %why,
+                    why = %cellbus_contracts::error_chain(error),
                     "compiled code will not be cached: the code cache cannot be trusted"
                 );
             })
@@ -227,16 +225,15 @@ impl Executor {
                         return Ok((component, CodeSource::Cache));
                     }
                 }
-                Err(why) => tracing::warn!(
+                Err(error) => tracing::warn!(
                     file = %file.display(),
-                    %why,
+                    why = %cellbus_contracts::error_chain(&error),
                     "ignoring a compiled artifact; compiling the module again"
                 ),
             }
         }
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
         self.metrics.module_compiles.inc();
         self.metrics
@@ -256,7 +253,7 @@ impl Executor {
         &self,
         cell: &AssignedCell,
         component: &Component,
-        database: Option<Result<Arc<CellDatabase>, String>>,
+        database: Option<Result<Arc<CellDatabase>, database::NoSecretSource>>,
     ) -> Result<WasmCell, LoadError> {
         let imports: Vec<String> = component
             .component_type()
@@ -269,19 +266,18 @@ impl Executor {
         let imports_db = imports.iter().any(|i| interface_of(i) == DB_INTERFACE);
         let database = match database {
             Some(Ok(pool)) => Some(pool),
-            Some(Err(why)) if imports_db => return Err(LoadError::Database(why)),
+            Some(Err(error)) if imports_db => return Err(LoadError::Database(error)),
             Some(Err(_)) | None => None,
         };
         let pre = self
             .linker
             .instantiate_pre(component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre =
-            bindings::RuntimePre::new(pre).map_err(|e| LoadError::Export(format!("{e:#}")))?;
+            .map_err(LoadError::Link)?;
+        let pre = bindings::RuntimePre::new(pre).map_err(LoadError::Export)?;
         let memory = match &cell.limits.memory {
             Some(text) => Some(
                 quantity::memory_bytes(text)
-                    .map_err(|e| LoadError::Limits(e.to_string()))?
+                    .map_err(LoadError::Limits)?
                     .try_into()
                     .unwrap_or(usize::MAX),
             ),
@@ -306,7 +302,7 @@ impl Executor {
         verb: &str,
         payload: &str,
         context: CallContext,
-    ) -> Result<String, ErrorBody> {
+    ) -> Result<String, RequestError> {
         let deadline = context.deadline;
         let mut store = Store::new(
             &self.engine,
@@ -335,7 +331,7 @@ impl Executor {
         });
         store
             .set_fuel(cell.fuel.unwrap_or(u64::MAX))
-            .map_err(|e| internal(format!("setting fuel: {e}")))?;
+            .map_err(RequestError::Fuel)?;
 
         let started = Instant::now();
         let instance = cell.pre.instantiate_async(&mut store).await;
@@ -348,13 +344,13 @@ impl Executor {
         };
         match outcome {
             Ok(Ok(output)) => Ok(output),
-            Ok(Err(error)) => Err(from_cell_error(error)),
-            Err(error) => Err(self.classify(&error, store.data().memory_exceeded)),
+            Ok(Err(error)) => Err(RequestError::Answered(from_cell_error(error))),
+            Err(error) => Err(self.classify(error, store.data().memory_exceeded)),
         }
     }
 
-    /// The error envelope for a trap or host failure, counting sandbox kills.
-    fn classify(&self, error: &wasmtime::Error, memory_exceeded: bool) -> ErrorBody {
+    /// What a trap or host failure means for the request, counting sandbox kills.
+    fn classify(&self, error: wasmtime::Error, memory_exceeded: bool) -> RequestError {
         let kill = |reason: &str| {
             self.metrics
                 .sandbox_kills
@@ -363,50 +359,34 @@ impl Executor {
         };
         if memory_exceeded {
             kill("memory");
-            return ErrorBody::new(
-                ErrorCode::ResourceExhausted,
-                "the cell tried to grow its memory past its limit",
-            )
-            .with_retryable(false);
+            return RequestError::MemoryExceeded;
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
                 kill("deadline");
-                ErrorBody::new(
-                    ErrorCode::Timeout,
-                    "the cell did not answer before its deadline",
-                )
+                RequestError::Interrupted
             }
             Some(Trap::OutOfFuel) => {
                 kill("fuel");
-                ErrorBody::new(ErrorCode::ResourceExhausted, "the cell ran out of fuel")
-                    .with_retryable(false)
+                RequestError::OutOfFuel
             }
             Some(Trap::AllocationTooLarge) => {
                 kill("memory");
-                ErrorBody::new(
-                    ErrorCode::ResourceExhausted,
-                    "no room for another instance of the cell",
-                )
+                RequestError::NoInstanceRoom
             }
             Some(trap) => {
                 kill("trap");
-                ErrorBody::new(ErrorCode::CellFailed, format!("the cell trapped: {trap}"))
+                RequestError::Trapped(*trap)
             }
-            None if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() => ErrorBody::new(
-                ErrorCode::ResourceExhausted,
-                format!("no instance slot free in this runtime: {error}"),
-            ),
+            None if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
+                RequestError::NoInstanceSlot(error)
+            }
             None => {
                 kill("error");
-                ErrorBody::new(ErrorCode::CellFailed, format!("the cell failed: {error:#}"))
+                RequestError::Failed(error)
             }
         }
     }
-}
-
-fn internal(message: String) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Internal, message)
 }
 
 /// First field of a compiled artifact's header line, which goes on with the module
@@ -428,44 +408,75 @@ fn write_artifact(path: &Path, digest: &str, tag: &str, code: &[u8]) -> std::io:
 
 /// The code of a compiled artifact, read whole into memory, once its file is one only this
 /// user could have written and its header names `digest`, `tag` and the code's SHA-256.
-fn read_artifact(path: &Path, digest: &str, tag: &str) -> Result<Vec<u8>, String> {
+fn read_artifact(path: &Path, digest: &str, tag: &str) -> Result<Vec<u8>, ArtifactError> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut file = std::fs::File::open(path).map_err(ArtifactError::Read)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let meta = file.metadata().map_err(|e| e.to_string())?;
+        let meta = file.metadata().map_err(ArtifactError::Read)?;
         if !meta.is_file() {
-            return Err("not a regular file".into());
+            return Err(ArtifactError::NotAFile);
         }
         cache_trust(meta.uid(), meta.mode(), effective_uid())?;
     }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    file.read_to_end(&mut bytes).map_err(ArtifactError::Read)?;
     let line_end = bytes
         .iter()
         .take(512)
         .position(|b| *b == b'\n')
-        .ok_or("no header line")?;
+        .ok_or(ArtifactError::NoHeader)?;
     let header =
-        std::str::from_utf8(&bytes[..line_end]).map_err(|_| "a header that is not text")?;
+        std::str::from_utf8(&bytes[..line_end]).map_err(|_| ArtifactError::HeaderNotText)?;
     let [magic, named_digest, named_tag, hash] = header.split(' ').collect::<Vec<_>>()[..] else {
-        return Err(format!("a malformed header {header:?}"));
+        return Err(ArtifactError::MalformedHeader(header.to_owned()));
     };
     if magic != ARTIFACT_MAGIC {
-        return Err(format!("header {magic:?}, not {ARTIFACT_MAGIC}"));
+        return Err(ArtifactError::Magic(magic.to_owned()));
     }
     if named_digest != digest {
-        return Err(format!("compiled from module {named_digest}, not {digest}"));
+        return Err(ArtifactError::OtherModule {
+            named: named_digest.to_owned(),
+            expected: digest.to_owned(),
+        });
     }
     if named_tag != tag {
-        return Err(format!("compiled by engine {named_tag}, not {tag}"));
+        return Err(ArtifactError::OtherEngine {
+            named: named_tag.to_owned(),
+            expected: tag.to_owned(),
+        });
     }
     if sha256_hex(&bytes[line_end + 1..]) != hash {
-        return Err("the code does not have the SHA-256 its header names".into());
+        return Err(ArtifactError::Hash);
     }
     bytes.drain(..=line_end);
     Ok(bytes)
+}
+
+/// Why a compiled artifact is not used.
+#[derive(Debug, thiserror::Error)]
+enum ArtifactError {
+    #[error("reading it")]
+    Read(#[source] std::io::Error),
+    #[error("not a regular file")]
+    NotAFile,
+    #[error(transparent)]
+    Untrusted(#[from] Untrusted),
+    #[error("no header line")]
+    NoHeader,
+    #[error("a header that is not text")]
+    HeaderNotText,
+    #[error("a malformed header {0:?}")]
+    MalformedHeader(String),
+    #[error("header {0:?}, not {ARTIFACT_MAGIC}")]
+    Magic(String),
+    #[error("compiled from module {named}, not {expected}")]
+    OtherModule { named: String, expected: String },
+    #[error("compiled by engine {named}, not {expected}")]
+    OtherEngine { named: String, expected: String },
+    #[error("the code does not have the SHA-256 its header names")]
+    Hash,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -478,7 +489,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// this user, since the cache directory itself may be a volume anyone can write (a
 /// Kubernetes emptyDir is). The error says why it cannot be trusted to hold only code this
 /// user compiled.
-fn code_directory(cache_dir: &Path) -> Result<PathBuf, String> {
+fn code_directory(cache_dir: &Path) -> Result<PathBuf, CacheError> {
     let dir = cache_dir.join("wasm");
     #[cfg_attr(not(unix), allow(unused_mut))]
     let mut builder = std::fs::DirBuilder::new();
@@ -490,37 +501,72 @@ fn code_directory(cache_dir: &Path) -> Result<PathBuf, String> {
     match builder.create(&dir) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(error) => return Err(format!("creating {}: {error}", dir.display())),
+        Err(source) => return Err(CacheError::Create { dir, source }),
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let meta = match std::fs::metadata(&dir) {
+            Ok(meta) => meta,
+            Err(source) => return Err(CacheError::Inspect { dir, source }),
+        };
         if !meta.is_dir() {
-            return Err(format!("{} is not a directory", dir.display()));
+            return Err(CacheError::NotADirectory(dir));
         }
-        cache_trust(meta.uid(), meta.mode(), effective_uid())
-            .map_err(|why| format!("{}: {why}", dir.display()))?;
+        if let Err(source) = cache_trust(meta.uid(), meta.mode(), effective_uid()) {
+            return Err(CacheError::Untrusted { dir, source });
+        }
     }
     Ok(dir)
+}
+
+/// Why the directory of compiled code cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("creating {}", dir.display())]
+    Create {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", dir.display())]
+    Inspect {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{}", dir.display())]
+    Untrusted {
+        dir: PathBuf,
+        #[source]
+        source: Untrusted,
+    },
 }
 
 /// Whether a code cache directory or artifact with this owner and mode (`st_uid`,
 /// `st_mode`) can hold only what the user `uid` wrote: it must be that user's and
 /// writable by no group and no other user. The error says why not.
-pub fn cache_trust(owner: u32, mode: u32, uid: u32) -> Result<(), String> {
+pub fn cache_trust(owner: u32, mode: u32, uid: u32) -> Result<(), Untrusted> {
     if owner != uid {
-        return Err(format!(
-            "owned by uid {owner}, not by this runtime's uid {uid}"
-        ));
+        return Err(Untrusted::Owner { owner, uid });
     }
     if mode & 0o022 != 0 {
-        return Err(format!(
-            "mode {:o} lets others write to it (it must be writable by its owner alone)",
-            mode & 0o7777
-        ));
+        return Err(Untrusted::Writable {
+            mode: mode & 0o7777,
+        });
     }
     Ok(())
+}
+
+/// Why a code cache directory or artifact may hold code this runtime did not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Untrusted {
+    #[error("owned by uid {owner}, not by this runtime's uid {uid}")]
+    Owner { owner: u32, uid: u32 },
+    #[error("mode {mode:o} lets others write to it (it must be writable by its owner alone)")]
+    Writable { mode: u32 },
 }
 
 #[cfg(unix)]
@@ -531,10 +577,10 @@ fn effective_uid() -> u32 {
 
 /// Only what a cell's Cell grants may be imported.
 fn check_capability(import: &str, cell: &AssignedCell) -> Result<(), LoadError> {
-    let refuse = |why: &str| {
+    let refuse = |why: &'static str| {
         Err(LoadError::Capability {
             import: import.to_owned(),
-            why: why.to_owned(),
+            why,
         })
     };
     match interface_of(import) {
@@ -676,7 +722,7 @@ impl call::Host for Host {
     ) -> Result<String, types::CellError> {
         self.call(service, verb, payload)
             .await
-            .map_err(to_cell_error)
+            .map_err(|error| to_cell_error(&error))
     }
 }
 
@@ -685,26 +731,23 @@ impl db::Host for Host {
         self.database()?
             .query(&sql, &params, self.context.deadline, self.rows)
             .await
-            .map_err(to_cell_error)
+            .map_err(|error| to_cell_error(&error))
     }
 
     async fn execute(&mut self, sql: String, params: String) -> Result<u64, types::CellError> {
         self.database()?
             .execute(&sql, &params, self.context.deadline)
             .await
-            .map_err(to_cell_error)
+            .map_err(|error| to_cell_error(&error))
     }
 }
 
 impl Host {
     /// The cell's pool; a component only links `db` when its Cell has one.
     fn database(&self) -> Result<Arc<CellDatabase>, types::CellError> {
-        self.database.clone().ok_or_else(|| {
-            to_cell_error(ErrorBody::new(
-                ErrorCode::Forbidden,
-                "the cell has no database; give its Cell spec.database",
-            ))
-        })
+        self.database
+            .clone()
+            .ok_or_else(|| to_cell_error(&RequestError::NoDatabase))
     }
 
     /// A request to another service on behalf of the cell: only to subjects it was
@@ -714,40 +757,27 @@ impl Host {
         service: String,
         verb: String,
         payload: String,
-    ) -> Result<String, ErrorBody> {
-        let subject = subject::request_subject(&service, &verb)
-            .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+    ) -> Result<String, RequestError> {
+        let subject =
+            subject::request_subject(&service, &verb).map_err(RequestError::CallTarget)?;
         if !self
             .calls
             .iter()
             .any(|pattern| subject_matches(pattern, &subject))
         {
-            return Err(ErrorBody::new(
-                ErrorCode::Forbidden,
-                format!("the cell may not call {subject}; grant it in spec.capabilities.call"),
-            ));
+            return Err(RequestError::CallNotGranted { subject });
         }
-        let payload: serde_json::Value = serde_json::from_str(&payload).map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!("call payload is not JSON: {e}"),
-            )
-        })?;
+        let payload: serde_json::Value =
+            serde_json::from_str(&payload).map_err(RequestError::CallPayload)?;
         let remaining = self
             .context
             .deadline
             .saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(ErrorBody::new(
-                ErrorCode::Timeout,
-                "no time left for the call",
-            ));
+            return Err(RequestError::NoTimeForCall);
         }
         let Some(client) = self.context.client.clone() else {
-            return Err(ErrorBody::new(
-                ErrorCode::Unavailable,
-                "no bus to call through",
-            ));
+            return Err(RequestError::NoBus);
         };
         let request = wire::Request::new(service, verb, payload)
             .with_correlation_id(self.context.correlation_id)
@@ -757,49 +787,35 @@ impl Host {
         let js = async_nats::jetstream::new(client.clone());
         if self.durable.is_durable(&js, &subject).await {
             return match durable::durable_request(&client, &js, &request, remaining).await {
-                Ok(reply) => reply.into_result().map(|payload| payload.to_string()),
-                Err(cellbus_control::Error::DurableTimeout { .. }) => Err(ErrorBody::new(
-                    ErrorCode::Timeout,
-                    format!("{subject} did not answer in time"),
-                )),
-                Err(error) => Err(ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "calling {subject} through its stream: {}",
-                        cellbus_contracts::error_chain(&error)
-                    ),
-                )),
+                Ok(reply) => answered(reply),
+                Err(cellbus_control::Error::DurableTimeout { .. }) => {
+                    Err(RequestError::CallTimeout { subject })
+                }
+                Err(source) => Err(RequestError::CallThroughStream { subject, source }),
             };
         }
-        let body = serde_json::to_vec(&request).map_err(|e| internal(e.to_string()))?;
+        let body = serde_json::to_vec(&request).map_err(RequestError::EncodeCall)?;
         let reply =
             match tokio::time::timeout(remaining, client.request(subject.clone(), body.into()))
                 .await
             {
-                Err(_) => {
-                    return Err(ErrorBody::new(
-                        ErrorCode::Timeout,
-                        format!("{subject} did not answer in time"),
-                    ))
-                }
-                Ok(Err(error)) => {
-                    let code = match error.kind() {
-                        async_nats::RequestErrorKind::NoResponders => ErrorCode::Unavailable,
-                        async_nats::RequestErrorKind::TimedOut => ErrorCode::Timeout,
-                        _ => ErrorCode::Unavailable,
-                    };
-                    return Err(ErrorBody::new(code, format!("calling {subject}: {error}")));
-                }
+                Err(_) => return Err(RequestError::CallTimeout { subject }),
+                Ok(Err(source)) => return Err(RequestError::Call { subject, source }),
                 Ok(Ok(message)) => message,
             };
         match serde_json::from_slice::<wire::Reply>(&reply.payload) {
-            Ok(reply) => reply.into_result().map(|payload| payload.to_string()),
-            Err(error) => Err(ErrorBody::new(
-                ErrorCode::Internal,
-                format!("{subject} answered with something that is not a reply: {error}"),
-            )),
+            Ok(reply) => answered(reply),
+            Err(source) => Err(RequestError::NotAReply { subject, source }),
         }
     }
+}
+
+/// The payload of the reply to a cell's call, or the error it carried, passed on.
+fn answered(reply: wire::Reply) -> Result<String, RequestError> {
+    reply
+        .into_result()
+        .map(|payload| payload.to_string())
+        .map_err(RequestError::Answered)
 }
 
 /// How long what JetStream said of a call target holds: a verb made durable (or no
@@ -873,8 +889,9 @@ fn from_cell_error(error: types::CellError) -> ErrorBody {
     }
 }
 
-fn to_cell_error(error: ErrorBody) -> types::CellError {
+fn to_cell_error(error: &RequestError) -> types::CellError {
     use types::ErrorCode as C;
+    let error = ErrorBody::from(error);
     let code = match error.code {
         ErrorCode::BadRequest => C::BadRequest,
         ErrorCode::SchemaViolation => C::SchemaViolation,
@@ -896,5 +913,17 @@ fn to_cell_error(error: ErrorBody) -> types::CellError {
 
 /// Why the executor could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("setting up the WebAssembly engine: {0}")]
-pub struct ExecutorError(String);
+pub enum ExecutorError {
+    #[error("setting up the WebAssembly engine")]
+    Engine(#[source] wasmtime::Error),
+    #[error("setting up the WebAssembly engine: starting the epoch thread")]
+    EpochThread(#[source] std::io::Error),
+    #[error("setting up the WebAssembly engine: linking the host interfaces")]
+    Linker(#[source] wasmtime::Error),
+    #[error("setting up the WebAssembly engine: creating the code cache {}", dir.display())]
+    Cache {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -227,7 +227,7 @@ fn a_cache_is_trusted_only_when_its_user_alone_can_write_it(
     #[case] expected: Result<(), &str>,
 ) {
     assert_eq!(
-        cache_trust(owner, mode, 1000),
+        cache_trust(owner, mode, 1000).map_err(|why| why.to_string()),
         expected.map_err(String::from)
     );
 }

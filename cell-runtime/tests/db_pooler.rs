@@ -33,6 +33,7 @@ async fn query(pool: &CellDatabase, sql: &str, params: Value) -> Result<Value, E
     pool.query(sql, &params.to_string(), deadline(), CAPS)
         .await
         .map(|text| serde_json::from_str(&text).unwrap())
+        .map_err(|error| ErrorBody::from(&error))
 }
 
 /// Cells `alpha` and `beta`, each with a table of hits and an enum type of its own,

@@ -64,6 +64,7 @@ async fn no_call_fails_while_the_password_rotates(#[case] pooled: bool) {
                 )
                 .await
                 .map(|text| serde_json::from_str::<Value>(&text).unwrap())
+                .map_err(|error| ErrorBody::from(&error))
             }
         })
         .buffer_unordered(6)

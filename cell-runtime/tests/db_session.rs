@@ -34,6 +34,7 @@ async fn query(pool: &CellDatabase, sql: &str) -> Result<Value, ErrorBody> {
     pool.query(sql, "", deadline(), CAPS)
         .await
         .map(|text| serde_json::from_str(&text).unwrap())
+        .map_err(|error| ErrorBody::from(&error))
 }
 
 /// `sql` after a comment longer than the refusals of session statements read, so that it

@@ -64,13 +64,13 @@ fn find_binary(
     install: &'static str,
 ) -> Result<PathBuf, HarnessError> {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin");
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.push(venv);
-    dirs.extend(extra.iter().cloned());
-    dirs.iter()
-        .map(|dir| dir.join(binary))
-        .find(|candidate| candidate.is_file())
+    let fallback = std::env::join_paths(std::iter::once(&venv).chain(extra));
+    which::which(binary)
+        .ok()
+        .or_else(|| {
+            let cwd = std::env::current_dir().ok()?;
+            which::which_in(binary, fallback.ok(), cwd).ok()
+        })
         .ok_or_else(|| HarnessError::Missing {
             binary,
             searched: if extra.is_empty() {

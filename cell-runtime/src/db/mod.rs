@@ -22,9 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cellbus_contracts::assignment::AssignedDatabase;
-use cellbus_contracts::wire::{ErrorBody, ErrorCode};
 use futures::TryStreamExt;
-use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -32,6 +30,8 @@ use tokio_postgres::Client;
 use tracing::{debug, warn};
 
 pub use rows::{Caps, MAX_ROWS};
+
+use crate::error::RequestError;
 
 /// How long a refused password is tried again (with the Secret read again each time)
 /// before a call fails: the gap between a rotated role and its Secret, and a pooler's
@@ -65,14 +65,13 @@ impl Databases {
         &self,
         namespace: &str,
         database: &AssignedDatabase,
-    ) -> Result<Arc<CellDatabase>, String> {
+    ) -> Result<Arc<CellDatabase>, NoSecretSource> {
         let secret = database.secret.as_str();
         let Some(source) = &self.source else {
-            return Err(format!(
-                "the cell has a database, but this runtime has no way to read its Secret \
-                 {namespace}/{secret} (it reads Secrets through the Kubernetes API in a \
-                 pod, and from `cellbus up` when CELLBUS_DATABASE_URL is set)"
-            ));
+            return Err(NoSecretSource {
+                namespace: namespace.to_owned(),
+                secret: secret.to_owned(),
+            });
         };
         let key = (namespace.to_owned(), secret.to_owned());
         let mut pools = self.pools.lock().expect("pools lock");
@@ -89,6 +88,18 @@ impl Databases {
         pools.insert(key, Arc::downgrade(&pool));
         Ok(pool)
     }
+}
+
+/// A cell has a database, but its runtime cannot read the database's Secret.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the cell has a database, but this runtime has no way to read its Secret \
+     {namespace}/{secret} (it reads Secrets through the Kubernetes API in a pod, and from \
+     `cellbus up` when CELLBUS_DATABASE_URL is set)"
+)]
+pub struct NoSecretSource {
+    namespace: String,
+    secret: String,
 }
 
 /// One cell's connections.
@@ -134,8 +145,8 @@ impl CellDatabase {
         params: &str,
         deadline: Instant,
         caps: Caps,
-    ) -> Result<String, ErrorBody> {
-        let values = values::parse_params(params).map_err(bad_request)?;
+    ) -> Result<String, RequestError> {
+        let values = values::parse_params(params).map_err(RequestError::Value)?;
         match self
             .run(Statement::Query(caps), sql, &values, deadline)
             .await?
@@ -151,8 +162,8 @@ impl CellDatabase {
         sql: &str,
         params: &str,
         deadline: Instant,
-    ) -> Result<u64, ErrorBody> {
-        let values = values::parse_params(params).map_err(bad_request)?;
+    ) -> Result<u64, RequestError> {
+        let values = values::parse_params(params).map_err(RequestError::Value)?;
         match self.run(Statement::Execute, sql, &values, deadline).await? {
             Done::Count(count) => Ok(count),
             Done::Rows(_) => unreachable!("an execute returns a count"),
@@ -167,31 +178,29 @@ impl CellDatabase {
         sql: &str,
         values: &[serde_json::Value],
         deadline: Instant,
-    ) -> Result<Done, ErrorBody> {
+    ) -> Result<Done, RequestError> {
         if let Some(refusal) = statement::refusal(sql) {
-            return Err(ErrorBody::new(ErrorCode::BadRequest, refusal));
+            return Err(RequestError::StatementRefused(refusal));
         }
         let remaining = || deadline.saturating_duration_since(Instant::now());
         let mut lease = match tokio::time::timeout(remaining(), self.lease()).await {
             Ok(lease) => lease?,
-            Err(_) => return Err(no_time("waiting for a database connection")),
+            Err(_) => return Err(RequestError::NoConnectionInTime),
         };
         let outcome =
             tokio::time::timeout(remaining(), perform(lease.client(), kind, sql, values)).await;
         let answer = match outcome {
             Ok(Ok(done)) => Ok(done),
-            Ok(Err(Failure::Value(error))) => Err(bad_request(error)),
-            Ok(Err(Failure::Database(error))) => Err(from_database(&error)),
+            Ok(Err(Failure::Value(error))) => Err(RequestError::Value(error)),
+            Ok(Err(Failure::Database(error))) => Err(RequestError::Database(error)),
             Ok(Err(Failure::Rows(error))) => {
                 // The server goes on producing rows nobody reads.
                 lease.abandon();
-                return Err(from_rows(&error));
+                return Err(RequestError::Rows(error));
             }
             Err(_) => {
                 lease.abandon();
-                return Err(no_time(
-                    "the statement did not finish before the request's deadline",
-                ));
+                return Err(RequestError::StatementDeadline);
             }
         };
         let failed = answer.is_err();
@@ -208,22 +217,18 @@ impl CellDatabase {
             }
             // The statement succeeded but its transaction did not commit: the commit's
             // own error (a deferred constraint is the cell's; a lost connection is not).
-            Err(Leftover::Reset(error)) => Err(from_database(&error)),
-            Err(Leftover::Unfinished) => Err(no_time(
-                "the statement ran, but its commit did not finish before the request's deadline",
-            )),
-            Err(leftover) => Err(ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!("{leftover}: {}", leftover_advice(&leftover)),
-            )),
+            Err(Leftover::Reset(error)) => Err(RequestError::Database(error)),
+            Err(Leftover::Unfinished) => Err(RequestError::CommitDeadline),
+            Err(leftover) => Err(RequestError::Leftover(leftover)),
         }
     }
 
-    async fn lease(&self) -> Result<Lease<'_>, ErrorBody> {
-        let permit =
-            self.slots.acquire().await.map_err(|_| {
-                ErrorBody::new(ErrorCode::Unavailable, "the database pool is closed")
-            })?;
+    async fn lease(&self) -> Result<Lease<'_>, RequestError> {
+        let permit = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| RequestError::PoolClosed)?;
         let reused = {
             let mut idle = self.idle.lock().expect("idle lock");
             let mut found = None;
@@ -254,7 +259,7 @@ impl CellDatabase {
     /// take a moment to see the new one, so a refusal is tried again for up to
     /// [`CREDENTIALS_WAIT`], reading the Secret before each try, instead of failing the
     /// request.
-    async fn connect(&self) -> Result<Client, ErrorBody> {
+    async fn connect(&self) -> Result<Client, RequestError> {
         let mut settings = self.settings.lock().await;
         if settings.is_none() {
             *settings = Some(self.read_secret().await?);
@@ -295,52 +300,33 @@ impl CellDatabase {
                 continue;
             }
             warn!(namespace = %self.namespace, secret = %self.secret, error = %cellbus_contracts::error_chain(&error), "cannot connect to the cell's database");
-            return Err(ErrorBody::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "cannot connect to the cell's database: {}",
-                    cellbus_contracts::error_chain(&error)
-                ),
-            )
-            .with_retryable(true));
+            return Err(RequestError::Connect(error));
         }
     }
 
-    async fn read_secret(&self) -> Result<Arc<Settings>, ErrorBody> {
+    async fn read_secret(&self) -> Result<Arc<Settings>, RequestError> {
         let url = self
             .source
             .database_url(&self.namespace, &self.secret)
             .await
-            .map_err(|error| {
-                ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "reading the database Secret {}/{}: {}",
-                        self.namespace,
-                        self.secret,
-                        cellbus_contracts::error_chain(&error)
-                    ),
-                )
+            .map_err(|source| RequestError::ReadSecret {
+                namespace: self.namespace.clone(),
+                secret: self.secret.clone(),
+                source,
             })?;
         let Some(url) = url else {
-            return Err(ErrorBody::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "the database Secret {}/{} does not exist yet (the operator makes it \
-                     once the database is provisioned)",
-                    self.namespace, self.secret
-                ),
-            ));
+            return Err(RequestError::NoSecret {
+                namespace: self.namespace.clone(),
+                secret: self.secret.clone(),
+            });
         };
         let (config, tls, root_cert) =
-            cellbus_control::postgres::tls::parse_url(&url).map_err(|e| {
-                ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "DATABASE_URL of the Secret {}/{} cannot be used: {e}",
-                        self.namespace, self.secret
-                    ),
-                )
+            cellbus_control::postgres::tls::parse_url(&url).map_err(|source| {
+                RequestError::SecretUrl {
+                    namespace: self.namespace.clone(),
+                    secret: self.secret.clone(),
+                    source,
+                }
             })?;
         Ok(Arc::new(Settings {
             config,
@@ -492,31 +478,6 @@ async fn perform(
     }
 }
 
-fn bad_request(error: values::ValueError) -> ErrorBody {
-    ErrorBody::new(ErrorCode::BadRequest, error.to_string())
-}
-
-fn from_rows(error: &rows::RowsError) -> ErrorBody {
-    match error.details() {
-        Some(details) => ErrorBody::new(ErrorCode::ResourceExhausted, error.to_string())
-            .with_details(details)
-            .with_retryable(false),
-        None => ErrorBody::new(ErrorCode::BadRequest, error.to_string()),
-    }
-}
-
-/// What a cell does instead of leaving `leftover` on a connection.
-fn leftover_advice(leftover: &Leftover) -> &'static str {
-    match leftover {
-        Leftover::TransactionEnded => statement::TRANSACTION,
-        _ => statement::SESSION,
-    }
-}
-
-fn no_time(what: &str) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Timeout, what.to_owned())
-}
-
 /// Whether the server or its pooler refused the role's password (or the role is gone).
 /// PostgreSQL and Supavisor say so with SQLSTATE 28P01 or 28000; PgBouncer closes the
 /// login with a protocol-violation state (08P01) and a message naming the failure.
@@ -537,53 +498,4 @@ fn refused_credentials(error: &cellbus_control::postgres::tls::ConnectError) -> 
 
 fn is_too_many_connections(error: &cellbus_control::postgres::tls::ConnectError) -> bool {
     error.sql_state() == Some(&SqlState::TOO_MANY_CONNECTIONS)
-}
-
-/// The error envelope for a statement the database refused or could not run: the class of
-/// its SQLSTATE decides the code, and the state itself goes into the details so a cell
-/// can tell a unique violation from a syntax error.
-pub fn from_database(error: &tokio_postgres::Error) -> ErrorBody {
-    let Some(db) = error.as_db_error() else {
-        return ErrorBody::new(
-            ErrorCode::Unavailable,
-            format!("the database connection failed: {error}"),
-        )
-        .with_retryable(true);
-    };
-    let state = db.code();
-    let class = &state.code()[..2];
-    let (code, retryable) = if *state == SqlState::INSUFFICIENT_PRIVILEGE {
-        (ErrorCode::Forbidden, false)
-    } else if *state == SqlState::DUPLICATE_PSTATEMENT {
-        // The driver's own statement names: a cell cannot prepare (PREPARE is refused),
-        // so a clash is a pooler handing over a server connection with another client's
-        // statements on it.
-        (ErrorCode::Unavailable, true)
-    } else {
-        match class {
-            // Serialization failures and deadlocks succeed when tried again.
-            "40" => (ErrorCode::Unavailable, true),
-            // Too many connections, out of memory or disk.
-            "53" | "54" => (ErrorCode::ResourceExhausted, true),
-            // The server is shutting down or cancelled the statement.
-            "57" => (ErrorCode::Unavailable, true),
-            "08" => (ErrorCode::Unavailable, true),
-            // A statement the driver prepared is gone: a pooler moved the call to
-            // another server connection.
-            "26" => (ErrorCode::Unavailable, true),
-            "XX" | "58" | "F0" => (ErrorCode::Internal, false),
-            // Syntax, unknown names, bad data, constraint violations: the cell's request.
-            _ => (ErrorCode::BadRequest, false),
-        }
-    };
-    let mut details = json!({ "sqlstate": state.code() });
-    if let Some(detail) = db.detail() {
-        details["detail"] = json!(detail);
-    }
-    if let Some(hint) = db.hint() {
-        details["hint"] = json!(hint);
-    }
-    ErrorBody::new(code, db.message().to_owned())
-        .with_details(details)
-        .with_retryable(retryable)
 }

@@ -41,6 +41,25 @@ pub enum SourceError {
     Encoding,
 }
 
+/// Why the Kubernetes API cannot be asked for Secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading the cluster CA {}", path.display())]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the cluster CA {}", path.display())]
+    Ca {
+        path: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("setting up the Kubernetes API client")]
+    Build(#[source] reqwest::Error),
+}
+
 /// The Kubernetes API of the cluster the pod runs in.
 pub struct KubernetesSecrets {
     http: reqwest::Client,
@@ -53,7 +72,7 @@ pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceacc
 
 impl KubernetesSecrets {
     /// The in-cluster API, when this process runs in a pod with a service account token.
-    pub fn in_cluster() -> Result<Option<Self>, String> {
+    pub fn in_cluster() -> Result<Option<Self>, ClientError> {
         let (Ok(host), Ok(port)) = (
             std::env::var("KUBERNETES_SERVICE_HOST"),
             std::env::var("KUBERNETES_SERVICE_PORT"),
@@ -79,21 +98,24 @@ impl KubernetesSecrets {
 
     /// The API at `api`, trusting the CA certificates in `ca_file`, authenticating with
     /// the token in `token_file` (read on every request: Kubernetes rotates it).
-    pub fn new(api: &str, ca_file: &Path, token_file: &Path) -> Result<Self, String> {
-        let ca = std::fs::read(ca_file)
-            .map_err(|e| format!("reading the cluster CA {}: {e}", ca_file.display()))?;
+    pub fn new(api: &str, ca_file: &Path, token_file: &Path) -> Result<Self, ClientError> {
+        let ca = std::fs::read(ca_file).map_err(|source| ClientError::ReadCa {
+            path: ca_file.to_owned(),
+            source,
+        })?;
         let mut builder = reqwest::Client::builder()
             .https_only(true)
             .tls_built_in_root_certs(false)
             .timeout(std::time::Duration::from_secs(10));
-        for certificate in reqwest::Certificate::from_pem_bundle(&ca)
-            .map_err(|e| format!("reading the cluster CA {}: {e}", ca_file.display()))?
-        {
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(&ca).map_err(|source| ClientError::Ca {
+                path: ca_file.to_owned(),
+                source,
+            })?;
+        for certificate in certificates {
             builder = builder.add_root_certificate(certificate);
         }
-        let http = builder
-            .build()
-            .map_err(|e| format!("setting up the Kubernetes API client: {e}"))?;
+        let http = builder.build().map_err(ClientError::Build)?;
         Ok(Self {
             http,
             api: api.trim_end_matches('/').to_owned(),

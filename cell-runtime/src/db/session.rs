@@ -14,6 +14,7 @@
 //! driver prepare statements of its own to look up custom types (enums, domains): the
 //! driver keeps those for the life of the connection, and they were just deallocated.
 
+use super::statement;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Opens the transaction of one call; sent with the statement's prepare, in one round trip.
@@ -72,6 +73,16 @@ pub enum Leftover {
     NoCheck,
     #[error("resetting the connection: no time left in the request")]
     Unfinished,
+}
+
+impl Leftover {
+    /// What a cell does instead of leaving this on a connection.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            Self::TransactionEnded => statement::TRANSACTION,
+            _ => statement::SESSION,
+        }
+    }
 }
 
 /// Clears what the last call left on `connection` and ends its transaction, rolling the

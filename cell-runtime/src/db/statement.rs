@@ -45,12 +45,20 @@ const SETTING: &str = "settings would outlive the request on a pooled connection
 pub(crate) const SESSION: &str = "session state would outlive the request on a pooled connection";
 
 /// Why a cell may not run `sql`, if it may not.
-pub fn refusal(sql: &str) -> Option<String> {
+pub fn refusal(sql: &str) -> Option<SessionStatement> {
     let word = first_keyword(sql)?;
     SESSION_STATEMENTS
         .iter()
         .find(|(keyword, _)| word.eq_ignore_ascii_case(keyword))
-        .map(|(keyword, why)| format!("{keyword} statements are not available to cells: {why}"))
+        .map(|&(keyword, why)| SessionStatement { keyword, why })
+}
+
+/// A statement whose effect would outlive the call on a pooled connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{keyword} statements are not available to cells: {why}")]
+pub struct SessionStatement {
+    keyword: &'static str,
+    why: &'static str,
 }
 
 /// How much of a statement is read for its first keyword. A statement whose keyword
@@ -116,7 +124,9 @@ mod tests {
     #[case::after_a_comment_holding_a_dollar_quote("/* $$ */ LISTEN x", "LISTEN")]
     #[case::set_session_authorization("SET SESSION AUTHORIZATION postgres", "SET")]
     fn session_statements_are_refused_with_their_keyword(#[case] sql: &str, #[case] keyword: &str) {
-        let refusal = refusal(sql).unwrap_or_else(|| panic!("{sql:?} was allowed"));
+        let refusal = refusal(sql)
+            .unwrap_or_else(|| panic!("{sql:?} was allowed"))
+            .to_string();
         assert!(
             refusal.starts_with(&format!("{keyword} statements are not available")),
             "{refusal}"

@@ -500,7 +500,7 @@ fn encode(place: Place, ty: &Type, value: &Value, out: &mut BytesMut) -> Result<
                         invalid(EXPECT_TIMESTAMPTZ, error.to_string())
                     })?;
                     whole_micros(timestamp.subsec_nanosecond())
-                        .map_err(|reason| invalid(EXPECT_TIMESTAMPTZ, reason))?;
+                        .map_err(|error| invalid(EXPECT_TIMESTAMPTZ, error.to_string()))?;
                     timestamp.as_microsecond() - PG_EPOCH_MICROS
                 }
             };
@@ -518,7 +518,7 @@ fn encode(place: Place, ty: &Type, value: &Value, out: &mut BytesMut) -> Result<
                         invalid(EXPECT_TIMESTAMP, error.to_string())
                     })?;
                     whole_micros(datetime.subsec_nanosecond())
-                        .map_err(|reason| invalid(EXPECT_TIMESTAMP, reason))?;
+                        .map_err(|error| invalid(EXPECT_TIMESTAMP, error.to_string()))?;
                     // Civil datetimes span ±9999 years, well inside i64 microseconds.
                     datetime.duration_since(PG_EPOCH_DATETIME).as_micros() as i64
                 }
@@ -552,7 +552,7 @@ fn encode(place: Place, ty: &Type, value: &Value, out: &mut BytesMut) -> Result<
                     .parse()
                     .map_err(|error: jiff::Error| invalid(EXPECT_TIME, error.to_string()))?;
                 whole_micros(time.subsec_nanosecond())
-                    .map_err(|reason| invalid(EXPECT_TIME, reason))?;
+                    .map_err(|error| invalid(EXPECT_TIME, error.to_string()))?;
                 time.duration_since(civil::Time::midnight()).as_micros() as i64
             };
             out.put_i64(micros);
@@ -688,13 +688,18 @@ fn infinity(s: &str) -> Option<bool> {
 }
 
 /// PostgreSQL keeps microseconds; dropping finer digits would change the value.
-fn whole_micros(subsec_nanosecond: i32) -> Result<(), String> {
+fn whole_micros(subsec_nanosecond: i32) -> Result<(), TooPrecise> {
     if subsec_nanosecond % 1000 == 0 {
         Ok(())
     } else {
-        Err("PostgreSQL keeps at most 6 fractional digits of a second".into())
+        Err(TooPrecise)
     }
 }
+
+/// A time with digits finer than a microsecond.
+#[derive(Debug, thiserror::Error)]
+#[error("PostgreSQL keeps at most 6 fractional digits of a second")]
+struct TooPrecise;
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, &'static str> {
     let digits = s

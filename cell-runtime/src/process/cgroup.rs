@@ -87,10 +87,10 @@ impl CellCgroups {
                         );
                         Some(Arc::new(cgroups))
                     }
-                    Err(why) => {
+                    Err(error) => {
                         metrics.process_cgroup_limits.set(0);
                         warn!(
-                            %why,
+                            why = %cellbus_contracts::error_chain(&error),
                             "process cells run with rlimits only, without cgroup memory, cpu and pids limits"
                         );
                         None
@@ -144,12 +144,18 @@ impl Cgroups {
     /// Takes over the delegated cgroup `dir`: moves every process in it into the leaf
     /// `runtime`, hands the memory, cpu and pids controllers to its children, and removes
     /// cell leaves an earlier runtime left empty.
-    pub fn take_over(dir: &Path) -> Result<Self, String> {
+    pub fn take_over(dir: &Path) -> Result<Self, CgroupError> {
         check_delegated(dir)?;
         let runtime = dir.join(RUNTIME_LEAF);
-        create_dir(&runtime).map_err(|e| format!("creating {}: {e}", runtime.display()))?;
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
-            .map_err(|e| format!("reading {}/cgroup.procs: {e}", dir.display()))?;
+        create_dir(&runtime).map_err(|source| CgroupError::CreateLeaf {
+            leaf: runtime.clone(),
+            source,
+        })?;
+        let procs_file = dir.join("cgroup.procs");
+        let procs = std::fs::read_to_string(&procs_file).map_err(|source| CgroupError::Read {
+            file: procs_file,
+            source,
+        })?;
         let own = std::process::id().to_string();
         // Our own process first: if only that moves, the others are reported below.
         let mut pids: Vec<&str> = procs.split_whitespace().filter(|p| *p != own).collect();
@@ -157,21 +163,23 @@ impl Cgroups {
         for pid in pids {
             if let Err(error) = std::fs::write(runtime.join("cgroup.procs"), pid) {
                 if pid == own {
-                    return Err(format!(
-                        "moving the runtime into {}: {error}",
-                        runtime.display()
-                    ));
+                    return Err(CgroupError::MoveRuntime {
+                        leaf: runtime,
+                        source: error,
+                    });
                 }
                 // It may have exited meanwhile; if it did not, enabling fails below.
                 warn!(pid, %error, "could not move a process out of the runtime's cgroup");
             }
         }
         let wanted = CONTROLLERS.map(|c| format!("+{c}")).join(" ");
-        std::fs::write(dir.join("cgroup.subtree_control"), &wanted).map_err(|e| {
-            format!(
-                "enabling {wanted} in {}/cgroup.subtree_control: {e}",
-                dir.display()
-            )
+        let subtree_control = dir.join("cgroup.subtree_control");
+        std::fs::write(&subtree_control, &wanted).map_err(|source| {
+            CgroupError::EnableControllers {
+                wanted,
+                file: subtree_control,
+                source,
+            }
         })?;
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
@@ -294,10 +302,60 @@ fn create_dir(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Why the runtime's cgroup cannot hold its cells' processes.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("reading {}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no cgroup v2 membership (a v1 hierarchy)")]
+    NoV2Membership,
+    #[error("{} is not a cgroup v2 directory (a v1 or hybrid hierarchy?)", dir.display())]
+    NotV2 {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} does not offer the controllers {}", dir.display(), missing.join(", "))]
+    MissingControllers {
+        dir: PathBuf,
+        missing: Vec<&'static str>,
+    },
+    #[error("{} is not writable, so the cgroup is not delegated to the runtime", file.display())]
+    NotDelegated {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating {}", leaf.display())]
+    CreateLeaf {
+        leaf: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("moving the runtime into {}", leaf.display())]
+    MoveRuntime {
+        leaf: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("enabling {wanted} in {}", file.display())]
+    EnableControllers {
+        wanted: String,
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// This process's cgroup, if it is delegated (see [`check_delegated`]).
-fn delegation() -> Result<PathBuf, String> {
-    let membership = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+fn delegation() -> Result<PathBuf, CgroupError> {
+    let file = PathBuf::from("/proc/self/cgroup");
+    let membership =
+        std::fs::read_to_string(&file).map_err(|source| CgroupError::Read { file, source })?;
     let dir = own_cgroup(&membership, Path::new("/sys/fs/cgroup"))?;
     check_delegated(&dir)?;
     Ok(dir)
@@ -305,45 +363,39 @@ fn delegation() -> Result<PathBuf, String> {
 
 /// The cgroup v2 directory of a process whose /proc/self/cgroup reads `membership`, with
 /// the hierarchy mounted at `root`.
-fn own_cgroup(membership: &str, root: &Path) -> Result<PathBuf, String> {
+fn own_cgroup(membership: &str, root: &Path) -> Result<PathBuf, CgroupError> {
     let relative = membership
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
-        .ok_or("no cgroup v2 membership (a v1 hierarchy)")?;
+        .ok_or(CgroupError::NoV2Membership)?;
     Ok(root.join(relative.trim_start_matches('/')))
 }
 
 /// Whether `dir` is a cgroup v2 directory offering the memory, cpu and pids controllers,
 /// whose `cgroup.procs` and `cgroup.subtree_control` this process may write.
-fn check_delegated(dir: &Path) -> Result<(), String> {
-    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).map_err(|e| {
-        format!(
-            "{} is not a cgroup v2 directory (a v1 or hybrid hierarchy?): {e}",
-            dir.display()
-        )
-    })?;
+fn check_delegated(dir: &Path) -> Result<(), CgroupError> {
+    let controllers =
+        std::fs::read_to_string(dir.join("cgroup.controllers")).map_err(|source| {
+            CgroupError::NotV2 {
+                dir: dir.to_owned(),
+                source,
+            }
+        })?;
     let missing: Vec<&str> = CONTROLLERS
         .into_iter()
         .filter(|wanted| !controllers.split_whitespace().any(|c| c == *wanted))
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "{} does not offer the controllers {}",
-            dir.display(),
-            missing.join(", ")
-        ));
+        return Err(CgroupError::MissingControllers {
+            dir: dir.to_owned(),
+            missing,
+        });
     }
     for file in ["cgroup.subtree_control", "cgroup.procs"] {
-        let path = dir.join(file);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| {
-                format!(
-                    "{} is not writable, so the cgroup is not delegated to the runtime: {e}",
-                    path.display()
-                )
-            })?;
+        let file = dir.join(file);
+        if let Err(source) = std::fs::OpenOptions::new().write(true).open(&file) {
+            return Err(CgroupError::NotDelegated { file, source });
+        }
     }
     Ok(())
 }
@@ -368,28 +420,30 @@ mod tests {
     #[test]
     fn a_delegated_cgroup_needs_v2_the_three_controllers_and_write_access() {
         let root = tempfile::tempdir().unwrap();
-        let v1 = own_cgroup("4:memory:/x\n1:cpu:/\n", root.path()).unwrap_err();
+        let v1 = own_cgroup("4:memory:/x\n1:cpu:/\n", root.path())
+            .unwrap_err()
+            .to_string();
         assert!(v1.contains("no cgroup v2"), "{v1}");
         let dir = own_cgroup("0::/kubepods/pod1\n", root.path()).unwrap();
         assert_eq!(dir, root.path().join("kubepods/pod1"));
         std::fs::create_dir_all(&dir).unwrap();
 
-        let hybrid = check_delegated(&dir).unwrap_err();
+        let hybrid = check_delegated(&dir).unwrap_err().to_string();
         assert!(hybrid.contains("not a cgroup v2 directory"), "{hybrid}");
         std::fs::write(dir.join("cgroup.controllers"), "cpuset cpu io memory\n").unwrap();
-        let missing = check_delegated(&dir).unwrap_err();
+        let missing = check_delegated(&dir).unwrap_err().to_string();
         assert!(
             missing.ends_with("does not offer the controllers pids"),
             "{missing}"
         );
         std::fs::write(dir.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
-        let unwritable = check_delegated(&dir).unwrap_err();
+        let unwritable = check_delegated(&dir).unwrap_err().to_string();
         assert!(
             unwritable.contains("cgroup.subtree_control is not writable"),
             "{unwritable}"
         );
         std::fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
-        let unwritable = check_delegated(&dir).unwrap_err();
+        let unwritable = check_delegated(&dir).unwrap_err().to_string();
         assert!(
             unwritable.contains("cgroup.procs is not writable"),
             "{unwritable}"

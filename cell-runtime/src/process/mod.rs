@@ -25,15 +25,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cell::Output;
+use bytes::BytesMut;
 use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::resources::{steers_the_loader, Network};
-use cellbus_contracts::wire::{ErrorBody, ErrorCode, Request};
+use cellbus_contracts::wire::Request;
+use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::oneshot;
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::error::RequestError;
 use crate::metrics::Metrics;
 pub use cgroup::CellCgroups;
 use protocol::{parse_reply, request_line};
@@ -73,7 +77,36 @@ pub struct ProcessSettings {
     /// The cgroup leaves processes run in, where the runtime's cgroup is delegated.
     pub cgroups: CellCgroups,
     users: Arc<CellUsers>,
-    files: Arc<OnceLock<Result<CellFiles, String>>>,
+    files: Arc<OnceLock<Result<CellFiles, Arc<std::io::Error>>>>,
+}
+
+/// Why a process cell cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("spec.module.command is empty: it needs at least the program")]
+    EmptyCommand,
+    #[error("spec.env: `{name}` steers the dynamic loader; a cell may not set it")]
+    LoaderVariable { name: String },
+    #[error(transparent)]
+    Limits(#[from] sandbox::LimitsError),
+    #[error(
+        "process cells run under users of their own: start the runtime as root or with \
+         CAP_SETUID and CAP_SETGID (a process pool's pods have them)"
+    )]
+    CannotSwitchUsers,
+    #[error("making the process cells' files")]
+    Files(#[source] Arc<std::io::Error>),
+    #[error(
+        "every block of uids for process cells is held by another runtime (lock files \
+         cellbus-cell-users-*.lock in {})",
+        dir.display()
+    )]
+    UidsTaken { dir: PathBuf },
+    #[error(
+        "this runtime has run {CELL_UIDS} process cells, each under a user of its own, and \
+         has no user left"
+    )]
+    NoUserLeft,
 }
 
 /// The uid each process cell of this runtime runs as, one per Cell, kept for the
@@ -83,7 +116,8 @@ pub struct ProcessSettings {
 /// runtime dies; a pod's runtime has its own /tmp and takes the first block.
 #[derive(Debug, Default)]
 struct CellUsers {
-    block: OnceLock<Result<(u32, std::fs::File), String>>,
+    /// The first uid of the block and the lock holding it; `None` when every block is taken.
+    block: OnceLock<Option<(u32, std::fs::File)>>,
     assigned: Mutex<HashMap<String, CellUser>>,
 }
 
@@ -96,22 +130,21 @@ struct CellUser {
 }
 
 impl CellUsers {
-    fn of(&self, cell: &str) -> Result<CellUser, String> {
+    fn of(&self, cell: &str) -> Result<CellUser, ProcessError> {
         let (first, _lock) = self
             .block
             .get_or_init(claim_uid_block)
             .as_ref()
-            .map_err(Clone::clone)?;
+            .ok_or_else(|| ProcessError::UidsTaken {
+                dir: std::env::temp_dir(),
+            })?;
         let mut assigned = self.assigned.lock().expect("users lock");
         if let Some(user) = assigned.get(cell) {
             return Ok(user.clone());
         }
         let next = u32::try_from(assigned.len()).unwrap_or(u32::MAX);
         if next >= CELL_UIDS {
-            return Err(format!(
-                "this runtime has run {CELL_UIDS} process cells, each under a user of its own, \
-                 and has no user left"
-            ));
+            return Err(ProcessError::NoUserLeft);
         }
         let user = CellUser {
             uid: first + next,
@@ -124,7 +157,7 @@ impl CellUsers {
 
 /// The first uid of a block no other runtime of this machine holds, and the lock that
 /// holds it.
-fn claim_uid_block() -> Result<(u32, std::fs::File), String> {
+fn claim_uid_block() -> Option<(u32, std::fs::File)> {
     let dir = std::env::temp_dir();
     for block in 0..UID_BLOCKS {
         let path = dir.join(format!("cellbus-cell-users-{block}.lock"));
@@ -138,14 +171,10 @@ fn claim_uid_block() -> Result<(u32, std::fs::File), String> {
             .or_else(|_| std::fs::File::open(&path));
         let Ok(file) = file else { continue };
         if file.try_lock().is_ok() {
-            return Ok((FIRST_CELL_UID + block * CELL_UIDS, file));
+            return Some((FIRST_CELL_UID + block * CELL_UIDS, file));
         }
     }
-    Err(format!(
-        "every block of uids for process cells is held by another runtime (lock files \
-         cellbus-cell-users-*.lock in {})",
-        dir.display()
-    ))
+    None
 }
 
 /// The files process cells run or read, set up when the runtime's first process cell
@@ -176,13 +205,11 @@ impl ProcessSettings {
     }
 
     /// The cells' files, set up on first use.
-    pub fn files(&self) -> Result<&CellFiles, String> {
+    pub fn files(&self) -> Result<&CellFiles, ProcessError> {
         self.files
-            .get_or_init(|| {
-                CellFiles::set_up().map_err(|e| format!("making the process cells' files: {e}"))
-            })
+            .get_or_init(|| CellFiles::set_up().map_err(Arc::new))
             .as_ref()
-            .map_err(Clone::clone)
+            .map_err(|error| ProcessError::Files(error.clone()))
     }
 }
 
@@ -196,14 +223,10 @@ impl ProcessSettings {
         command: &[String],
         executable: Option<&Executable>,
         metrics: &Metrics,
-    ) -> Result<(sandbox::Confinement, Arc<tokio::sync::Mutex<()>>), String> {
+    ) -> Result<(sandbox::Confinement, Arc<tokio::sync::Mutex<()>>), ProcessError> {
         self.say_how_cells_are_confined(metrics);
         if cfg!(target_os = "linux") && !sandbox::can_switch_users() {
-            return Err(
-                "process cells run under users of their own: start the runtime as \
-                 root or with CAP_SETUID and CAP_SETGID (a process pool's pods have them)"
-                    .into(),
-            );
+            return Err(ProcessError::CannotSwitchUsers);
         }
         let files = self.files()?;
         let mut readable: Vec<PathBuf> = executable.map(|e| e.path.clone()).into_iter().collect();
@@ -356,19 +379,38 @@ impl Executable {
 
     /// Checks the file still holds the bytes of its digest: done before every start, so
     /// nothing but those bytes ever runs under the cell's name.
-    pub fn verify(&self) -> Result<(), String> {
-        let bytes = std::fs::read(&self.path)
-            .map_err(|e| format!("reading the executable {}: {e}", self.path.display()))?;
+    pub fn verify(&self) -> Result<(), ExecutableError> {
+        let bytes = std::fs::read(&self.path).map_err(|source| ExecutableError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
         let actual = cellbus_control::digest_of(&bytes);
         if actual != self.digest {
-            return Err(format!(
-                "the executable {} has digest {actual}, not {}; it is not run",
-                self.path.display(),
-                self.digest
-            ));
+            return Err(ExecutableError::Digest {
+                path: self.path.clone(),
+                actual,
+                expected: self.digest.clone(),
+            });
         }
         Ok(())
     }
+}
+
+/// Why a stored executable is not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutableError {
+    #[error("reading the executable {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the executable {} has digest {actual}, not {expected}; it is not run", path.display())]
+    Digest {
+        path: PathBuf,
+        actual: String,
+        expected: String,
+    },
 }
 
 /// A process cell: its program, its limits, and the process serving it now.
@@ -427,7 +469,7 @@ impl Drop for LeafGuard {
 
 struct Pending {
     correlation_id: Uuid,
-    reply: oneshot::Sender<Result<Output, ErrorBody>>,
+    reply: oneshot::Sender<Result<Output, RequestError>>,
 }
 
 impl ProcessCell {
@@ -441,15 +483,14 @@ impl ProcessCell {
         reply_limit: usize,
         settings: &ProcessSettings,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ProcessError> {
         if command.is_empty() {
-            return Err("spec.module.command is empty: it needs at least the program".into());
+            return Err(ProcessError::EmptyCommand);
         }
         if let Some(var) = spec.env.iter().find(|var| steers_the_loader(&var.name)) {
-            return Err(format!(
-                "spec.env: `{}` steers the dynamic loader; a cell may not set it",
-                var.name
-            ));
+            return Err(ProcessError::LoaderVariable {
+                name: var.name.clone(),
+            });
         }
         let limits = SandboxLimits::of(&spec.limits)?;
         // Decided, and said, when the runtime's first process cell arrives.
@@ -482,7 +523,11 @@ impl ProcessCell {
     }
 
     /// Runs `request` in the process, answering within `deadline`.
-    pub async fn invoke(&self, request: &Request, deadline: Instant) -> Result<Output, ErrorBody> {
+    pub async fn invoke(
+        &self,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Output, RequestError> {
         self.supervisor.invoke(request, deadline).await
     }
 }
@@ -491,10 +536,9 @@ impl Drop for ProcessCell {
     /// A replaced or removed cell's process stops with it.
     fn drop(&mut self) {
         self.supervisor.closed.store(true, Ordering::Release);
-        let why = "the cell was replaced or removed";
         if let Ok(slot) = self.supervisor.slot.try_lock() {
             if let Some(running) = &slot.running {
-                self.supervisor.stop(running, why);
+                self.supervisor.stop(running, StopReason::Replaced);
             }
         } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             // Someone holds the slot for a moment (a start, which sees `closed` and stops
@@ -502,7 +546,7 @@ impl Drop for ProcessCell {
             let supervisor = self.supervisor.clone();
             runtime.spawn(async move {
                 if let Some(running) = &supervisor.slot.lock().await.running {
-                    supervisor.stop(running, why);
+                    supervisor.stop(running, StopReason::Replaced);
                 }
             });
         }
@@ -514,7 +558,7 @@ impl Supervisor {
         self: &Arc<Self>,
         request: &Request,
         deadline: Instant,
-    ) -> Result<Output, ErrorBody> {
+    ) -> Result<Output, RequestError> {
         let running = self.running(deadline).await?;
         let id = Uuid::new_v4();
         let (reply, answer) = oneshot::channel();
@@ -536,7 +580,7 @@ impl Supervisor {
         match written {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                self.stop(&running, &format!("its stdin is closed ({error})"));
+                self.stop(&running, StopReason::StdinClosed(Arc::new(error)));
             }
             Err(_) => {
                 self.kill_for_deadline(&running);
@@ -544,20 +588,17 @@ impl Supervisor {
         }
         match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(cell_failed("the process stopped")),
+            Ok(Err(_)) => Err(RequestError::ProcessGone),
             Err(_) => {
                 running.pending.lock().expect("pending lock").remove(&id);
                 self.kill_for_deadline(&running);
-                Err(ErrorBody::new(
-                    ErrorCode::Timeout,
-                    "the process did not answer before the request's deadline; it was stopped",
-                ))
+                Err(RequestError::ProcessDeadline)
             }
         }
     }
 
     /// The running process, started (after the backoff, if one is due) when there is none.
-    async fn running(self: &Arc<Self>, deadline: Instant) -> Result<Arc<Running>, ErrorBody> {
+    async fn running(self: &Arc<Self>, deadline: Instant) -> Result<Arc<Running>, RequestError> {
         let mut slot = self.slot.lock().await;
         if let Some(running) = &slot.running {
             if !running.stopped.load(Ordering::Acquire) {
@@ -566,33 +607,21 @@ impl Supervisor {
         }
         if let Some(next) = slot.next_start {
             if next > deadline {
-                return Err(ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "the process stopped and is restarted in {} ms, after this request's deadline",
-                        next.saturating_duration_since(Instant::now()).as_millis()
-                    ),
-                )
-                .with_retryable(true));
+                return Err(RequestError::RestartAfterDeadline {
+                    in_ms: next.saturating_duration_since(Instant::now()).as_millis(),
+                });
             }
             tokio::time::sleep_until(next.into()).await;
         }
         if self.closed.load(Ordering::Acquire) {
-            return Err(
-                ErrorBody::new(ErrorCode::Unavailable, "the cell was replaced or removed")
-                    .with_retryable(true),
-            );
+            return Err(RequestError::CellReplaced);
         }
         // The previous process of this cell's user (a restart, or the Cell replaced) ends
         // by killing every process of the user: it must be gone first.
         let Ok(turn) =
             tokio::time::timeout_at(deadline.into(), self.turn.clone().lock_owned()).await
         else {
-            return Err(ErrorBody::new(
-                ErrorCode::Unavailable,
-                "the cell's previous process had not exited by this request's deadline",
-            )
-            .with_retryable(true));
+            return Err(RequestError::PreviousProcess);
         };
         match self.start(turn) {
             Ok(running) => {
@@ -604,7 +633,7 @@ impl Supervisor {
                 slot.failures += 1;
                 slot.next_start = Some(Instant::now() + backoff(slot.failures));
                 warn!(service = %self.service, %error, "cannot start the cell's process");
-                Err(cell_failed(&format!("cannot start the process: {error}")))
+                Err(RequestError::ProcessStart(error))
             }
         }
     }
@@ -697,7 +726,7 @@ impl Supervisor {
             let _ = tokio::task::spawn_blocking(move || drop(leaf)).await;
         });
         if self.closed.load(Ordering::Acquire) {
-            self.stop(&running, "the cell was replaced or removed");
+            self.stop(&running, StopReason::Replaced);
         }
         Ok(running)
     }
@@ -724,28 +753,26 @@ impl Supervisor {
     /// Matches reply lines to requests until the process stops writing or breaks the
     /// protocol.
     async fn read_replies(&self, running: &Arc<Running>, stdout: ChildStdout) {
-        let mut stdout = BufReader::new(stdout);
-        let mut line = Vec::new();
+        let mut lines = FramedRead::new(stdout, ReplyLines::new(self.max_line));
         loop {
-            match read_line(&mut stdout, &mut line, self.max_line).await {
-                Ok(true) => {}
-                Ok(false) => {
+            let line = match lines.next().await {
+                Some(Ok(line)) => line,
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                    return self.stop(running, StopReason::LineTooLong { max: self.max_line })
+                }
+                Some(Err(LinesCodecError::Io(error)))
+                    if error.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    return self.stop(running, StopReason::NotUtf8);
+                }
+                Some(Err(LinesCodecError::Io(_))) | None => {
                     // A process that is exiting closes its stdout first; give it a moment,
                     // so its requests are answered with how it exited.
                     tokio::time::sleep(EXIT_GRACE).await;
-                    return self.stop(running, "the process closed its stdout");
+                    return self.stop(running, StopReason::ClosedStdout);
                 }
-                Err(LineTooLong) => {
-                    return self.stop(
-                        running,
-                        &format!(
-                            "the process wrote a line longer than {} bytes",
-                            self.max_line
-                        ),
-                    )
-                }
-            }
-            match parse_reply(&line) {
+            };
+            match parse_reply(line.as_bytes()) {
                 Ok(reply) => {
                     let pending = running
                         .pending
@@ -754,7 +781,8 @@ impl Supervisor {
                         .remove(&reply.id);
                     match pending {
                         Some(pending) => {
-                            let _ = pending.reply.send(reply.outcome);
+                            let outcome = reply.outcome.map_err(RequestError::Answered);
+                            let _ = pending.reply.send(outcome);
                         }
                         // The request timed out already, or never was.
                         None => {
@@ -762,7 +790,7 @@ impl Supervisor {
                         }
                     }
                 }
-                Err(error) => return self.stop(running, &format!("the process wrote {error}")),
+                Err(error) => return self.stop(running, StopReason::NotAReply(error)),
             }
         }
     }
@@ -806,15 +834,15 @@ impl Supervisor {
         running: &Arc<Running>,
         status: std::io::Result<std::process::ExitStatus>,
     ) {
-        let how = match &status {
-            Ok(status) => describe_exit(*status),
-            Err(error) => format!("could not be waited for: {error}"),
+        let why = match status {
+            Ok(status) => StopReason::Exited(status),
+            Err(error) => StopReason::Unwaitable(Arc::new(error)),
         };
         let expected = self.closed.load(Ordering::Acquire);
         if !expected {
-            warn!(service = %self.service, pid = running.pid, "the cell's process {how}");
+            warn!(service = %self.service, pid = running.pid, "{why}");
         }
-        self.fail_pending(running, &format!("the process {how}"));
+        self.fail_pending(running, &why);
         running.stopped.store(true, Ordering::Release);
         let mut slot = self.slot.lock().await;
         if slot
@@ -833,7 +861,7 @@ impl Supervisor {
 
     /// Stops the process for `why`: its requests are answered `cell_failed` now, and the
     /// whole process group is killed.
-    fn stop(&self, running: &Arc<Running>, why: &str) {
+    fn stop(&self, running: &Arc<Running>, why: StopReason) {
         if running.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -844,7 +872,7 @@ impl Supervisor {
                 .with_label_values(&["protocol"])
                 .inc();
         }
-        self.fail_pending(running, why);
+        self.fail_pending(running, &why);
         if let Some(terminate) = running.terminate.lock().expect("terminate lock").take() {
             // Gone already if the process has exited.
             let _ = terminate.send(());
@@ -859,13 +887,10 @@ impl Supervisor {
             .sandbox_kills
             .with_label_values(&["deadline"])
             .inc();
-        self.stop(
-            running,
-            "a request's deadline passed while the process held it",
-        );
+        self.stop(running, StopReason::Deadline);
     }
 
-    fn fail_pending(&self, running: &Arc<Running>, why: &str) {
+    fn fail_pending(&self, running: &Arc<Running>, why: &StopReason) {
         let pending: Vec<Pending> = running
             .pending
             .lock()
@@ -874,7 +899,9 @@ impl Supervisor {
             .map(|(_, pending)| pending)
             .collect();
         for pending in pending {
-            let _ = pending.reply.send(Err(cell_failed(why)));
+            let _ = pending
+                .reply
+                .send(Err(RequestError::ProcessStopped(why.clone())));
         }
     }
 }
@@ -896,8 +923,27 @@ fn backoff(failures: u32) -> Duration {
     cellbus_control::backoff::delay_after(FIRST_BACKOFF, MAX_BACKOFF, failures)
 }
 
-fn cell_failed(why: &str) -> ErrorBody {
-    ErrorBody::new(ErrorCode::CellFailed, why.to_owned())
+/// Why a process was stopped, or stopped by itself; every request it held fails with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StopReason {
+    #[error("the process closed its stdout")]
+    ClosedStdout,
+    #[error("the process wrote a line longer than {max} bytes")]
+    LineTooLong { max: usize },
+    #[error("the process wrote a line that is not UTF-8")]
+    NotUtf8,
+    #[error("the process wrote {0}")]
+    NotAReply(protocol::LineError),
+    #[error("its stdin is closed ({0})")]
+    StdinClosed(Arc<std::io::Error>),
+    #[error("the process {}", describe_exit(*.0))]
+    Exited(std::process::ExitStatus),
+    #[error("the process could not be waited for: {0}")]
+    Unwaitable(Arc<std::io::Error>),
+    #[error("the cell was replaced or removed")]
+    Replaced,
+    #[error("a request's deadline passed while the process held it")]
+    Deadline,
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
@@ -916,41 +962,26 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-struct LineTooLong;
+/// Reply lines of at most a given length. A line the end of the stream cut short is not a
+/// reply: the process stopped while writing it.
+struct ReplyLines(LinesCodec);
 
-/// Reads one line into `line` (without its newline), refusing lines over `max` bytes
-/// before reading them whole. `Ok(false)` at the end of the stream.
-async fn read_line(
-    reader: &mut BufReader<ChildStdout>,
-    line: &mut Vec<u8>,
-    max: usize,
-) -> Result<bool, LineTooLong> {
-    line.clear();
-    loop {
-        let available = match reader.fill_buf().await {
-            Ok(available) => available,
-            Err(_) => return Ok(false),
-        };
-        if available.is_empty() {
-            return Ok(false);
-        }
-        let (taken, done) = match available.iter().position(|b| *b == b'\n') {
-            Some(at) => {
-                line.extend_from_slice(&available[..at]);
-                (at + 1, true)
-            }
-            None => {
-                line.extend_from_slice(available);
-                (available.len(), false)
-            }
-        };
-        reader.consume(taken);
-        if line.len() > max {
-            return Err(LineTooLong);
-        }
-        if done {
-            return Ok(true);
-        }
+impl ReplyLines {
+    fn new(max: usize) -> Self {
+        Self(LinesCodec::new_with_max_length(max))
+    }
+}
+
+impl Decoder for ReplyLines {
+    type Item = String;
+    type Error = LinesCodecError;
+
+    fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<String>, LinesCodecError> {
+        self.0.decode(buffer)
+    }
+
+    fn decode_eof(&mut self, buffer: &mut BytesMut) -> Result<Option<String>, LinesCodecError> {
+        self.0.decode(buffer)
     }
 }
 

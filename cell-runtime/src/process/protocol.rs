@@ -51,7 +51,7 @@ pub struct ProcessReply {
 }
 
 /// Why a line from a process is not a reply.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum LineError {
     #[error("a line that is not a reply: {0}")]
     NotAReply(String),

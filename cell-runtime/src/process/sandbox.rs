@@ -72,19 +72,19 @@ pub struct SandboxLimits {
 
 impl SandboxLimits {
     /// The limits of a cell with `limits` (its own over its pool's).
-    pub fn of(limits: &resources::SandboxLimits) -> Result<Self, String> {
+    pub fn of(limits: &resources::SandboxLimits) -> Result<Self, LimitsError> {
         let memory = limits
             .memory
             .as_deref()
             .map(quantity::memory_bytes)
             .transpose()
-            .map_err(|e| format!("limits.memory: {e}"))?;
+            .map_err(LimitsError::Memory)?;
         let cpu_millis = limits
             .cpu
             .as_deref()
             .map(quantity::cpu_millis)
             .transpose()
-            .map_err(|e| format!("limits.cpu: {e}"))?;
+            .map_err(LimitsError::Cpu)?;
         Ok(Self {
             memory,
             cpu_seconds: DEFAULT_CPU_SECONDS,
@@ -126,6 +126,15 @@ impl SandboxLimits {
         }
         args
     }
+}
+
+/// Why a cell's limits cannot confine a process.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    #[error("limits.memory")]
+    Memory(#[source] quantity::QuantityError),
+    #[error("limits.cpu")]
+    Cpu(#[source] quantity::QuantityError),
 }
 
 /// Prefix of the variables that carry the Cell's environment to the supervisor, which
@@ -313,6 +322,49 @@ mod linux {
         Confinement, SandboxLimits, CELL_ENV_PREFIX, DENIED_SYSCALLS, DEVICES, SYSTEM_PATHS,
     };
 
+    /// Why the supervisor could not start the cell confined.
+    #[derive(Debug, thiserror::Error)]
+    pub(super) enum SandboxError {
+        #[error("no program to run")]
+        NoProgram,
+        #[error(
+            "a cell runs under a user of its own, from {} to {}, not uid {uid}",
+            super::super::CELL_UID_RANGE.start,
+            super::super::CELL_UID_RANGE.end - 1
+        )]
+        NotACellUser { uid: u32 },
+        #[error("reading this process's capabilities")]
+        ReadCapabilities,
+        #[error("raising CAP_SETUID and CAP_SETGID")]
+        RaiseCapabilities(#[source] std::io::Error),
+        #[error("starting a cell under its own user needs root or CAP_SETUID and CAP_SETGID")]
+        CannotSwitchUsers,
+        #[error("joining the cgroup {}", leaf.display())]
+        JoinCgroup {
+            leaf: std::path::PathBuf,
+            #[source]
+            source: std::io::Error,
+        },
+        #[error("the runtime is gone")]
+        RuntimeGone,
+        #[error("starting {program}")]
+        Start {
+            program: String,
+            #[source]
+            source: std::io::Error,
+        },
+        #[error("seccomp on {arch}")]
+        SeccompArch {
+            arch: &'static str,
+            #[source]
+            source: seccompiler::BackendError,
+        },
+        #[error("building the seccomp filter")]
+        Seccomp(#[source] seccompiler::BackendError),
+        #[error("no syscall number for {0}")]
+        UnknownSyscall(&'static str),
+    }
+
     const CAP_SETGID: u64 = 1 << 6;
     const CAP_SETUID: u64 = 1 << 7;
     pub(super) const SWITCH_USERS: u64 = CAP_SETUID | CAP_SETGID;
@@ -385,7 +437,10 @@ mod linux {
         match supervise(limits, confinement, command) {
             Ok(code) => code,
             Err(error) => {
-                eprintln!("cellbus sandbox: {error}");
+                eprintln!(
+                    "cellbus sandbox: {}",
+                    cellbus_contracts::error_chain(&error)
+                );
                 ExitCode::from(126)
             }
         }
@@ -395,35 +450,31 @@ mod linux {
         limits: &SandboxLimits,
         confinement: &Confinement,
         command: &[String],
-    ) -> Result<ExitCode, String> {
-        let (program, args) = command.split_first().ok_or("no program to run")?;
+    ) -> Result<ExitCode, SandboxError> {
+        let (program, args) = command.split_first().ok_or(SandboxError::NoProgram)?;
         let uid = confinement.uid;
         // SAFETY: geteuid(2) cannot fail.
         let own = unsafe { libc::geteuid() };
         if uid == own || !super::super::CELL_UID_RANGE.contains(&uid) {
-            return Err(format!(
-                "a cell runs under a user of its own, from {} to {}, not uid {uid}",
-                super::super::CELL_UID_RANGE.start,
-                super::super::CELL_UID_RANGE.end - 1
-            ));
+            return Err(SandboxError::NotACellUser { uid });
         }
         // The file capabilities of the runtime's binary land in the permitted set only.
-        let mut caps = capabilities().ok_or("reading this process's capabilities")?;
+        let mut caps = capabilities().ok_or(SandboxError::ReadCapabilities)?;
         for word in &mut caps {
             word.effective = word.permitted;
         }
-        set_capabilities(&caps).map_err(|e| format!("raising CAP_SETUID and CAP_SETGID: {e}"))?;
+        set_capabilities(&caps).map_err(SandboxError::RaiseCapabilities)?;
         if own != 0 && permitted_capabilities().unwrap_or(0) & SWITCH_USERS != SWITCH_USERS {
-            return Err(
-                "starting a cell under its own user needs root or CAP_SETUID and \
-                 CAP_SETGID"
-                    .into(),
-            );
+            return Err(SandboxError::CannotSwitchUsers);
         }
         if let Some(leaf) = &limits.cgroup {
             // Before the cell exists, so it and all it starts are born inside the leaf.
-            std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
-                .map_err(|e| format!("joining the cgroup {}: {e}", leaf.display()))?;
+            std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string()).map_err(
+                |source| SandboxError::JoinCgroup {
+                    leaf: leaf.clone(),
+                    source,
+                },
+            )?;
         }
         let filters = seccomp_filters(confinement.network)?;
         let signals = watched_signals();
@@ -432,7 +483,7 @@ mod linux {
             // The runtime's death reaches us as SIGTERM, handled below like a stop.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
             if libc::getppid() == 1 {
-                return Err("the runtime is gone".into());
+                return Err(SandboxError::RuntimeGone);
             }
             // Orphans of the cell become our children, to be reaped.
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong);
@@ -455,9 +506,10 @@ mod linux {
         unsafe {
             child.pre_exec(move || confine(&limits, &confinement, &filters));
         }
-        let child = child
-            .spawn()
-            .map_err(|e| format!("starting {program}: {e}"))?;
+        let child = child.spawn().map_err(|source| SandboxError::Start {
+            program: program.clone(),
+            source,
+        })?;
         // The cell leads its own group (set in `confine`); this is its id.
         let group = child.id() as libc::pid_t;
         // Only the cell holds the runtime's pipes now, so the runtime sees the cell
@@ -747,13 +799,17 @@ mod linux {
     /// The filters a cell runs under: the denied system calls and socket families (EPERM),
     /// and clone3 answered ENOSYS, which makes the C library fall back to clone, whose
     /// flags a filter can read.
-    fn seccomp_filters(network: bool) -> Result<Vec<BpfProgram>, String> {
-        let arch = TargetArch::try_from(std::env::consts::ARCH)
-            .map_err(|e| format!("seccomp on {}: {e}", std::env::consts::ARCH))?;
-        let rule = |conditions| SeccompRule::new(conditions).map_err(|e| e.to_string());
+    fn seccomp_filters(network: bool) -> Result<Vec<BpfProgram>, SandboxError> {
+        let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|source| {
+            SandboxError::SeccompArch {
+                arch: std::env::consts::ARCH,
+                source,
+            }
+        })?;
+        let rule = |conditions| SeccompRule::new(conditions).map_err(SandboxError::Seccomp);
         let arg = |index, op, value| {
             SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
-                .map_err(|e| e.to_string())
+                .map_err(SandboxError::Seccomp)
         };
         let mut denied = BTreeMap::new();
         for name in DENIED_SYSCALLS {
@@ -799,24 +855,21 @@ mod linux {
             SeccompAction::Errno(libc::EPERM as u32),
             arch,
         )
-        .map_err(|e| format!("building the seccomp filter: {e}"))?;
+        .map_err(SandboxError::Seccomp)?;
         let clone3 = SeccompFilter::new(
             BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
             SeccompAction::Allow,
             SeccompAction::Errno(libc::ENOSYS as u32),
             arch,
         )
-        .map_err(|e| format!("building the seccomp filter: {e}"))?;
+        .map_err(SandboxError::Seccomp)?;
         [denied, clone3]
             .into_iter()
-            .map(|filter| {
-                BpfProgram::try_from(filter)
-                    .map_err(|e| format!("compiling the seccomp filter: {e}"))
-            })
+            .map(|filter| BpfProgram::try_from(filter).map_err(SandboxError::Seccomp))
             .collect()
     }
 
-    fn syscall_number(name: &str) -> Result<i64, String> {
+    fn syscall_number(name: &'static str) -> Result<i64, SandboxError> {
         let number = match name {
             "ptrace" => libc::SYS_ptrace,
             "process_vm_readv" => libc::SYS_process_vm_readv,
@@ -856,7 +909,7 @@ mod linux {
             "setpgid" => libc::SYS_setpgid,
             #[cfg(not(target_arch = "x86_64"))]
             "iopl" | "ioperm" => return Ok(-1),
-            other => return Err(format!("no syscall number for {other}")),
+            other => return Err(SandboxError::UnknownSyscall(other)),
         };
         Ok(number)
     }
@@ -906,6 +959,7 @@ mod tests {
             memory: Some("lots".into()),
             ..resources::SandboxLimits::default()
         });
-        assert!(bad.unwrap_err().starts_with("limits.memory:"));
+        let why = cellbus_contracts::error_chain(&bad.unwrap_err());
+        assert!(why.starts_with("limits.memory: "), "{why}");
     }
 }
