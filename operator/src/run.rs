@@ -2,6 +2,7 @@
 //! the Cell and CellPool controllers until a signal or the loss of the Lease.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -9,9 +10,10 @@ use cellbus_control::NatsCredentials;
 use futures::channel::mpsc::UnboundedSender;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
+use serde::de::DeserializeOwned;
 
 use crate::controller::context::{Buses, Context};
 use crate::controller::database::Databases;
@@ -155,35 +157,21 @@ pub async fn controllers(
     let mut pool_controllers = Vec::new();
     for (namespace, again) in namespaces.iter().zip(receivers) {
         let scope = namespace.as_deref();
-        let (reader, writer) = reflector::store();
-        let cells = watcher(
-            api::<CellObject>(&client, scope),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(writer)
-        .inspect_ok({
+        let feed_cells = {
             let (feed, scope) = (feed.clone(), namespace.clone());
-            move |event| feed.cells(scope.as_deref(), event)
-        })
-        .applied_objects();
+            move |event: &watcher::Event<CellObject>| feed.cells(scope.as_deref(), event)
+        };
+        let (cells, reader) = watched(api(&client, scope), feed_cells);
         cell_controllers.push(
             Controller::for_stream(cells, reader)
                 .reconcile_on(again)
                 .graceful_shutdown_on(shutdown.clone()),
         );
-        let (reader, writer) = reflector::store();
-        let pools = watcher(
-            api::<PoolObject>(&client, scope),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(writer)
-        .inspect_ok({
+        let feed_pools = {
             let (feed, scope) = (feed.clone(), namespace.clone());
-            move |event| feed.pools(scope.as_deref(), event)
-        })
-        .applied_objects();
+            move |event: &watcher::Event<PoolObject>| feed.pools(scope.as_deref(), event)
+        };
+        let (pools, reader) = watched(api(&client, scope), feed_pools);
         pool_controllers.push(
             Controller::for_stream(pools, reader)
                 .owns(api::<Deployment>(&client, scope), owned.clone())
@@ -271,6 +259,27 @@ impl Feed {
     }
 }
 
+/// One watch of `api`: each event goes to a cache, then to `feed`, and the objects it
+/// touched to the controller the cache is given to.
+fn watched<K>(
+    api: Api<K>,
+    feed: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> (
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    Store<K>,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(feed)
+        .applied_objects();
+    (stream, reader)
+}
+
 /// An API of `K` in `namespace`, or in all namespaces.
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -289,4 +298,74 @@ fn shutdown_signal() -> futures::future::BoxFuture<'static, ()> {
         tracing::info!("shutting down");
     }
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::observed::Watched;
+    use futures::channel::mpsc::{unbounded, UnboundedReceiver};
+    use serde_json::json;
+
+    fn object<K>(kind: &str, namespace: &str, name: &str, spec: serde_json::Value) -> Watched<K> {
+        serde_json::from_value(json!({
+            "apiVersion": "cellbus.io/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace, "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn cell(namespace: &str, name: &str) -> CellObject {
+        let digest = format!("sha256:{}", "e".repeat(64));
+        object(
+            "Cell",
+            namespace,
+            name,
+            json!({"service": name, "verbs": [{"name": "get"}], "module": {"digest": digest}}),
+        )
+    }
+
+    fn sent(receiver: &mut UnboundedReceiver<ObjectRef<CellObject>>) -> Vec<String> {
+        let mut keys = Vec::new();
+        while let Ok(object) = receiver.try_recv() {
+            keys.push(format!("{}/{}", object.namespace.unwrap(), object.name));
+        }
+        keys
+    }
+
+    #[test]
+    fn a_pool_event_sends_its_namespaces_cells_to_that_namespaces_controller_only() {
+        let (apps, mut apps_again) = unbounded();
+        let (ops, mut ops_again) = unbounded();
+        let feed = Feed {
+            index: Arc::default(),
+            look_again: Arc::new(vec![(Some("apps".into()), apps), (Some("ops".into()), ops)]),
+        };
+        feed.cells(Some("apps"), &watcher::Event::Apply(cell("apps", "orders")));
+        feed.cells(Some("ops"), &watcher::Event::Apply(cell("ops", "audit")));
+        assert!(sent(&mut apps_again).is_empty());
+
+        let pool: PoolObject = object("CellPool", "apps", "wasm", json!({"runtime": "wasm"}));
+        feed.pools(Some("apps"), &watcher::Event::Apply(pool));
+
+        assert_eq!(sent(&mut apps_again), ["apps/orders"]);
+        assert!(sent(&mut ops_again).is_empty());
+        assert!(feed.index.read().unwrap().pool("apps", "wasm").is_some());
+    }
+
+    #[test]
+    fn one_controller_of_every_namespace_gets_any_namespaces_cells() {
+        let (all, mut again) = unbounded();
+        let feed = Feed {
+            index: Arc::default(),
+            look_again: Arc::new(vec![(None, all)]),
+        };
+        feed.cells(None, &watcher::Event::Apply(cell("apps", "orders")));
+        let mut rival = cell("ops", "orders");
+        rival.metadata.uid = Some("other".into());
+        feed.cells(None, &watcher::Event::Apply(rival));
+        assert_eq!(sent(&mut again), ["apps/orders"]);
+    }
 }
