@@ -76,7 +76,8 @@ fn rss_bytes() -> u64 {
 
 async fn run() {
     let nats = NatsServer::start();
-    // Memory with 10,000 Cells in the caches, judged as a reconcile judges them.
+    // Memory with 10,000 Cells in the caches and the index (which judges each as it
+    // arrives), then with every pool's members placed as an assignment write places them.
     // Measured first, in a context of its own, so nothing of the passes below (nor the
     // mock API server's log) is counted.
     let (memory_ctx, mut memory_caches) = context(mock_client().0, nats.url());
@@ -198,7 +199,7 @@ async fn run() {
     );
     println!("  pool-0 serves {} cells", pool_0.cells.len());
     println!(
-        "  resident memory with {CACHED_CELLS} Cells in the caches: {:.1} MB ({:.1} MB before adding them, {:.1} MB once cached, the rest once judged; {placed} placed; goal <= 100 MB)",
+        "  resident memory with {CACHED_CELLS} Cells in the caches: {:.1} MB ({:.1} MB before adding them, {:.1} MB once cached and indexed, the rest once placed; {placed} placed; goal <= 100 MB)",
         after as f64 / 1e6,
         before as f64 / 1e6,
         cached as f64 / 1e6

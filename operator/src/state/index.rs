@@ -16,18 +16,22 @@ use kube::runtime::watcher::Event;
 use crate::state::observed::{CellObject, ObservedCell, ObservedPool, PoolObject};
 use crate::state::scheduling::ResolvedTrust;
 
+/// A Cell's `namespace/name`, allocated once and shared by every index that names it.
+type Key = Arc<str>;
+
 /// The Cells and CellPools the watches have shown, indexed.
 #[derive(Default)]
 pub struct Index {
-    cells: HashMap<String, Arc<ObservedCell>>,
+    cells: HashMap<Key, Arc<ObservedCell>>,
     /// By key, so that pools are visited in one order whatever order they arrived in.
     pools: BTreeMap<String, Arc<ObservedPool>>,
-    /// Valid Cells by the service they name.
-    by_service: HashMap<String, BTreeSet<String>>,
+    /// Valid Cells by the service they name: nearly always one, so a list rather than a
+    /// set (a set's first node would cost more than the Cell's key).
+    by_service: HashMap<String, Vec<Key>>,
     /// Valid Cells by the database schema they would get.
-    by_schema: HashMap<String, BTreeSet<String>>,
+    by_schema: HashMap<String, Vec<Key>>,
     /// Every Cell by namespace.
-    by_namespace: HashMap<String, BTreeSet<String>>,
+    by_namespace: HashMap<String, BTreeSet<Key>>,
     /// The trusts with their sources read, by pool key: the caches hold no ConfigMaps or
     /// Secrets, so the pool controller records what it read.
     trusts: HashMap<String, ResolvedTrust>,
@@ -65,9 +69,11 @@ impl Index {
                     .unwrap_or_default();
                 let gone: Vec<String> = self
                     .cells
-                    .values()
-                    .filter(|cell| in_scope(scope, cell.namespace()) && !seen.contains(&cell.key()))
-                    .map(|cell| cell.key())
+                    .iter()
+                    .filter(|(key, cell)| {
+                        in_scope(scope, cell.namespace()) && !seen.contains(&***key)
+                    })
+                    .map(|(key, _)| key.to_string())
                     .collect();
                 let mut again = BTreeSet::new();
                 for key in gone {
@@ -127,13 +133,13 @@ impl Index {
     }
 
     fn apply_cell(&mut self, cell: ObservedCell) -> Vec<String> {
-        let key = cell.key();
+        let key: Key = cell.key().into();
         let cell = Arc::new(cell);
         let old = self.cells.insert(key.clone(), cell.clone());
         if let Some(old) = &old {
-            self.unindex(old);
+            self.unindex(old, &key);
         }
-        self.index(&cell);
+        self.index(&cell, &key);
         let moved = old.as_ref().is_none_or(|old| {
             old.generation() != cell.generation() || old.is_deleting() != cell.is_deleting()
         });
@@ -144,10 +150,10 @@ impl Index {
     }
 
     fn remove_cell(&mut self, key: &str) -> Vec<String> {
-        match self.cells.remove(key) {
-            Some(old) => {
-                self.unindex(&old);
-                self.rivals([&old], key)
+        match self.cells.remove_entry(key) {
+            Some((key, old)) => {
+                self.unindex(&old, &key);
+                self.rivals([&old], &key)
             }
             None => Vec::new(),
         }
@@ -159,7 +165,7 @@ impl Index {
         versions: impl IntoIterator<Item = &'a Arc<ObservedCell>>,
         key: &str,
     ) -> Vec<String> {
-        let mut rivals = BTreeSet::new();
+        let mut rivals: BTreeSet<&str> = BTreeSet::new();
         for cell in versions {
             let Ok(spec) = &cell.spec else { continue };
             rivals.extend(
@@ -167,40 +173,46 @@ impl Index {
                     .get(&spec.service)
                     .into_iter()
                     .flatten()
-                    .cloned(),
+                    .map(|k| &**k),
             );
             if let Some(schema) = spec.database_schema() {
-                rivals.extend(self.by_schema.get(&schema).into_iter().flatten().cloned());
+                rivals.extend(
+                    self.by_schema
+                        .get(&schema)
+                        .into_iter()
+                        .flatten()
+                        .map(|k| &**k),
+                );
             }
         }
         rivals.remove(key);
-        rivals.into_iter().collect()
+        rivals.into_iter().map(str::to_owned).collect()
     }
 
-    fn index(&mut self, cell: &ObservedCell) {
-        let key = cell.key();
+    fn index(&mut self, cell: &ObservedCell, key: &Key) {
         self.by_namespace
             .entry(cell.namespace().to_owned())
             .or_default()
             .insert(key.clone());
         if let Ok(spec) = &cell.spec {
-            self.by_service
-                .entry(spec.service.clone())
-                .or_default()
-                .insert(key.clone());
+            add_to(&mut self.by_service, &spec.service, key);
             if let Some(schema) = spec.database_schema() {
-                self.by_schema.entry(schema).or_default().insert(key);
+                add_to(&mut self.by_schema, &schema, key);
             }
         }
     }
 
-    fn unindex(&mut self, cell: &ObservedCell) {
-        let key = cell.key();
-        remove_from(&mut self.by_namespace, cell.namespace(), &key);
+    fn unindex(&mut self, cell: &ObservedCell, key: &Key) {
+        if let Some(keys) = self.by_namespace.get_mut(cell.namespace()) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_namespace.remove(cell.namespace());
+            }
+        }
         if let Ok(spec) = &cell.spec {
-            remove_from(&mut self.by_service, &spec.service, &key);
+            remove_from(&mut self.by_service, &spec.service, key);
             if let Some(schema) = spec.database_schema() {
-                remove_from(&mut self.by_schema, &schema, &key);
+                remove_from(&mut self.by_schema, &schema, key);
             }
         }
     }
@@ -240,7 +252,7 @@ impl Index {
             .get(namespace)
             .into_iter()
             .flatten()
-            .filter_map(|key| self.cells.get(key))
+            .filter_map(|key| self.cells.get(&**key))
     }
 
     /// The valid Cells that name `service`, in any namespace.
@@ -249,7 +261,7 @@ impl Index {
             .get(service)
             .into_iter()
             .flatten()
-            .filter_map(|key| self.cells.get(key))
+            .filter_map(|key| self.cells.get(&**key))
     }
 
     /// The valid Cells whose database schema would be `schema`, in any namespace.
@@ -258,7 +270,7 @@ impl Index {
             .get(schema)
             .into_iter()
             .flatten()
-            .filter_map(|key| self.cells.get(key))
+            .filter_map(|key| self.cells.get(&**key))
     }
 
     /// How many Cells the index holds.
@@ -287,9 +299,16 @@ fn in_scope(scope: Option<&str>, namespace: &str) -> bool {
     scope.is_none_or(|scope| scope == namespace)
 }
 
-fn remove_from(index: &mut HashMap<String, BTreeSet<String>>, entry: &str, key: &str) {
+fn add_to(index: &mut HashMap<String, Vec<Key>>, entry: &str, key: &Key) {
+    let keys = index.entry(entry.to_owned()).or_default();
+    if !keys.contains(key) {
+        keys.push(key.clone());
+    }
+}
+
+fn remove_from(index: &mut HashMap<String, Vec<Key>>, entry: &str, key: &Key) {
     if let Some(keys) = index.get_mut(entry) {
-        keys.remove(key);
+        keys.retain(|other| other != key);
         if keys.is_empty() {
             index.remove(entry);
         }
