@@ -10,6 +10,14 @@
 //! A connection goes back to the pool only once `session` has cleared what the call left
 //! on it; one that cannot be cleared, or whose call was cut short, is closed and whatever
 //! it still runs on the server cancelled.
+//!
+//! The pool is ours, not `deadpool-postgres`: deadpool recycles a connection when it is
+//! next taken, but the reset must run inside the call's own transaction, before the
+//! connection is handed back (through a transaction-mode pooler, a transaction left open
+//! until the next call would hold a server connection, and its locks, meanwhile); and a
+//! call cut short must cancel and close its connection, which deadpool returns on drop.
+//! With both done around deadpool's objects, what it would keep is a semaphore and an
+//! idle list, a few lines here.
 
 pub mod rows;
 pub mod secrets;
