@@ -1,7 +1,10 @@
 //! `cellbus bench`: the same request/reply load, side by side in one run, against a raw
 //! async-nats echo responder in a queue group and against the `echo` cell served by this
 //! runtime, both through one nats-server on loopback. It prints requests per second and
-//! latency percentiles of each and their ratios.
+//! latency percentiles of each and their ratios, and the CPU each side costs per request:
+//! this process's (the load generator and the responder, or the load generator and the
+//! runtime, so the difference is the runtime's overhead over a raw responder) and the
+//! NATS servers' it started.
 //!
 //! `cellbus bench --durable` does the same for durable requests: the raw side is the
 //! least a JetStream service does (publish to a work-queue stream and wait for the
@@ -91,9 +94,18 @@ pub struct Side {
     pub elapsed: Duration,
     /// Sorted latencies in microseconds.
     latencies: Vec<u32>,
+    /// CPU time this process spent while the side ran.
+    pub cpu: Duration,
+    /// CPU time the NATS servers spent meanwhile, when the bench started them.
+    pub server_cpu: Option<Duration>,
 }
 
 impl Side {
+    /// CPU microseconds per answered request of `cpu`.
+    fn per_request(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
+    }
+
     pub fn per_second(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -119,21 +131,35 @@ pub struct Report {
 impl Report {
     /// The table `cellbus bench` prints.
     pub fn table(&self, args: &BenchArgs) -> String {
+        let server_cpu = |side: &Side| {
+            side.server_cpu.map_or_else(
+                || "-".to_owned(),
+                |cpu| format!("{:.1}", side.per_request(cpu)),
+            )
+        };
         let row = |name: &str, side: &Side| {
             format!(
-                "{name:<10} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>8}\n",
+                "{name:<10} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>8} {:>10.1} {:>10}\n",
                 side.per_second(),
                 side.quantile(0.5),
                 side.quantile(0.99),
                 side.quantile(0.999),
-                side.errors
+                side.errors,
+                side.per_request(side.cpu),
+                server_cpu(side),
             )
         };
+        let (raw_cpu, cellbus_cpu) = (
+            self.raw.per_request(self.raw.cpu),
+            self.cellbus.per_request(self.cellbus.cpu),
+        );
         let ratio = |a: f64, b: f64| a / b;
         format!(
             "{}, {} concurrent, {} B payload, {:?} per side\n\
-             {:<10} {:>12} {:>10} {:>10} {:>10} {:>8}\n{}{}\
-             ratios (cellbus / raw): throughput {:.2}, p50 {:.2}, p99 {:.2}, p99.9 {:.2}\n",
+             {:<10} {:>12} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}\n{}{}\
+             ratios (cellbus / raw): throughput {:.2}, p50 {:.2}, p99 {:.2}, p99.9 {:.2}\n\
+             CPU per request in this process (load generator + responder): raw {:.1} µs, \
+             cellbus {:.1} µs; the runtime's overhead {:.1} µs\n",
             self.kind,
             args.concurrency,
             args.payload,
@@ -144,12 +170,17 @@ impl Report {
             "p99 µs",
             "p99.9 µs",
             "errors",
+            "cpu µs/req",
+            "nats µs/req",
             row("raw", &self.raw),
             row("cellbus", &self.cellbus),
             ratio(self.cellbus.per_second(), self.raw.per_second()),
             ratio(self.cellbus.quantile(0.5), self.raw.quantile(0.5)),
             ratio(self.cellbus.quantile(0.99), self.raw.quantile(0.99)),
             ratio(self.cellbus.quantile(0.999), self.raw.quantile(0.999)),
+            raw_cpu,
+            cellbus_cpu,
+            cellbus_cpu - raw_cpu,
         )
     }
 }
@@ -244,8 +275,11 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         }
     }
 
+    let clock = CpuClock {
+        servers: local.as_ref().map(LocalNats::pids).unwrap_or_default(),
+    };
     if args.durable {
-        let report = durable(args, &nats).await;
+        let report = durable(args, &nats, &clock).await;
         server.shutdown().await;
         drop(local);
         return report;
@@ -291,22 +325,24 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         args.warmup,
     )
     .await;
-    let raw = load(
-        &requester,
-        RAW_SUBJECT,
-        &body,
-        args.concurrency,
-        args.duration,
-    )
-    .await;
-    let cellbus = load(
-        &requester,
-        "cbs.echo.say",
-        &body,
-        args.concurrency,
-        args.duration,
-    )
-    .await;
+    let raw = clock
+        .measure(load(
+            &requester,
+            RAW_SUBJECT,
+            &body,
+            args.concurrency,
+            args.duration,
+        ))
+        .await;
+    let cellbus = clock
+        .measure(load(
+            &requester,
+            "cbs.echo.say",
+            &body,
+            args.concurrency,
+            args.duration,
+        ))
+        .await;
     server.shutdown().await;
     drop(local);
     Ok(Report {
@@ -335,7 +371,11 @@ async fn make_buckets(nats: &NatsArgs, replicas: u8, started: bool) -> Result<()
 
 /// Both durable sides: the raw JetStream service, set up here, and the echo cell's
 /// durable verb, already served.
-async fn durable(args: &BenchArgs, nats: &NatsArgs) -> Result<Report, BenchError> {
+async fn durable(
+    args: &BenchArgs,
+    nats: &NatsArgs,
+    clock: &CpuClock,
+) -> Result<Report, BenchError> {
     use async_nats::jetstream::{self, consumer, stream};
 
     let raw_error = |e: &dyn std::fmt::Display| BenchError::RawJetStream(e.to_string());
@@ -385,22 +425,24 @@ async fn durable(args: &BenchArgs, nats: &NatsArgs) -> Result<Report, BenchError
     for subject in targets {
         load_durable(&requester, subject, &payload, args.concurrency, args.warmup).await;
     }
-    let raw = load_durable(
-        &requester,
-        RAW_DURABLE_SUBJECT,
-        &payload,
-        args.concurrency,
-        args.duration,
-    )
-    .await;
-    let cellbus = load_durable(
-        &requester,
-        "cbs.echo.say",
-        &payload,
-        args.concurrency,
-        args.duration,
-    )
-    .await;
+    let raw = clock
+        .measure(load_durable(
+            &requester,
+            RAW_DURABLE_SUBJECT,
+            &payload,
+            args.concurrency,
+            args.duration,
+        ))
+        .await;
+    let cellbus = clock
+        .measure(load_durable(
+            &requester,
+            "cbs.echo.say",
+            &payload,
+            args.concurrency,
+            args.duration,
+        ))
+        .await;
     responder.abort();
     let _ = js.delete_stream(RAW_STREAM).await;
     Ok(Report {
@@ -519,5 +561,62 @@ async fn collect(workers: Vec<tokio::task::JoinHandle<(Vec<u32>, u64)>>, started
         errors,
         elapsed,
         latencies,
+        cpu: Duration::ZERO,
+        server_cpu: None,
     }
+}
+
+/// Reads the CPU time of this process and of the NATS servers the bench started.
+struct CpuClock {
+    servers: Vec<u32>,
+}
+
+/// CPU time spent so far.
+#[derive(Clone, Copy)]
+struct CpuTime {
+    process: Duration,
+    servers: Option<Duration>,
+}
+
+impl CpuClock {
+    fn now(&self) -> CpuTime {
+        let process = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        let servers = if self.servers.is_empty() {
+            None
+        } else {
+            self.servers.iter().map(|pid| server_cpu(*pid)).sum()
+        };
+        CpuTime {
+            process: Duration::new(
+                u64::try_from(process.tv_sec).unwrap_or_default(),
+                u32::try_from(process.tv_nsec).unwrap_or_default(),
+            ),
+            servers,
+        }
+    }
+
+    /// `side` run, with the CPU time spent while it ran.
+    async fn measure(&self, side: impl std::future::Future<Output = Side>) -> Side {
+        let before = self.now();
+        let mut side = side.await;
+        let after = self.now();
+        side.cpu = after.process.saturating_sub(before.process);
+        side.server_cpu = after
+            .servers
+            .zip(before.servers)
+            .map(|(after, before)| after.saturating_sub(before));
+        side
+    }
+}
+
+/// User and system CPU time of process `pid`, from `/proc/{pid}/stat` (in clock ticks,
+/// 10 ms each: fine over seconds of load).
+fn server_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may hold spaces and parentheses; the fields after its last `)` start
+    // with the state, the third field, so utime and stime (14 and 15) are 11 and 12 here.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }

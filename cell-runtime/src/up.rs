@@ -536,6 +536,16 @@ impl LocalNats {
     }
 }
 
+impl LocalNats {
+    /// The process ids of the servers, for reading their CPU time.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self._children
+            .iter()
+            .filter_map(tokio::process::Child::id)
+            .collect()
+    }
+}
+
 /// A loopback port nothing listens on now (a server binds it a moment later).
 fn free_port() -> Result<u16, UpError> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

@@ -544,6 +544,13 @@ async fn bench_measures_raw_nats_and_the_runtime_side_by_side() {
             "{table}"
         );
         assert_eq!(table.starts_with("durable"), durable, "{table}");
+        // CPU is measured on each side; a server the bench did not start is not read.
+        assert!(report.raw.cpu > Duration::ZERO && report.cellbus.cpu > Duration::ZERO);
+        assert_eq!(
+            (report.raw.server_cpu, report.cellbus.server_cpu),
+            (None, None)
+        );
+        assert!(table.contains("the runtime's overhead"), "{table}");
     }
 }
 
@@ -567,6 +574,15 @@ async fn bench_durable_runs_on_a_private_three_node_cluster_with_three_copies() 
     let report = bench::run(&args).await.unwrap();
     assert!(report.raw.requests > 0 && report.cellbus.requests > 0);
     assert_eq!((report.raw.errors, report.cellbus.errors), (0, 0));
+    // The servers it started are read: three of them work for every durable request.
+    assert!(report
+        .raw
+        .server_cpu
+        .is_some_and(|cpu| cpu > Duration::ZERO));
+    assert!(report
+        .cellbus
+        .server_cpu
+        .is_some_and(|cpu| cpu > Duration::ZERO));
     let table = report.table(&args);
     assert!(
         table.starts_with("durable (JetStream publish, pull, reply, ack) on a private three-node cluster, 3 copies"),
