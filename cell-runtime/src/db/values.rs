@@ -19,8 +19,10 @@ use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 use jiff::civil;
-use jiff::{SignedDuration, Span, Timestamp};
+use jiff::Timestamp;
+use postgres_protocol::types::{self as wire, ArrayDimension};
 use serde_json::{Map, Number, Value};
+use tokio_postgres::fallible_iterator::FallibleIterator;
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, Kind, ToSql, Type};
 use tokio_postgres::{Column, Row};
 
@@ -364,9 +366,6 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01 00:00:00 UTC.
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-const PG_EPOCH_DATE: civil::Date = civil::Date::constant(2000, 1, 1);
 const PG_EPOCH_DATETIME: civil::DateTime = civil::DateTime::constant(2000, 1, 1, 0, 0, 0, 0);
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -418,27 +417,27 @@ fn encode(place: Place, ty: &Type, value: &Value, out: &mut BytesMut) -> Result<
             let Value::Bool(b) = value else {
                 return Err(mismatch("true or false"));
             };
-            out.put_u8(u8::from(*b));
+            wire::bool_to_sql(*b, out);
         }
         Scalar::Int2 => {
             let n = integer(value, i16::MIN.into(), i16::MAX.into())
                 .map_err(|e| e.into_error(mismatch, out_of_range))?;
-            out.put_i16(n as i16);
+            wire::int2_to_sql(n as i16, out);
         }
         Scalar::Int4 => {
             let n = integer(value, i32::MIN.into(), i32::MAX.into())
                 .map_err(|e| e.into_error(mismatch, out_of_range))?;
-            out.put_i32(n as i32);
+            wire::int4_to_sql(n as i32, out);
         }
         Scalar::Int8 => {
             let n = integer(value, i64::MIN, i64::MAX)
                 .map_err(|e| e.into_error(mismatch, out_of_range))?;
-            out.put_i64(n);
+            wire::int8_to_sql(n, out);
         }
         Scalar::Oid => {
             let n = integer(value, 0, u32::MAX.into())
                 .map_err(|e| e.into_error(mismatch, out_of_range))?;
-            out.put_u32(n as u32);
+            wire::oid_to_sql(n as u32, out);
         }
         Scalar::Float4 => {
             let x = float(value).ok_or_else(|| mismatch(EXPECT_FLOAT))?;
@@ -446,11 +445,11 @@ fn encode(place: Place, ty: &Type, value: &Value, out: &mut BytesMut) -> Result<
             if x.is_finite() && !narrowed.is_finite() {
                 return Err(out_of_range());
             }
-            out.put_f32(narrowed);
+            wire::float4_to_sql(narrowed, out);
         }
         Scalar::Float8 => {
             let x = float(value).ok_or_else(|| mismatch(EXPECT_FLOAT))?;
-            out.put_f64(x);
+            wire::float8_to_sql(x, out);
         }
         Scalar::Numeric => {
             let text = match value {
@@ -472,13 +471,12 @@ fn encode(place: Place, ty: &Type, value: &Value, out: &mut BytesMut) -> Result<
                     "PostgreSQL text cannot hold the NUL character".into(),
                 ));
             }
-            out.put_slice(s.as_bytes());
+            wire::text_to_sql(s, out);
         }
-        Scalar::Json => out.put_slice(value.to_string().as_bytes()),
-        Scalar::Jsonb => {
-            // jsonb's binary form is a format version, 1, then the text.
-            out.put_u8(1);
-            out.put_slice(value.to_string().as_bytes());
+        Scalar::Json | Scalar::Jsonb => {
+            value
+                .to_sql(&json_type(scalar), out)
+                .map_err(|error| invalid("a JSON value", error.to_string()))?;
         }
         Scalar::Uuid => {
             let Value::String(s) = value else {
@@ -486,83 +484,84 @@ fn encode(place: Place, ty: &Type, value: &Value, out: &mut BytesMut) -> Result<
             };
             let uuid = uuid::Uuid::parse_str(s)
                 .map_err(|error| invalid(EXPECT_UUID, error.to_string()))?;
-            out.put_slice(uuid.as_bytes());
+            wire::uuid_to_sql(uuid.into_bytes(), out);
         }
         Scalar::Timestamptz => {
             let Value::String(s) = value else {
                 return Err(mismatch(EXPECT_TIMESTAMPTZ));
             };
-            let micros = match infinity(s) {
-                Some(true) => i64::MAX,
-                Some(false) => i64::MIN,
+            match infinity(s) {
+                Some(true) => wire::timestamp_to_sql(i64::MAX, out),
+                Some(false) => wire::timestamp_to_sql(i64::MIN, out),
                 None => {
                     let timestamp: Timestamp = s.parse().map_err(|error: jiff::Error| {
                         invalid(EXPECT_TIMESTAMPTZ, error.to_string())
                     })?;
                     whole_micros(timestamp.subsec_nanosecond())
                         .map_err(|error| invalid(EXPECT_TIMESTAMPTZ, error.to_string()))?;
-                    timestamp.as_microsecond() - PG_EPOCH_MICROS
+                    timestamp
+                        .to_sql(&Type::TIMESTAMPTZ, out)
+                        .map_err(|_| out_of_range())?;
                 }
-            };
-            out.put_i64(micros);
+            }
         }
         Scalar::Timestamp => {
             let Value::String(s) = value else {
                 return Err(mismatch(EXPECT_TIMESTAMP));
             };
-            let micros = match infinity(s) {
-                Some(true) => i64::MAX,
-                Some(false) => i64::MIN,
+            match infinity(s) {
+                Some(true) => wire::timestamp_to_sql(i64::MAX, out),
+                Some(false) => wire::timestamp_to_sql(i64::MIN, out),
                 None => {
                     let datetime: civil::DateTime = s.parse().map_err(|error: jiff::Error| {
                         invalid(EXPECT_TIMESTAMP, error.to_string())
                     })?;
                     whole_micros(datetime.subsec_nanosecond())
                         .map_err(|error| invalid(EXPECT_TIMESTAMP, error.to_string()))?;
-                    // Civil datetimes span ±9999 years, well inside i64 microseconds.
-                    datetime.duration_since(PG_EPOCH_DATETIME).as_micros() as i64
+                    // Not the driver's impl: it refuses the last day of year 9999, which
+                    // PostgreSQL holds. Civil datetimes span ±9999 years, well inside i64
+                    // microseconds.
+                    let micros = datetime.duration_since(PG_EPOCH_DATETIME).as_micros() as i64;
+                    wire::timestamp_to_sql(micros, out);
                 }
-            };
-            out.put_i64(micros);
+            }
         }
         Scalar::Date => {
             let Value::String(s) = value else {
                 return Err(mismatch(EXPECT_DATE));
             };
-            let days = match infinity(s) {
-                Some(true) => i32::MAX,
-                Some(false) => i32::MIN,
+            match infinity(s) {
+                Some(true) => wire::date_to_sql(i32::MAX, out),
+                Some(false) => wire::date_to_sql(i32::MIN, out),
                 None => {
                     let date: civil::Date = s
                         .parse()
                         .map_err(|error: jiff::Error| invalid(EXPECT_DATE, error.to_string()))?;
-                    (date.duration_since(PG_EPOCH_DATE).as_secs() / 86_400) as i32
+                    date.to_sql(&Type::DATE, out).map_err(|_| out_of_range())?;
                 }
-            };
-            out.put_i32(days);
+            }
         }
         Scalar::Time => {
             let Value::String(s) = value else {
                 return Err(mismatch(EXPECT_TIME));
             };
-            let micros = if s == "24:00:00" {
-                MICROS_PER_DAY
+            if s == "24:00:00" {
+                wire::time_to_sql(MICROS_PER_DAY, out);
             } else {
                 let time: civil::Time = s
                     .parse()
                     .map_err(|error: jiff::Error| invalid(EXPECT_TIME, error.to_string()))?;
                 whole_micros(time.subsec_nanosecond())
                     .map_err(|error| invalid(EXPECT_TIME, error.to_string()))?;
-                time.duration_since(civil::Time::midnight()).as_micros() as i64
-            };
-            out.put_i64(micros);
+                time.to_sql(&Type::TIME, out).map_err(|_| out_of_range())?;
+            }
         }
         Scalar::Bytea => {
             let Value::String(s) = value else {
                 return Err(mismatch(EXPECT_BYTEA));
             };
             let bytes = parse_hex(s).map_err(|reason| invalid(EXPECT_BYTEA, reason.into()))?;
-            out.put_slice(&bytes);
+            wire::bytea_to_sql(&bytes, out);
         }
         Scalar::Void => return Err(mismatch("null")),
     }
@@ -589,31 +588,32 @@ fn encode_array(
         ty: format!("{}[]", type_name(element)),
         value: format!("an array of {} elements", items.len()),
     };
-    let length = i32::try_from(items.len()).map_err(|_| out_of_range())?;
+    let len = i32::try_from(items.len()).map_err(|_| out_of_range())?;
     // PostgreSQL's own empty array has no dimensions at all.
-    out.put_i32(if items.is_empty() { 0 } else { 1 });
-    out.put_i32(i32::from(items.iter().any(Value::is_null)));
-    out.put_u32(element.oid());
-    if !items.is_empty() {
-        out.put_i32(length);
-        out.put_i32(1);
-    }
-    for (index, item) in items.iter().enumerate() {
+    let dimension = (!items.is_empty()).then_some(ArrayDimension {
+        len,
+        lower_bound: 1,
+    });
+    let encode_item = |(index, item): (usize, &Value), out: &mut BytesMut| {
         if item.is_null() {
-            out.put_i32(-1);
-            continue;
+            return Ok(postgres_protocol::IsNull::Yes);
         }
-        let at = out.len();
-        out.put_i32(0);
         let element_place = Place {
             number: place.number,
             element: Some(index + 1),
         };
         encode(element_place, element, item, out)?;
-        let written = i32::try_from(out.len() - at - 4).map_err(|_| out_of_range())?;
-        out[at..at + 4].copy_from_slice(&written.to_be_bytes());
-    }
-    Ok(())
+        Ok(postgres_protocol::IsNull::No)
+    };
+    let items = items.iter().enumerate();
+    wire::array_to_sql(dimension, element.oid(), items, encode_item, out).map_err(|error| {
+        // An element's own error comes back boxed, and names the element.
+        match error.downcast::<ValueError>() {
+            Ok(error) => *error,
+            // array_to_sql's own: an element longer than an i32 length can say.
+            Err(_) => out_of_range(),
+        }
+    })
 }
 
 /// Why a JSON value is not an integer for a column of the given range.
@@ -702,23 +702,21 @@ fn whole_micros(subsec_nanosecond: i32) -> Result<(), TooPrecise> {
 struct TooPrecise;
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, &'static str> {
-    let digits = s
-        .strip_prefix("\\x")
-        .ok_or("it does not start with \\x")?
-        .as_bytes();
-    if digits.len() % 2 != 0 {
-        return Err("it has an odd number of hex digits");
+    let digits = s.strip_prefix("\\x").ok_or("it does not start with \\x")?;
+    hex::decode(digits).map_err(|error| match error {
+        hex::FromHexError::OddLength => "it has an odd number of hex digits",
+        _ => "it has a character that is not a hex digit",
+    })
+}
+
+/// json and jsonb differ on the wire by jsonb's version byte, which the driver writes
+/// and checks by type; a domain's own type would get neither.
+fn json_type(scalar: Scalar) -> Type {
+    if scalar == Scalar::Jsonb {
+        Type::JSONB
+    } else {
+        Type::JSON
     }
-    let nibble = |c: u8| {
-        (c as char)
-            .to_digit(16)
-            .map(|d| d as u8)
-            .ok_or("it has a character that is not a hex digit")
-    };
-    digits
-        .chunks_exact(2)
-        .map(|pair| Ok((nibble(pair[0])? << 4) | nibble(pair[1])?))
-        .collect()
 }
 
 /// A decimal as PostgreSQL's numeric holds it.
@@ -962,9 +960,8 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Value, DecodeProblem> {
     let Some(scalar) = scalar(ty) else {
         return Err(DecodeProblem::Unsupported(type_name(ty)));
     };
-    let malformed = || DecodeProblem::invalid(ty, "the server sent a malformed value");
-    let fixed = |n: usize| raw.len() == n;
-    let out_of_range = || {
+    let malformed = |_| DecodeProblem::invalid(ty, "the server sent a malformed value");
+    let out_of_range = |_| {
         DecodeProblem::invalid(
             ty,
             "its value is outside the years -9999 to 9999 the db capability can return; \
@@ -972,90 +969,64 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Value, DecodeProblem> {
         )
     };
     Ok(match scalar {
-        Scalar::Bool if fixed(1) => Value::Bool(raw[0] != 0),
-        Scalar::Int2 if fixed(2) => i16::from_be_bytes([raw[0], raw[1]]).into(),
-        Scalar::Int4 if fixed(4) => i32::from_be_bytes(array(raw)).into(),
-        Scalar::Int8 if fixed(8) => i64::from_be_bytes(array(raw)).into(),
-        Scalar::Oid if fixed(4) => u32::from_be_bytes(array(raw)).into(),
-        Scalar::Float4 if fixed(4) => {
-            let x = f32::from_be_bytes(array(raw));
+        Scalar::Bool => wire::bool_from_sql(raw).map_err(malformed)?.into(),
+        Scalar::Int2 => wire::int2_from_sql(raw).map_err(malformed)?.into(),
+        Scalar::Int4 => wire::int4_from_sql(raw).map_err(malformed)?.into(),
+        Scalar::Int8 => wire::int8_from_sql(raw).map_err(malformed)?.into(),
+        Scalar::Oid => wire::oid_from_sql(raw).map_err(malformed)?.into(),
+        Scalar::Float4 => {
+            let x = wire::float4_from_sql(raw).map_err(malformed)?;
             // Through its shortest text, so that 0.1 reads as 0.1 rather than the f64
             // nearest the f32 nearest 0.1.
             float_json(x.to_string().parse().unwrap_or(f64::from(x)))
         }
-        Scalar::Float8 if fixed(8) => float_json(f64::from_be_bytes(array(raw))),
+        Scalar::Float8 => float_json(wire::float8_from_sql(raw).map_err(malformed)?),
         Scalar::Numeric => {
             Value::String(numeric_text(raw).map_err(|reason| DecodeProblem::invalid(ty, reason))?)
         }
-        Scalar::Text => Value::String(text(raw).ok_or_else(malformed)?.to_owned()),
-        Scalar::Json => serde_json::from_slice(raw).map_err(|_| malformed())?,
-        Scalar::Jsonb => match raw.split_first() {
-            Some((1, json)) => serde_json::from_slice(json).map_err(|_| malformed())?,
-            _ => return Err(malformed()),
-        },
-        Scalar::Uuid => uuid::Uuid::from_slice(raw)
-            .map_err(|_| malformed())?
+        Scalar::Text => wire::text_from_sql(raw).map_err(malformed)?.into(),
+        Scalar::Json | Scalar::Jsonb => {
+            Value::from_sql(&json_type(scalar), raw).map_err(malformed)?
+        }
+        Scalar::Uuid => uuid::Uuid::from_bytes(wire::uuid_from_sql(raw).map_err(malformed)?)
             .hyphenated()
             .to_string()
             .into(),
-        Scalar::Timestamptz if fixed(8) => match i64::from_be_bytes(array(raw)) {
+        Scalar::Timestamptz => match wire::timestamp_from_sql(raw).map_err(malformed)? {
             i64::MAX => "infinity".into(),
             i64::MIN => "-infinity".into(),
-            micros => micros
-                .checked_add(PG_EPOCH_MICROS)
-                .and_then(|unix| Timestamp::from_microsecond(unix).ok())
-                .ok_or_else(out_of_range)?
+            _ => Timestamp::from_sql(ty, raw)
+                .map_err(out_of_range)?
                 .to_string()
                 .into(),
         },
-        Scalar::Timestamp if fixed(8) => match i64::from_be_bytes(array(raw)) {
+        Scalar::Timestamp => match wire::timestamp_from_sql(raw).map_err(malformed)? {
             i64::MAX => "infinity".into(),
             i64::MIN => "-infinity".into(),
-            micros => PG_EPOCH_DATETIME
-                .checked_add(SignedDuration::from_micros(micros))
-                .map_err(|_| out_of_range())?
+            _ => civil::DateTime::from_sql(ty, raw)
+                .map_err(out_of_range)?
                 .to_string()
                 .into(),
         },
-        Scalar::Date if fixed(4) => match i32::from_be_bytes(array(raw)) {
+        Scalar::Date => match wire::date_from_sql(raw).map_err(malformed)? {
             i32::MAX => "infinity".into(),
             i32::MIN => "-infinity".into(),
-            days => Span::new()
-                .try_days(days)
-                .and_then(|span| PG_EPOCH_DATE.checked_add(span))
-                .map_err(|_| out_of_range())?
+            _ => civil::Date::from_sql(ty, raw)
+                .map_err(out_of_range)?
                 .to_string()
                 .into(),
         },
-        Scalar::Time if fixed(8) => match i64::from_be_bytes(array(raw)) {
+        Scalar::Time => match wire::time_from_sql(raw).map_err(malformed)? {
             // PostgreSQL allows the end of the day, which a civil time cannot hold.
             MICROS_PER_DAY => "24:00:00".into(),
-            micros @ 0..MICROS_PER_DAY => civil::Time::midnight()
-                .checked_add(SignedDuration::from_micros(micros))
-                .map_err(|_| malformed())?
+            _ => civil::Time::from_sql(ty, raw)
+                .map_err(malformed)?
                 .to_string()
                 .into(),
-            _ => return Err(malformed()),
         },
-        Scalar::Bytea => {
-            let mut hex = String::with_capacity(2 + 2 * raw.len());
-            hex.push_str("\\x");
-            for byte in raw {
-                hex.push_str(&format!("{byte:02x}"));
-            }
-            Value::String(hex)
-        }
+        Scalar::Bytea => format!("\\x{}", hex::encode(wire::bytea_from_sql(raw))).into(),
         Scalar::Void => Value::Null,
-        _ => return Err(malformed()),
     })
-}
-
-fn array<const N: usize>(raw: &[u8]) -> [u8; N] {
-    raw.try_into().expect("the caller checked the length")
-}
-
-fn text(raw: &[u8]) -> Option<&str> {
-    std::str::from_utf8(raw).ok()
 }
 
 /// JSON has no NaN or infinities; they come back as the strings binding accepts.
@@ -1071,38 +1042,23 @@ fn float_json(x: f64) -> Value {
 /// Arrays come back as nested JSON arrays, one level per dimension; lower bounds other
 /// than 1 are not kept.
 fn decode_array(ty: &Type, element: &Type, raw: &[u8]) -> Result<Value, DecodeProblem> {
-    let malformed = || DecodeProblem::invalid(ty, "the server sent a malformed array");
-    let mut reader = Reader { raw };
-    let ndim = reader.i32().ok_or_else(malformed)?;
-    let _has_null = reader.i32().ok_or_else(malformed)?;
-    let _element_oid = reader.i32().ok_or_else(malformed)?;
-    let ndim = usize::try_from(ndim).map_err(|_| malformed())?;
-    let mut lengths = Vec::with_capacity(ndim.min(6));
-    for _ in 0..ndim {
-        let length = reader.i32().ok_or_else(malformed)?;
-        let _lower_bound = reader.i32().ok_or_else(malformed)?;
-        lengths.push(usize::try_from(length).map_err(|_| malformed())?);
-    }
-    if ndim == 0 {
+    let malformed = |_| DecodeProblem::invalid(ty, "the server sent a malformed array");
+    let array = wire::array_from_sql(raw).map_err(malformed)?;
+    let lengths: Vec<usize> = array
+        .dimensions()
+        .map(|dimension| Ok(usize::try_from(dimension.len)?))
+        .collect()
+        .map_err(malformed)?;
+    if lengths.is_empty() {
         return Ok(Value::Array(Vec::new()));
     }
-    let count = lengths
-        .iter()
-        .try_fold(1usize, |total, &length| total.checked_mul(length))
-        .ok_or_else(malformed)?;
-    let mut elements = Vec::with_capacity(count.min(raw.len()));
-    for _ in 0..count {
-        let length = reader.i32().ok_or_else(malformed)?;
-        let value = if length < 0 {
-            Value::Null
-        } else {
-            let bytes = reader.take(length as usize).ok_or_else(malformed)?;
-            decode(element, bytes)?
-        };
-        elements.push(value);
-    }
-    if !reader.raw.is_empty() {
-        return Err(malformed());
+    let mut values = array.values();
+    let mut elements = Vec::new();
+    while let Some(value) = values.next().map_err(malformed)? {
+        elements.push(match value {
+            None => Value::Null,
+            Some(bytes) => decode(element, bytes)?,
+        });
     }
     Ok(nest(&lengths, &mut elements.into_iter()))
 }
@@ -1113,25 +1069,6 @@ fn nest(lengths: &[usize], elements: &mut impl Iterator<Item = Value>) -> Value 
         Some((&length, inner)) => {
             Value::Array((0..length).map(|_| nest(inner, elements)).collect())
         }
-    }
-}
-
-struct Reader<'a> {
-    raw: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.raw.len() < n {
-            return None;
-        }
-        let (taken, rest) = self.raw.split_at(n);
-        self.raw = rest;
-        Some(taken)
-    }
-
-    fn i32(&mut self) -> Option<i32> {
-        self.take(4).map(|b| i32::from_be_bytes(array(b)))
     }
 }
 
@@ -1283,8 +1220,14 @@ mod tests {
     )]
     #[case::timestamptz_at_epoch(Type::TIMESTAMPTZ, json!("2000-01-01T01:00:00+01:00"), vec![0; 8])]
     #[case::timestamp(Type::TIMESTAMP, json!("2000-01-01T00:00:01"), 1_000_000i64.to_be_bytes().to_vec())]
+    #[case::timestamp_last_microsecond(
+        Type::TIMESTAMP,
+        json!("9999-12-31T23:59:59.999999"),
+        252_455_615_999_999_999i64.to_be_bytes().to_vec()
+    )]
     #[case::date_before_epoch(Type::DATE, json!("1999-12-31"), (-1i32).to_be_bytes().to_vec())]
     #[case::date_infinity(Type::DATE, json!("infinity"), i32::MAX.to_be_bytes().to_vec())]
+    #[case::date_last(Type::DATE, json!("9999-12-31"), 2_921_939i32.to_be_bytes().to_vec())]
     #[case::time(Type::TIME, json!("00:00:00.000002"), 2i64.to_be_bytes().to_vec())]
     #[case::bytea(Type::BYTEA, json!("\\x00ff"), vec![0, 0xff])]
     #[case::empty_array(Type::INT4_ARRAY, json!([]), vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 23])]
@@ -1462,6 +1405,11 @@ mod tests {
         json!("2000-01-02T00:00:00.123456Z")
     )]
     #[case::timestamp_infinity(Type::TIMESTAMP, i64::MIN.to_be_bytes().to_vec(), json!("-infinity"))]
+    #[case::timestamp_last_microsecond(
+        Type::TIMESTAMP,
+        252_455_615_999_999_999i64.to_be_bytes().to_vec(),
+        json!("9999-12-31T23:59:59.999999")
+    )]
     #[case::date(Type::DATE, 366i32.to_be_bytes().to_vec(), json!("2001-01-01"))]
     #[case::time_end_of_day(Type::TIME, MICROS_PER_DAY.to_be_bytes().to_vec(), json!("24:00:00"))]
     #[case::bytea(Type::BYTEA, vec![0xde, 0xad], json!("\\xdead"))]
@@ -1476,6 +1424,33 @@ mod tests {
         assert!(
             matches!(&problem, DecodeProblem::Invalid { reason, .. } if reason.contains("cast it to text")),
             "{problem:?}"
+        );
+    }
+
+    #[rstest]
+    #[case::trailing_bytes([&1i32.to_be_bytes()[..], &[0; 12], &[0; 4], &[9]].concat())]
+    #[case::negative_dimension_count((-1i32).to_be_bytes().repeat(3))]
+    #[case::negative_length([&1i32.to_be_bytes()[..], &[0; 8], &(-1i32).to_be_bytes(), &[0; 4]].concat())]
+    #[case::element_past_the_end([&1i32.to_be_bytes()[..], &[0; 8], &1i32.to_be_bytes(), &[0; 4], &4i32.to_be_bytes(), &[0; 2]].concat())]
+    fn malformed_arrays_are_errors_not_panics(#[case] raw: Vec<u8>) {
+        assert_eq!(
+            decode(&Type::INT2_ARRAY, &raw),
+            Err(DecodeProblem::invalid(
+                &Type::INT2_ARRAY,
+                "the server sent a malformed array"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_time_past_the_end_of_the_day_is_malformed() {
+        let raw = (MICROS_PER_DAY + 1).to_be_bytes();
+        assert_eq!(
+            decode(&Type::TIME, &raw),
+            Err(DecodeProblem::invalid(
+                &Type::TIME,
+                "the server sent a malformed value"
+            ))
         );
     }
 
