@@ -3,7 +3,7 @@
 //! error envelope with its code; none stops the cell serving the next request.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::error::RequestError;
+use crate::metrics::{Metrics, VerbMetrics};
 use crate::process::ProcessCell;
 use crate::wasm::{CallContext, Executor, WasmCell};
 
@@ -118,6 +119,8 @@ struct Verb {
     output: Option<Validator>,
     timeout: Option<Duration>,
     durable: bool,
+    /// Its series, resolved at its first request.
+    metrics: OnceLock<VerbMetrics>,
 }
 
 /// A cell a pod serves.
@@ -169,6 +172,7 @@ impl LoadedCell {
                     output: compile(&verb.name, "output", &verb.output)?,
                     timeout: verb.timeout_ms.map(|ms| Duration::from_millis(ms.into())),
                     durable: verb.delivery == Delivery::Durable,
+                    metrics: OnceLock::new(),
                 },
             );
         }
@@ -204,6 +208,16 @@ impl LoadedCell {
     /// alone.
     pub fn is_durable(&self, verb: &str) -> bool {
         self.verbs.get(verb).is_some_and(|v| v.durable)
+    }
+
+    /// The series of `verb`'s requests, or none for a verb the cell does not have.
+    pub fn verb_metrics(&self, metrics: &Metrics, verb: &str) -> Option<&VerbMetrics> {
+        let (name, found) = self.verbs.get_key_value(verb)?;
+        Some(
+            found
+                .metrics
+                .get_or_init(|| metrics.verb(self.service(), name)),
+        )
     }
 
     /// The in-flight permits: a durable worker takes one before it fetches a request.

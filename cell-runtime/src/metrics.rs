@@ -1,5 +1,7 @@
 //! Prometheus metrics of the runtime, all prefixed `cellbus_runtime_`.
 
+use std::sync::OnceLock;
+
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry,
@@ -175,6 +177,56 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         cellbus_control::metrics::render(&self.registry)
+    }
+}
+
+/// The series one verb's requests update, resolved once per loaded verb: a request that
+/// succeeds then looks up no labels.
+pub struct VerbMetrics {
+    service: String,
+    verb: String,
+    /// Made on the first success, so a verb that never succeeded shows no `ok` series.
+    answered_ok: OnceLock<IntCounter>,
+    seconds: Histogram,
+    in_flight: IntGauge,
+}
+
+impl Metrics {
+    /// The series of `service`'s `verb`.
+    pub fn verb(&self, service: &str, verb: &str) -> VerbMetrics {
+        VerbMetrics {
+            service: service.to_owned(),
+            verb: verb.to_owned(),
+            answered_ok: OnceLock::new(),
+            seconds: self.request_seconds.with_label_values(&[service, verb]),
+            in_flight: self.in_flight.with_label_values(&[service]),
+        }
+    }
+}
+
+impl VerbMetrics {
+    /// Requests of the service being run.
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
+    /// Counts one answered request of `outcome`, which took `took`.
+    pub fn answered(&self, metrics: &Metrics, outcome: &str, took: std::time::Duration) {
+        if outcome == "ok" {
+            self.answered_ok
+                .get_or_init(|| {
+                    metrics
+                        .requests
+                        .with_label_values(&[&self.service, &self.verb, "ok"])
+                })
+                .inc();
+        } else {
+            metrics
+                .requests
+                .with_label_values(&[&self.service, &self.verb, outcome])
+                .inc();
+        }
+        self.seconds.observe(took.as_secs_f64());
     }
 }
 

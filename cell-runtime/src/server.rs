@@ -628,8 +628,11 @@ impl Inner {
         let Some((service, verb)) = parse_subject(&message.subject) else {
             return;
         };
-        let in_flight = self.shared.metrics.in_flight.with_label_values(&[service]);
-        in_flight.inc();
+        let metrics = &self.shared.metrics;
+        let series = cell.verb_metrics(metrics, verb);
+        if let Some(series) = series {
+            series.in_flight().inc();
+        }
         let answer = cell
             .answer(
                 permit,
@@ -639,8 +642,21 @@ impl Inner {
                 &message.payload,
             )
             .await;
-        in_flight.dec();
-        self.send(reply_to, service, verb, &answer, started).await;
+        match series {
+            Some(series) => {
+                series.in_flight().dec();
+                self.publish(reply_to, &answer).await;
+                series.answered(metrics, answer.outcome(), started.elapsed());
+            }
+            // `admit` found the verb in this cell; total rather than a panic all the same.
+            None => self.send(reply_to, service, verb, &answer, started).await,
+        }
+    }
+
+    async fn publish(&self, reply_to: async_nats::Subject, answer: &Answer) {
+        if let Err(error) = self.shared.client.publish(reply_to, answer.body()).await {
+            warn!(%error, "publishing a reply");
+        }
     }
 
     async fn send(
@@ -651,9 +667,7 @@ impl Inner {
         answer: &Answer,
         started: Instant,
     ) {
-        if let Err(error) = self.shared.client.publish(reply_to, answer.body()).await {
-            warn!(%error, "publishing a reply");
-        }
+        self.publish(reply_to, answer).await;
         self.shared
             .metrics
             .answered(service, verb, answer.outcome(), started.elapsed());
