@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::resources::Delivery;
-use cellbus_contracts::wire::{ErrorReply, Reply, Request};
+use cellbus_contracts::wire::{ErrorBody, ErrorCode, ErrorReply, RawRequest, Reply};
 use jiff::Timestamp;
 use jsonschema::Validator;
 use serde_json::value::RawValue;
@@ -249,7 +249,9 @@ impl LoadedCell {
         let Some(verb) = self.verbs.get(verb_name) else {
             return refuse(self.unknown_verb(verb_name));
         };
-        let request = match Request::parse(body, self.service(), verb_name) {
+        // The payload stays text: a wasm or process cell is given it as it came, and a
+        // value is built only for a schema to check or a Python cell.
+        let request = match RawRequest::parse(body, self.service(), verb_name) {
             Ok(request) => request,
             Err(error) => return refuse(RequestError::Envelope(error)),
         };
@@ -306,10 +308,10 @@ impl LoadedCell {
         verb: &Verb,
         executor: &Executor,
         client: Option<async_nats::Client>,
-        request: &Request,
+        request: &RawRequest,
     ) -> Result<Output, RequestError> {
         if let Some(schema) = &verb.input {
-            let violations = schema_violations(schema, &request.payload);
+            let violations = schema_violations(schema, &payload_value(request)?);
             if !violations.is_empty() {
                 return Err(RequestError::InputSchema {
                     verb: request.verb.clone(),
@@ -331,9 +333,8 @@ impl LoadedCell {
         };
         let output = match &self.code {
             CellCode::Wasm(code) => {
-                let payload = request.payload.to_string();
                 let output = executor
-                    .invoke(code, &request.verb, &payload, context)
+                    .invoke(code, &request.verb, request.payload.get(), context)
                     .await?;
                 // Checked before it is parsed: text past the limit is refused unread.
                 self.reply_limit.check(output.len())?;
@@ -343,7 +344,7 @@ impl LoadedCell {
             #[cfg(feature = "python")]
             CellCode::Python(code) => {
                 let output = code
-                    .invoke(&request.verb, &request.payload, context.deadline)
+                    .invoke(&request.verb, &payload_value(request)?, context.deadline)
                     .await?;
                 serde_json::value::to_raw_value(&output)
                     .map_err(RequestError::OutputNotEncodable)?
@@ -380,6 +381,17 @@ impl LoadedCell {
         names.sort_unstable();
         names.join(", ")
     }
+}
+
+/// The payload of `request` as a value. [`RawRequest::parse`] bounded its nesting as
+/// reading it does, so this fails only if the two disagree; a `bad_request` then too.
+fn payload_value(request: &RawRequest) -> Result<Value, RequestError> {
+    serde_json::from_str(request.payload.get()).map_err(|error| {
+        RequestError::Envelope(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("request is not JSON: {error}"),
+        ))
+    })
 }
 
 /// Each failing location of `value`, as `{path, message}` with `path` a JSON pointer.

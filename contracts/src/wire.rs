@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -23,10 +24,18 @@ pub mod headers {
     pub const REPLY_TO: &str = "Cbs-Reply-To";
 }
 
-/// A request envelope.
+/// A request envelope, with its payload as a JSON value.
+pub type Request = Envelope<Value>;
+
+/// A request envelope with its payload kept as the text it arrived as: what a cell that
+/// takes JSON text is given, with no value built from it and printed again.
+pub type RawRequest = Envelope<Box<RawValue>>;
+
+/// A request envelope; `P` holds the payload ([`Request`], [`RawRequest`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Request {
+#[schemars(rename = "Request", description = "A request envelope.")]
+pub struct Envelope<P = Value> {
     /// Unique id of this request, a UUID v4.
     pub id: Uuid,
     /// Id of the conversation this request belongs to; replies carry it back.
@@ -43,7 +52,7 @@ pub struct Request {
     #[schemars(range(min = 1))]
     pub timeout_ms: Option<u64>,
     /// The verb's input.
-    pub payload: Value,
+    pub payload: P,
     /// Free-form string metadata passed through to the cell.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
@@ -63,7 +72,61 @@ impl Request {
             meta: BTreeMap::new(),
         }
     }
+}
 
+impl Request {
+    /// Reads a request received on the subject of `service` and `verb`. Anything that is
+    /// not such an envelope is a `bad_request` error naming what is wrong.
+    pub fn parse(bytes: &[u8], service: &str, verb: &str) -> Result<Self, ErrorBody> {
+        Self::parse_envelope(bytes, service, verb)
+    }
+}
+
+/// How deep a payload may nest: serde_json reads 127 levels, one of which is the
+/// envelope, so that a payload kept as text is refused exactly when one read as a value
+/// would be.
+pub const MAX_PAYLOAD_DEPTH: usize = 126;
+
+impl RawRequest {
+    /// [`Request::parse`], keeping the payload as text. Its nesting is bounded as a
+    /// value's would be: a cell never gets input its caller could not have had parsed.
+    pub fn parse(bytes: &[u8], service: &str, verb: &str) -> Result<Self, ErrorBody> {
+        let request = Self::parse_envelope(bytes, service, verb)?;
+        if nesting_depth(request.payload.get()) > MAX_PAYLOAD_DEPTH {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "request is not JSON: its payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+                ),
+            ));
+        }
+        Ok(request)
+    }
+}
+
+/// The deepest nesting of arrays and objects in `json`, which is valid JSON.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        match (in_string, escaped, byte) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            (false, _, _) => {}
+        }
+    }
+    deepest
+}
+
+impl<P> Envelope<P> {
     /// Continues the conversation `correlation_id` (a request made while serving another).
     pub fn with_correlation_id(mut self, correlation_id: Uuid) -> Self {
         self.correlation_id = Some(correlation_id);
@@ -85,10 +148,13 @@ impl Request {
         subject::request_subject(&self.service, &self.verb)
     }
 
-    /// Reads a request received on the subject of `service` and `verb`. Anything that is
-    /// not such an envelope is a `bad_request` error naming what is wrong.
-    pub fn parse(bytes: &[u8], service: &str, verb: &str) -> Result<Self, ErrorBody> {
-        let request: Request = serde_json::from_slice(bytes).map_err(|error| {
+    /// An envelope of the subject of `service` and `verb`, or the `bad_request` error
+    /// naming what is wrong.
+    fn parse_envelope(bytes: &[u8], service: &str, verb: &str) -> Result<Self, ErrorBody>
+    where
+        P: serde::de::DeserializeOwned,
+    {
+        let request: Self = serde_json::from_slice(bytes).map_err(|error| {
             let what = if serde_json::from_slice::<Value>(bytes).is_err() {
                 "not JSON"
             } else {
@@ -160,7 +226,7 @@ pub struct ErrorReply {
 
 impl Reply {
     /// The success reply to `request`.
-    pub fn ok(request: &Request, payload: Value) -> Self {
+    pub fn ok<P>(request: &Envelope<P>, payload: Value) -> Self {
         Self::Ok(OkReply {
             id: Uuid::new_v4(),
             correlation_id: request.reply_correlation_id(),
@@ -170,7 +236,7 @@ impl Reply {
     }
 
     /// The error reply to `request`.
-    pub fn error(request: &Request, error: ErrorBody) -> Self {
+    pub fn error<P>(request: &Envelope<P>, error: ErrorBody) -> Self {
         Self::error_correlated(request.reply_correlation_id(), error)
     }
 
@@ -198,14 +264,14 @@ impl Reply {
     /// The encoded success reply to `request` around `payload`, JSON text taken as the
     /// cell wrote it: the same bytes a [`Reply::ok`] would serialize to, without building
     /// the payload as a value.
-    pub fn encode_ok(request: &Request, payload: &serde_json::value::RawValue) -> Vec<u8> {
+    pub fn encode_ok<P>(request: &Envelope<P>, payload: &RawValue) -> Vec<u8> {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct RawOkReply<'a> {
             id: Uuid,
             correlation_id: Uuid,
             ok: Flag<true>,
-            payload: &'a serde_json::value::RawValue,
+            payload: &'a RawValue,
         }
         serde_json::to_vec(&RawOkReply {
             id: Uuid::new_v4(),
@@ -383,6 +449,43 @@ mod tests {
     use super::*;
     use rstest::rstest;
     use serde_json::json;
+
+    /// An envelope whose payload nests `depth` arrays, after a string full of brackets.
+    fn nested(depth: usize) -> Vec<u8> {
+        let payload = format!(
+            r#"{{"noise":"[[{{\\\"]]","deep":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        format!(
+            r#"{{"id":"{}","service":"echo","verb":"say","sentAt":"2026-01-01T00:00:00Z","payload":{payload}}}"#,
+            Uuid::new_v4()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_payload_kept_as_text_is_refused_at_the_depth_a_value_is() {
+        for depth in 120..135 {
+            let body = nested(depth);
+            let as_value = Request::parse(&body, "echo", "say");
+            let as_text = RawRequest::parse(&body, "echo", "say");
+            assert_eq!(
+                as_value.is_ok(),
+                as_text.is_ok(),
+                "depth {depth}: {as_value:?} / {as_text:?}"
+            );
+            if let Err(error) = as_text {
+                assert_eq!(error.code, ErrorCode::BadRequest);
+            }
+        }
+        let kept = RawRequest::parse(&nested(3), "echo", "say").unwrap();
+        let value = Request::parse(&nested(3), "echo", "say").unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(kept.payload.get()).unwrap(),
+            value.payload
+        );
+    }
 
     #[test]
     fn reply_correlates_with_the_request_id_when_the_request_has_no_correlation_id() {

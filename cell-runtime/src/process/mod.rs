@@ -28,7 +28,7 @@ use crate::cell::Output;
 use bytes::BytesMut;
 use cellbus_contracts::assignment::AssignedCell;
 use cellbus_contracts::resources::{steers_the_loader, Network};
-use cellbus_contracts::wire::Request;
+use cellbus_contracts::wire::RawRequest;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
@@ -525,7 +525,7 @@ impl ProcessCell {
     /// Runs `request` in the process, answering within `deadline`.
     pub async fn invoke(
         &self,
-        request: &Request,
+        request: &RawRequest,
         deadline: Instant,
     ) -> Result<Output, RequestError> {
         self.supervisor.invoke(request, deadline).await
@@ -556,7 +556,7 @@ impl Drop for ProcessCell {
 impl Supervisor {
     async fn invoke(
         self: &Arc<Self>,
-        request: &Request,
+        request: &RawRequest,
         deadline: Instant,
     ) -> Result<Output, RequestError> {
         let running = self.running(deadline).await?;

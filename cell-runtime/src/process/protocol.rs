@@ -8,7 +8,7 @@
 //! `{"id": ID, "ok": true, "payload": VALUE}` or `{"id": ID, "ok": false, "error": {"code":
 //! …, "message": …, "details"?: …, "retryable"?: …}}`.
 
-use cellbus_contracts::wire::{ErrorBody, ErrorCode, Request};
+use cellbus_contracts::wire::{ErrorBody, ErrorCode, RawRequest};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -85,7 +85,7 @@ pub fn parse_reply(line: &[u8]) -> Result<ProcessReply, LineError> {
 /// The line (with its newline) that asks a process to run `request`, under the id `id`
 /// (the runtime's own, so that a request delivered twice never has two answers matched to
 /// it), with `remaining_ms` of its deadline left.
-pub fn request_line(request: &Request, id: Uuid, remaining_ms: u64) -> Vec<u8> {
+pub fn request_line(request: &RawRequest, id: Uuid, remaining_ms: u64) -> Vec<u8> {
     let mut envelope = request.clone();
     envelope.correlation_id = Some(request.reply_correlation_id());
     envelope.id = id;
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn the_request_line_is_the_envelope_under_the_runtimes_id() {
-        let request: Request = serde_json::from_value(json!({
+        let request: RawRequest = serde_json::from_value(json!({
             "id": ID, "service": "echo", "verb": "say",
             "sentAt": "2026-12-01T10:00:00Z", "payload": {"text": "hi"}
         }))
