@@ -633,15 +633,16 @@ impl Inner {
         if let Some(series) = series {
             series.in_flight().inc();
         }
-        let answer = cell
-            .answer(
-                permit,
-                &self.shared.executor,
-                Some(self.shared.client.clone()),
-                verb,
-                &message.payload,
-            )
-            .await;
+        // Boxed: running a cell takes a future of kilobytes, which would otherwise be
+        // copied into the task spawned for each request and moved on the way there.
+        let answer = Box::pin(cell.answer(
+            permit,
+            &self.shared.executor,
+            Some(self.shared.client.clone()),
+            verb,
+            &message.payload,
+        ))
+        .await;
         match series {
             Some(series) => {
                 series.in_flight().dec();
