@@ -173,25 +173,27 @@ async fn a_process_reply_over_its_limit_is_answered_and_the_process_keeps_servin
     #[case] max_reply_bytes: Option<u32>,
     #[case] message: &str,
 ) {
+    // A name of this row's own: the rows run at once, and the check below counts the
+    // processes of one cell.
+    let name = format!("talker-{verb}-{}", max_reply_bytes.unwrap_or(0));
     let bus = Bus::start().await;
     let limits = max_reply_bytes.map_or(json!({}), |bytes| json!({"maxReplyBytes": bytes}));
     bus.deploy(&[TestCell::process(
-        "talker",
+        &name,
         "well-behaved",
         json!([{"name": verb}, {"name": "echo"}]),
         json!({"limits": limits}),
     )])
     .await;
-    let error = exhausted(bus.call("talker", verb, json!({"bytes": bytes})).await);
+    let error = exhausted(bus.call(&name, verb, json!({"bytes": bytes})).await);
     assert!(error.message.contains(message), "{}", error.message);
-    let pids = processes_marked(&marker("talker"));
+    let pids = processes_marked(&marker(&name));
     assert_eq!(
-        bus.call("talker", "echo", json!({"still": "here"})).await,
+        bus.call(&name, "echo", json!({"still": "here"})).await,
         Ok(json!({"still": "here"}))
     );
-    // Other rows run their own `talker` at the same time: the processes of this one are
-    // still there, not replaced.
-    let after = processes_marked(&marker("talker"));
+    // The processes of this cell are still there, not replaced.
+    let after = processes_marked(&marker(&name));
     assert!(
         !pids.is_empty() && pids.iter().all(|pid| after.contains(pid)),
         "the process was restarted: {pids:?} then {after:?}"
