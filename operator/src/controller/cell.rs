@@ -38,7 +38,7 @@ pub const CONTROLLER: super::ControllerName = "cell";
 
 /// Reconciles one Cell.
 pub async fn reconcile(object: Arc<CellObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let cell = Arc::new(ObservedCell::from_object(&object));
+    let cell = ctx.observed_cell(&object);
     let span = tracing::info_span!(
         "reconcile",
         controller = CONTROLLER,

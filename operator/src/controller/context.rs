@@ -18,8 +18,9 @@ use crate::controller::database::Databases;
 use crate::metrics::Metrics;
 use crate::state::backoff::{Attempts, Backoff};
 use crate::state::conditions::{Clock, SystemClock};
-use crate::state::index::Index;
+use crate::state::index::{key_of, Index};
 use crate::state::names::FIELD_MANAGER;
+use crate::state::observed::{CellObject, ObservedCell};
 use crate::state::scheduling::{ResolvedTrust, Snapshot};
 use crate::{Config, Error};
 
@@ -299,6 +300,21 @@ impl Context {
             self.index.read().unwrap_or_else(|e| e.into_inner()),
             self.clock.now().0.into(),
         )
+    }
+
+    /// `object` judged: the index's judgement when it holds this very version (the watch
+    /// that delivered the object judged it a moment ago), else judged now.
+    pub fn observed_cell(&self, object: &CellObject) -> Arc<ObservedCell> {
+        let key = key_of(object);
+        let version = object.metadata.resource_version.as_ref();
+        let indexed = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cell(&key)
+            .filter(|cell| version.is_some() && cell.meta.resource_version.as_ref() == version)
+            .cloned();
+        indexed.unwrap_or_else(|| Arc::new(ObservedCell::from_object(object)))
     }
 
     /// Records the trust a pool's sources were read into (`None`: they could not be),

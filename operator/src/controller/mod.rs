@@ -31,11 +31,7 @@ pub type ControllerName = &'static str;
 /// The error policy of both controllers: retry after a capped exponential backoff per
 /// object, so a failing object is retried ever more slowly instead of in a hot loop.
 pub fn error_policy<K>(object: Arc<Watched<K>>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!(
-        "{}/{}",
-        object.metadata.namespace.as_deref().unwrap_or_default(),
-        object.metadata.name.as_deref().unwrap_or_default()
-    );
+    let key = crate::state::index::key_of(&object);
     let delay = ctx.failures.failed(&key);
     tracing::warn!(
         object = key,

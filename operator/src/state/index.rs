@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use kube::runtime::watcher::Event;
 
-use crate::state::observed::{CellObject, ObservedCell, ObservedPool, PoolObject};
+use crate::state::observed::{CellObject, ObservedCell, ObservedPool, PoolObject, Watched};
 use crate::state::scheduling::ResolvedTrust;
 
 /// A Cell's `namespace/name`, allocated once and shared by every index that names it.
@@ -49,7 +49,7 @@ impl Index {
     pub fn cell_event(&mut self, scope: Option<&str>, event: &Event<CellObject>) -> Vec<String> {
         match event {
             Event::Apply(object) => self.apply_cell(ObservedCell::from_object(object)),
-            Event::Delete(object) => self.remove_cell(&ObservedCell::from_object(object).key()),
+            Event::Delete(object) => self.remove_cell(&key_of(object)),
             Event::Init => {
                 self.relisted_cells
                     .insert(scope.map(str::to_owned), HashSet::new());
@@ -90,9 +90,8 @@ impl Index {
         let namespaces: BTreeSet<String> = match event {
             Event::Apply(object) => BTreeSet::from([self.apply_pool(object)]),
             Event::Delete(object) => {
-                let pool = ObservedPool::from_object(object);
-                self.pools.remove(&pool.key());
-                BTreeSet::from([pool.namespace().to_owned()])
+                self.pools.remove(&key_of(object));
+                BTreeSet::from([object.metadata.namespace.clone().unwrap_or_default()])
             }
             Event::Init => {
                 self.relisted_pools
@@ -102,10 +101,7 @@ impl Index {
             Event::InitApply(object) => {
                 let namespace = self.apply_pool(object);
                 if let Some(seen) = self.relisted_pools.get_mut(&scope.map(str::to_owned)) {
-                    seen.insert(format!(
-                        "{namespace}/{}",
-                        object.metadata.name.as_deref().unwrap_or_default()
-                    ));
+                    seen.insert(key_of(object));
                 }
                 BTreeSet::from([namespace])
             }
@@ -273,11 +269,6 @@ impl Index {
             .filter_map(|key| self.cells.get(&**key))
     }
 
-    /// How many Cells the index holds.
-    pub fn cell_count(&self) -> usize {
-        self.cells.len()
-    }
-
     /// The trust pool `key`'s sources were last read into.
     pub fn trust(&self, pool: &str) -> Option<&ResolvedTrust> {
         self.trusts.get(pool)
@@ -293,6 +284,16 @@ impl Index {
         };
         changed
     }
+}
+
+/// `namespace/name` of a watched object, read off its metadata: a deleted object needs
+/// no judging to be forgotten.
+pub fn key_of<K>(object: &Watched<K>) -> String {
+    format!(
+        "{}/{}",
+        object.metadata.namespace.as_deref().unwrap_or_default(),
+        object.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 fn in_scope(scope: Option<&str>, namespace: &str) -> bool {
@@ -318,7 +319,6 @@ fn remove_from(index: &mut HashMap<String, Vec<Key>>, entry: &str, key: &Key) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::observed::Watched;
     use serde_json::{json, Value};
 
     fn object<K>(
@@ -378,7 +378,7 @@ mod tests {
         assert_eq!(index.cell("apps/a").unwrap().name(), "a");
         assert_eq!(keys(index.claimants("orders")), ["apps/a", "ops/c"]);
         assert_eq!(keys(index.cells_in("apps")), ["apps/a", "apps/b"]);
-        assert_eq!(index.cell_count(), 3);
+        assert_eq!(keys(index.cells_in("ops")), ["ops/c"]);
 
         index.cell_event(None, &Event::Delete(cell("apps", "a", "orders")));
         assert!(index.cell("apps/a").is_none());

@@ -83,11 +83,6 @@ impl<'a> Snapshot<'a> {
         Self { index, signatures }
     }
 
-    /// The index itself.
-    pub fn index(&self) -> &Index {
-        &self.index
-    }
-
     /// The trust in effect in `pool` (none: signatures are not checked), or why Cells wait:
     /// its sources have not been read for its current generation.
     pub fn trust(
